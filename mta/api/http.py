@@ -1,0 +1,81 @@
+"""``/health`` for load balancers and ``/metrics`` for Prometheus, on aiohttp.
+
+Health answers 200 when the database answers and the backlog of due
+deliveries is under its threshold, else 503 with the reasons, one per line.
+Queue depth is read from the database at scrape time, so every worker
+reports the same, correct number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import asyncpg
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import multiprocess
+
+from mta import metrics
+from mta.config import Config
+
+_DEPTH = """
+SELECT count(*) FILTER (WHERE lease_owner IS NULL AND due_at <= now()) AS due,
+       count(*) FILTER (WHERE lease_owner IS NULL AND due_at > now()) AS deferred,
+       count(*) FILTER (WHERE lease_owner IS NOT NULL) AS active
+FROM delivery
+"""
+
+
+async def queue_depth(pool: asyncpg.Pool) -> dict[str, int]:
+    row = await asyncio.wait_for(pool.fetchrow(_DEPTH), timeout=3)
+    return {"due": row["due"], "deferred": row["deferred"], "active": row["active"]}
+
+
+def build_app(config: Config, pool: asyncpg.Pool, store_root: str) -> web.Application:
+    async def health(request: web.Request) -> web.Response:
+        problems = []
+        try:
+            depth = await queue_depth(pool)
+            if depth["due"] > config.http.backlog_threshold:
+                problems.append(f"backlog: {depth['due']} due deliveries exceed the threshold "
+                                f"of {config.http.backlog_threshold}")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+            problems.append(f"database unreachable: {error!r}")
+        if not os.access(store_root, os.W_OK):
+            problems.append(f"body store not writable: {store_root}")
+
+        if problems:
+            return web.Response(status=503, text="\n".join(problems) + "\n")
+        return web.Response(text="ok\n")
+
+    async def scrape(request: web.Request) -> web.Response:
+        try:
+            for state, count in (await queue_depth(pool)).items():
+                metrics.QUEUE_DEPTH.labels(state=state).set(count)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError):
+            pass
+        return web.Response(body=generate_latest(_registry()), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", scrape)
+    return app
+
+
+def _registry() -> CollectorRegistry:
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        from prometheus_client import REGISTRY
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+async def serve(app: web.Application, sock: socket.socket) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    return runner

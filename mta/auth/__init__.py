@@ -1,0 +1,1 @@
+"""Users of the submission service and their credentials."""

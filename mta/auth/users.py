@@ -1,0 +1,67 @@
+"""Mailbox users: addresses with scrypt password hashes in PostgreSQL.
+
+Hashes are stored as ``scrypt$n$r$p$salt$hash`` (base64 fields), so the cost
+can rise later without breaking old entries. Verification runs in a worker
+thread because scrypt deliberately costs tens of milliseconds of CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import secrets
+
+import asyncpg
+
+SCRYPT_N = 2 ** 14
+SCRYPT_R = 8
+SCRYPT_P = 1
+_KEY_LENGTH = 32
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
+                            dklen=_KEY_LENGTH)
+    encode = base64.b64encode
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${encode(salt).decode()}${encode(digest).decode()}"
+
+
+def verify_password(password: bytes, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        actual = hashlib.scrypt(password, salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                                dklen=len(expected))
+    except ValueError:
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+# Compared against when the user does not exist, so timing does not tell.
+_DUMMY_HASH = hash_password(secrets.token_hex(16))
+
+
+async def authenticate(pool: asyncpg.Pool, address: str, password: bytes) -> bool:
+    row = await pool.fetchrow("SELECT password_hash FROM mailbox_user WHERE address = $1", address.lower())
+    stored = row["password_hash"] if row else _DUMMY_HASH
+    valid = await asyncio.to_thread(verify_password, password, stored)
+    return valid and row is not None
+
+
+async def add_user(pool: asyncpg.Pool, address: str, password: str) -> None:
+    password_hash = await asyncio.to_thread(hash_password, password)
+    await pool.execute(
+        "INSERT INTO mailbox_user (address, password_hash) VALUES ($1, $2)"
+        " ON CONFLICT (address) DO UPDATE SET password_hash = EXCLUDED.password_hash",
+        address.lower(), password_hash)
+
+
+async def existing_users(pool: asyncpg.Pool, addresses: list[str]) -> set[str]:
+    rows = await pool.fetch("SELECT address FROM mailbox_user WHERE address = ANY($1::text[])",
+                            [address.lower() for address in addresses])
+    return {row["address"] for row in rows}

@@ -1,0 +1,244 @@
+"""The ``mta`` command: serve, migrate, users, configuration check and the queue.
+
+Exit codes: 0 success, 1 runtime failure (database unreachable, for
+example), 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+from mta.config import Config, ConfigError, load
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class _PostfixStyleFormatter(logging.Formatter):
+    """``time name[pid]: message``, with the level named only for warnings and worse."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            prefix, _, message = text.partition("]: ")
+            text = f"{prefix}]: {record.levelname.lower()}: {message}"
+        return text
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PostfixStyleFormatter("%(asctime)s %(name)s[%(process)d]: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiosmtpd logs every command at INFO, with addresses; our session lines replace it.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return EXIT_USAGE
+
+    try:
+        config = load(Path(args.config) if args.config else None)
+    except ConfigError as error:
+        print(f"mta: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+    setup_logging(config.server.log_level)
+    # pgserver's lock file falls back to /tmp when XDG_RUNTIME_DIR is unset, which is fine here.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    return args.run(config, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mta", description="A mail transfer agent for mail that stays in the EU.")
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file (default: the embedded defaults)")
+    commands = parser.add_subparsers(metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the MTA")
+    serve.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the listening sockets")
+    serve.set_defaults(run=cmd_serve)
+
+    commands.add_parser("migrate", help="apply database migrations").set_defaults(run=cmd_migrate)
+    commands.add_parser("check-config", help="check the configuration and print it").set_defaults(run=cmd_check_config)
+
+    user = commands.add_parser("user", help="manage submission users").add_subparsers(metavar="ACTION")
+    user_add = user.add_parser("add", help="add a user or set a new password")
+    user_add.add_argument("address")
+    user_add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    user_add.set_defaults(run=cmd_user_add)
+
+    queue = commands.add_parser("queue", help="inspect and steer the queue").add_subparsers(metavar="ACTION")
+    queue_list = queue.add_parser("list", help="list queued deliveries")
+    queue_list.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    queue_list.set_defaults(run=cmd_queue_list)
+    queue.add_parser("flush", help="make every deferred delivery due now").set_defaults(run=cmd_queue_flush)
+
+    dkim = commands.add_parser("dkim", help="DKIM keys").add_subparsers(metavar="ACTION")
+    dkim.add_parser("records", help="print the DNS TXT record of every signing key").set_defaults(run=cmd_dkim_records)
+    return parser
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    if args.workers is not None:
+        config.server.workers = args.workers
+    if config.server.workers > 1:
+        # Counters from all workers are summed at scrape time (prometheus_client
+        # multiprocess mode); the variable must be set before the first import.
+        metrics_dir = config.data_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
+    from mta import server
+
+    try:
+        return server.serve(config)
+    except OSError as error:
+        logging.getLogger("mta.master").error("start-up failed: %s", error)
+        return EXIT_FAILURE
+
+
+def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
+    from mta import db
+
+    async def run() -> list[int]:
+        connection = await _connect(config)
+        try:
+            return await db.migrate(connection)
+        finally:
+            await connection.close()
+
+    applied = asyncio.run(run())
+    print(f"applied {len(applied)} migration(s)" + (f": {applied}" if applied else ""))
+    return 0
+
+
+def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    print(json.dumps(asdict(config), indent=2))
+    print("configuration ok", file=sys.stderr)
+    return 0
+
+
+def cmd_user_add(config: Config, args: argparse.Namespace) -> int:
+    from mta.auth import users
+    from mta.smtp.policy import valid_address
+
+    if not valid_address(args.address):
+        print(f"mta: invalid address: {args.address!r}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"Password for {args.address}: ")
+    if len(password) < 8:
+        print("mta: password too short, it must have at least 8 characters", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def run() -> None:
+        connection = await _connect(config)
+        try:
+            await users.add_user(connection, args.address, password)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+    print(f"user {args.address.lower()} saved")
+    return 0
+
+
+_QUEUE_LIST = """
+SELECT d.message_id, m.sender, m.size, m.received_at, d.domain, d.recipients, d.due_at,
+       d.attempts, d.lease_owner, d.last_reply
+FROM delivery d JOIN message m ON m.id = d.message_id
+ORDER BY m.received_at, d.id
+"""
+
+
+def cmd_queue_list(config: Config, args: argparse.Namespace) -> int:
+    async def run() -> list:
+        connection = await _connect(config)
+        try:
+            return await connection.fetch(_QUEUE_LIST)
+        finally:
+            await connection.close()
+
+    rows = asyncio.run(run())
+    if args.json:
+        for row in rows:
+            record = {key: (value.isoformat() if hasattr(value, "isoformat") else value)
+                      for key, value in dict(row).items()}
+            print(json.dumps(record))
+        return 0
+
+    print(f"{'QUEUE ID':<15} {'SIZE':>8} {'ARRIVED':<20} {'STATE':<8} {'ATTEMPTS':>8}  SENDER -> RECIPIENTS")
+    for row in rows:
+        state = "active" if row["lease_owner"] else "deferred"
+        arrived = row["received_at"].strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{row['message_id']:<15} {row['size']:>8} {arrived:<20} {state:<8} {row['attempts']:>8}  "
+              f"<{row['sender']}> -> {', '.join(row['recipients'])}")
+        if row["last_reply"]:
+            print(f"{'':<15} last reply: {row['last_reply']}")
+    print(f"-- {len(rows)} deliveries in the queue")
+    return 0
+
+
+def cmd_queue_flush(config: Config, args: argparse.Namespace) -> int:
+    from mta.spool.scheduler import NOTIFY_CHANNEL
+
+    async def run() -> str:
+        connection = await _connect(config)
+        try:
+            async with connection.transaction():
+                status = await connection.execute("UPDATE delivery SET due_at = now() WHERE lease_owner IS NULL")
+                # One NOTIFY, delivered at commit, wakes the idle nodes.
+                await connection.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+            return status
+        finally:
+            await connection.close()
+
+    status = asyncio.run(run())
+    print(f"{status.split()[-1]} deliveries made due now")
+    return 0
+
+
+def cmd_dkim_records(config: Config, args: argparse.Namespace) -> int:
+    from mta.dkim import dns_txt_value, load_or_create_key
+
+    selector = config.domains.dkim_selector
+    for domain in sorted(config.local_domains):
+        path = config.data_path(config.domains.dkim_key_dir) / f"{domain}.{selector}.pem"
+        print(f'{selector}._domainkey.{domain}. IN TXT "{dns_txt_value(load_or_create_key(path))}"')
+    return 0
+
+
+async def _connect(config: Config):
+    import asyncpg
+
+    from mta import db
+
+    try:
+        return await asyncpg.connect(db.database_url(config), timeout=10)
+    except (OSError, asyncpg.PostgresError) as error:
+        print(f"mta: database unreachable: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILURE) from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The typed configuration tree, loaded from TOML and checked at start-up.
+
+Every field carries its unit in its name or docstring and a default that runs
+the embedded setup: a private PostgreSQL under ``data_dir``, bodies in a local
+directory, a self-signed certificate and unprivileged loopback ports. A value
+that fails a check raises ``ConfigError`` with the key and the fix, and
+``mta check-config`` prints it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type, or out of bounds."""
+
+
+@dataclass
+class ServerConfig:
+    hostname: str = "mta.localhost"
+    data_dir: str = "./var"
+    workers: int = 1
+    log_level: str = "info"
+
+
+@dataclass
+class DatabaseConfig:
+    # Empty means: start the embedded PostgreSQL under data_dir/pg.
+    url: str = ""
+    pool_min: int = 2
+    pool_max: int = 10
+
+
+@dataclass
+class StorageConfig:
+    kind: str = "local"
+    # Relative paths are taken from server.data_dir.
+    path: str = "blobs"
+    master_key_file: str = "keys/master.key"
+
+
+@dataclass
+class TlsConfig:
+    # Empty means: make a self-signed certificate under data_dir/tls.
+    cert_file: str = ""
+    key_file: str = ""
+
+
+@dataclass
+class ListenerConfig:
+    address: str = "127.0.0.1"
+    port: int = 2525
+    enabled: bool = True
+
+
+@dataclass
+class SmtpConfig:
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 100
+    # Seconds a client may stay silent before the session is closed.
+    idle_timeout: float = 300.0
+    mx: ListenerConfig = field(default_factory=lambda: ListenerConfig(port=2525))
+    submission: ListenerConfig = field(default_factory=lambda: ListenerConfig(port=5870))
+
+
+@dataclass
+class DomainsConfig:
+    # Domains this MTA receives mail for on its MX listener.
+    local: list[str] = field(default_factory=lambda: ["example.com"])
+    dkim_selector: str = "mta"
+    # Private keys, one per local domain, created on first start if missing.
+    dkim_key_dir: str = "dkim"
+
+
+@dataclass
+class DeliveryConfig:
+    nameservers: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    dns_port: int = 53
+    # Outbound connections bind to one of these; empty means the kernel picks.
+    source_addresses: list[str] = field(default_factory=list)
+    # Static routes, like Postfix transport maps: domain -> "host:port".
+    routes: dict[str, str] = field(default_factory=dict)
+    # Port of remote MX hosts; only test setups change it.
+    smtp_port: int = 25
+    concurrency: int = 100
+    connect_timeout: float = 30.0
+    # Seconds to wait for the reply after the final dot (RFC 5321 4.5.3.2.6).
+    data_timeout: float = 600.0
+    lease_seconds: float = 300.0
+    retry_schedule: list[float] = field(
+        default_factory=lambda: [60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0])
+    max_age: float = 5 * 86400.0
+    # Seconds between queue scans when no NOTIFY arrives.
+    poll_interval: float = 5.0
+
+
+@dataclass
+class HttpConfig:
+    address: str = "127.0.0.1"
+    port: int = 8025
+    enabled: bool = True
+    # /health answers 503 once this many deliveries are due and waiting.
+    backlog_threshold: int = 100_000
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    domains: DomainsConfig = field(default_factory=DomainsConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.server.data_dir).resolve()
+
+    def data_path(self, value: str) -> Path:
+        """Resolve a configured path against ``server.data_dir``."""
+        path = Path(value)
+        return path if path.is_absolute() else self.data_dir / path
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower().rstrip(".") in self.local_domains
+
+    @property
+    def local_domains(self) -> frozenset[str]:
+        return frozenset(d.lower().rstrip(".") for d in self.domains.local)
+
+
+def load(path: Path | None) -> Config:
+    """Load a TOML file over the embedded defaults and check the result."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file not found: {path}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"invalid TOML in {path}: {error}") from None
+
+    config = _build(Config, raw, "")
+    check(config)
+    return config
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{prefix.rstrip('.')}] must be a table")
+
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        names = ", ".join(prefix + name for name in sorted(unknown))
+        raise ConfigError(f"unknown configuration key: {names}")
+
+    instance = cls()
+    for name, value in raw.items():
+        key = prefix + name
+        default = getattr(instance, name)
+        if is_dataclass(default):
+            setattr(instance, name, _build(type(default), value, key + "."))
+        else:
+            setattr(instance, name, _coerce(key, hints[name], default, value))
+    return instance
+
+
+def _coerce(key: str, hint: Any, default: Any, value: Any) -> Any:
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"{key} must be of type {expected.__name__}, got {type(value).__name__}: {value!r}")
+    return value
+
+
+def check(config: Config) -> None:
+    """Check bounds and cross-field rules that types alone do not catch."""
+    if config.server.workers < 1 or config.server.workers > 256:
+        raise ConfigError(f"server.workers must be between 1 and 256, got {config.server.workers}")
+
+    for name in ("mx", "submission"):
+        listener = getattr(config.smtp, name)
+        if not 0 < listener.port < 65536:
+            raise ConfigError(f"smtp.{name}.port must be between 1 and 65535, got {listener.port}")
+        _check_address(f"smtp.{name}.address", listener.address)
+
+    if config.smtp.max_message_size < 1024:
+        raise ConfigError("smtp.max_message_size must be at least 1024 octets")
+    if config.smtp.max_recipients < 1:
+        raise ConfigError("smtp.max_recipients must be at least 1")
+    if not config.domains.local:
+        raise ConfigError("domains.local must name at least one domain")
+
+    for address in config.delivery.source_addresses:
+        _check_address("delivery.source_addresses", address)
+    for address in config.delivery.nameservers:
+        _check_address("delivery.nameservers", address)
+    for domain, target in config.delivery.routes.items():
+        parse_route(f"delivery.routes.{domain}", target)
+
+    if bool(config.tls.cert_file) != bool(config.tls.key_file):
+        raise ConfigError("tls.cert_file and tls.key_file must be set together")
+    if config.storage.kind != "local":
+        raise ConfigError(f"storage.kind must be 'local', got {config.storage.kind!r}")
+    if not config.delivery.retry_schedule:
+        raise ConfigError("delivery.retry_schedule must name at least one interval")
+
+
+def parse_route(key: str, target: str) -> tuple[str, int]:
+    """Split a ``host:port`` route target; IPv6 hosts are written in brackets."""
+    host, sep, port_text = target.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ConfigError(f"{key} must be 'host:port', got {target!r}")
+
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ConfigError(f"{key} has an invalid port: {target!r}")
+    return host.strip("[]"), port
+
+
+def _check_address(key: str, address: str) -> None:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ConfigError(f"{key} must be an IP address, got {address!r}") from None

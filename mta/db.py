@@ -1,0 +1,91 @@
+"""PostgreSQL access: the embedded server, connection pools and migrations.
+
+The embedded default runs a private PostgreSQL from the ``pgserver`` package
+under ``data_dir/pg``, reached over a UNIX socket. Production names a server
+by URL. Migrations are the numbered ``.sql`` files in the top-level ``queue/``
+folder, applied in order inside one transaction each, under an advisory lock
+so that several nodes starting together apply each file once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import asyncpg
+
+from mta.config import Config
+
+log = logging.getLogger("mta.db")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "queue"
+
+# Any constant works: it only has to be the same on every node.
+MIGRATION_LOCK_ID = 0x6D7461
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def embedded_server(config: Config):
+    """Start (or join) the private PostgreSQL under data_dir/pg and return it."""
+    import pgserver
+
+    pgdata = config.data_dir / "pg"
+    pgdata.mkdir(parents=True, exist_ok=True)
+
+    # Stopping is left to `mta stop` or the operator: a crash of one worker
+    # must not take the database away from the others.
+    return pgserver.get_server(pgdata, cleanup_mode=None)
+
+
+def database_url(config: Config) -> str:
+    """Return the configured URL, starting the embedded server when none is set."""
+    if config.database.url:
+        return config.database.url
+    return embedded_server(config).get_uri()
+
+
+async def create_pool(url: str, config: Config) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        url,
+        min_size=config.database.pool_min,
+        max_size=config.database.pool_max,
+        # Queue statements are few and prepared once per connection.
+        statement_cache_size=200,
+        server_settings={"synchronous_commit": "on", "application_name": "mta"},
+    )
+
+
+def migration_files() -> list[tuple[int, Path]]:
+    found = []
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if match is None:
+            raise RuntimeError(f"migration file name must look like 0001_name.sql: {path}")
+        found.append((int(match.group(1)), path))
+    return found
+
+
+async def migrate(connection: asyncpg.Connection) -> list[int]:
+    """Apply every migration not yet recorded; return the versions applied."""
+    applied_now = []
+    await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+    try:
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migration ("
+            " version integer PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())")
+        done = {row["version"] for row in await connection.fetch("SELECT version FROM schema_migration")}
+
+        for version, path in migration_files():
+            if version in done:
+                continue
+            async with connection.transaction():
+                await connection.execute(path.read_text())
+                await connection.execute("INSERT INTO schema_migration (version) VALUES ($1)", version)
+            log.info("applied migration %s", path.name)
+            applied_now.append(version)
+    finally:
+        await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+    return applied_now

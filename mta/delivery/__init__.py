@@ -1,0 +1,1 @@
+"""Outbound: routes and MX resolution, SMTP delivery, local mailboxes, bounces."""

@@ -1,0 +1,95 @@
+"""One delivery attempt for a leased job, from loading the body to settling.
+
+The attempt reads the envelope and the encrypted body, chooses local mailbox
+delivery or SMTP (static route first, then MX), logs one line per recipient
+in Postfix's form, and settles the row. A failure to read the message leaves
+the row leased: the lease expires and another attempt starts later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+
+import asyncpg
+
+from mta import metrics
+from mta.config import Config
+from mta.delivery.local import deliver_local
+from mta.delivery.outcome import Outcome, Reply
+from mta.delivery.resolve import ResolveError, Resolver
+from mta.delivery.smtp import SmtpDeliverer
+from mta.spool.enqueue import Job
+from mta.spool.settle import MessageInfo, Settler
+from mta.storage.crypto import BodyCipher
+from mta.storage.local import LocalStore
+
+log = logging.getLogger("mta.delivery")
+
+_LOAD = "SELECT sender, body_key, wrapped_key, received_at FROM message WHERE id = $1"
+
+
+class DeliveryAgent:
+    def __init__(self, config: Config, pool: asyncpg.Pool, store: LocalStore, cipher: BodyCipher,
+                 resolver: Resolver, smtp: SmtpDeliverer, settler: Settler):
+        self.config = config
+        self.pool = pool
+        self.store = store
+        self.cipher = cipher
+        self.resolver = resolver
+        self.smtp = smtp
+        self.settler = settler
+
+    async def run(self, job: Job) -> None:
+        started = time.monotonic()
+        row = await self.pool.fetchrow(_LOAD, job.message_id)
+        if row is None:
+            log.warning("%s: message row missing, dropping delivery %d", job.message_id, job.delivery_id)
+            return
+
+        message = MessageInfo(job.message_id, row["sender"], row["received_at"])
+        data = await self.store.get(row["body_key"])
+        body = self.cipher.decrypt(row["body_key"], data, row["wrapped_key"])
+
+        outcome = await self._attempt(job, message, body)
+        settlement = await self.settler.settle(job, message, outcome, body)
+        if not settlement.applied:
+            return
+
+        self._log(job, message, outcome, time.monotonic() - started)
+        if settlement.notification is not None:
+            log.info("%s: sender non-delivery notification: %s",
+                     message.queue_id, settlement.notification.queue_id)
+        if settlement.body_unused:
+            await self.store.delete(row["body_key"])
+            log.info("%s: removed", message.queue_id)
+
+    async def _attempt(self, job: Job, message: MessageInfo, body: bytes) -> Outcome:
+        local = self.config.is_local_domain(job.domain) and self.resolver.route_for(job.domain) is None
+        if local:
+            return await deliver_local(self.pool, job.message_id, job.recipients)
+
+        try:
+            targets = await self.resolver.targets(job.domain)
+        except ResolveError as error:
+            outcome = Outcome(relay="none")
+            outcome.add_all(job.recipients, error.reply)
+            return outcome
+        return await self.smtp.deliver(message.sender, job.recipients, body, targets)
+
+    def _log(self, job: Job, message: MessageInfo, outcome: Outcome, attempt_seconds: float) -> None:
+        delay = (datetime.now(timezone.utc) - message.received_at).total_seconds()
+        for status, pairs in (("sent", outcome.delivered), ("deferred", outcome.deferred),
+                              ("bounced", outcome.failed)):
+            for recipient, reply in pairs:
+                log.info("%s: to=<%s>, relay=%s, delay=%.2f, attempt=%d, took=%.3f, dsn=%s, status=%s (%s)",
+                         message.queue_id, recipient, outcome.relay, delay, job.attempt,
+                         attempt_seconds, reply.enhanced, status, _printable(reply))
+                metrics.DELIVERIES.labels(outcome=status).inc()
+                if status == "sent":
+                    metrics.DELIVERY_SECONDS.observe(delay)
+
+
+def _printable(reply: Reply) -> str:
+    return " ".join(str(reply).split())

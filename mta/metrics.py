@@ -1,0 +1,23 @@
+"""Prometheus metrics, declared in one place with bounded label values.
+
+Labels take only fixed values: the listener name (mx, submission) and the
+outcome classes below, never an address or a domain.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES_ACCEPTED = Counter(
+    "mta_messages_accepted_total", "Messages queued after a 250 reply.", ["listener"])
+MESSAGES_REJECTED = Counter(
+    "mta_messages_rejected_total", "Transactions refused at end of data.", ["listener", "reply_class"])
+DELIVERIES = Counter(
+    "mta_deliveries_total", "Recipient delivery outcomes.", ["outcome"])
+DELIVERY_SECONDS = Histogram(
+    "mta_delivery_latency_seconds", "Seconds from acceptance to delivery, per delivered recipient.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 14400, 86400))
+QUEUE_DEPTH = Gauge(
+    "mta_queue_depth", "Delivery rows in the queue, by state, read at scrape time.", ["state"],
+    multiprocess_mode="max")
+SPOOL_BATCH = Histogram(
+    "mta_spool_commit_batch_messages", "Messages per group commit.",
+    buckets=(1, 2, 5, 10, 20, 50, 100))

@@ -1,0 +1,183 @@
+"""``mta serve``: prepare the node, bind the sockets, run one or more workers.
+
+The parent process does everything that must happen once: start the
+embedded PostgreSQL if no URL is configured, apply migrations, create the
+certificate, master key and DKIM keys, and bind the listening sockets. With
+``--workers N`` it then forks N workers that share those sockets (one Python
+process uses one core) and restarts any worker that dies. Each worker runs
+its own event loop with SMTP listeners, the spool writer and the delivery
+scheduler; worker 0 also serves HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+from mta import db
+from mta.config import Config, ListenerConfig, parse_route
+from mta.dkim import DkimKey, DkimSigner, dns_txt_value, load_or_create_key
+from mta.smtp.tls import ensure_self_signed, server_context
+from mta.storage.crypto import load_or_create_master_key
+
+log = logging.getLogger("mta.master")
+
+# Seconds a stopping worker waits for sessions and deliveries in flight.
+STOP_GRACE = 20.0
+
+
+@dataclass
+class Prepared:
+    url: str
+    master_key: bytes
+    dkim_keys: list[DkimKey]
+    cert_file: str
+    key_file: str
+    sockets: dict[str, socket.socket]
+
+
+def prepare(config: Config) -> Prepared:
+    """Do the once-per-host work before any worker starts."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    url = db.database_url(config)
+    asyncio.run(_migrate(url))
+
+    if config.tls.cert_file:
+        cert_file, key_file = config.tls.cert_file, config.tls.key_file
+    else:
+        cert_path, key_path = ensure_self_signed(config.data_path("tls"), config.server.hostname)
+        cert_file, key_file = str(cert_path), str(key_path)
+    server_context(cert_file, key_file)
+
+    master_key = load_or_create_master_key(config.data_path(config.storage.master_key_file))
+    dkim_keys = load_dkim_keys(config)
+    sockets = bind_sockets(config)
+    return Prepared(url, master_key, dkim_keys, cert_file, key_file, sockets)
+
+
+def load_dkim_keys(config: Config) -> list[DkimKey]:
+    keys = []
+    selector = config.domains.dkim_selector
+    for domain in sorted(config.local_domains):
+        path = config.data_path(config.domains.dkim_key_dir) / f"{domain}.{selector}.pem"
+        private_key = load_or_create_key(path)
+        keys.append(DkimKey(domain=domain, selector=selector, private_key=private_key))
+        log.info("DKIM key for %s: publish TXT at %s._domainkey.%s: %s",
+                 domain, selector, domain, dns_txt_value(private_key))
+    return keys
+
+
+def bind_sockets(config: Config) -> dict[str, socket.socket]:
+    from mta.smtp.listener import bind
+
+    sockets = {}
+    for name in ("mx", "submission"):
+        listener = getattr(config.smtp, name)
+        if listener.enabled:
+            sockets[name] = bind(listener)
+    if config.http.enabled:
+        sockets["http"] = bind(ListenerConfig(address=config.http.address, port=config.http.port))
+    return sockets
+
+
+async def _migrate(url: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(url)
+    try:
+        await db.migrate(connection)
+    finally:
+        await connection.close()
+
+
+def serve(config: Config) -> int:
+    prepared = prepare(config)
+    workers = config.server.workers
+    names = ", ".join(f"{name} {sock.getsockname()[0]}:{sock.getsockname()[1]}"
+                      for name, sock in prepared.sockets.items())
+    log.info("starting %d worker(s), listening on %s", workers, names)
+
+    if workers == 1:
+        return run_worker(config, prepared, 0)
+    return supervise(config, prepared, workers)
+
+
+def supervise(config: Config, prepared: Prepared, workers: int) -> int:
+    """Fork the workers and restart any that dies, until SIGTERM or SIGINT."""
+    children: dict[int, int] = {}
+    stopping = False
+
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            _signal_quietly(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    for index in range(workers):
+        children[_fork_worker(config, prepared, index)] = index
+
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        index = children.pop(pid, None)
+        if index is None or stopping:
+            continue
+        log.error("worker %d (pid %d) exited with status %d, restarting it", index, pid, status)
+        time.sleep(1)
+        children[_fork_worker(config, prepared, index)] = index
+
+    log.info("all workers stopped")
+    return 0
+
+
+def _fork_worker(config: Config, prepared: Prepared, index: int) -> int:
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        code = 1
+        try:
+            code = run_worker(config, prepared, index)
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _signal_quietly(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def run_worker(config: Config, prepared: Prepared, index: int) -> int:
+    import uvloop
+
+    from mta.worker import Worker
+
+    node_id = f"{config.server.hostname}/{os.getpid()}/{secrets.token_hex(3)}"
+    worker = Worker(config, prepared, index, node_id)
+    uvloop.run(worker.run())
+    return 0
+
+
+def parse_routes(config: Config) -> dict[str, tuple[str, int]]:
+    return {domain: parse_route(f"delivery.routes.{domain}", target)
+            for domain, target in config.delivery.routes.items()}
+
+
+def make_signer(prepared: Prepared) -> DkimSigner:
+    return DkimSigner(prepared.dkim_keys)

@@ -1,0 +1,1 @@
+"""Inbound SMTP: listeners, sessions on aiosmtpd, policy and header stamping."""

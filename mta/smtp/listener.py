@@ -1,0 +1,50 @@
+"""Start the MX and submission listeners on sockets bound by the parent process."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+
+from mta.config import Config, ListenerConfig
+from mta.smtp.policy import Listener
+from mta.smtp.session import Handler, MtaSmtp, Services
+
+MX = Listener(name="mx", requires_auth=False)
+SUBMISSION = Listener(name="submission", requires_auth=True)
+
+
+def bind(listener: ListenerConfig) -> socket.socket:
+    """Bind a listening TCP socket with SO_REUSEPORT, so worker processes can share the port."""
+    family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((listener.address, listener.port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(listener: Listener, sock: socket.socket, services: Services,
+                tls_context: ssl.SSLContext) -> asyncio.base_events.Server:
+    config: Config = services.config
+    handler = Handler(listener, services)
+    submission = listener.requires_auth
+
+    def protocol() -> MtaSmtp:
+        return MtaSmtp(
+            handler,
+            hostname=config.server.hostname,
+            ident="ESMTP",
+            data_size_limit=config.smtp.max_message_size,
+            enable_SMTPUTF8=True,
+            tls_context=tls_context,
+            require_starttls=submission,
+            auth_required=submission,
+            auth_require_tls=True,
+            timeout=config.smtp.idle_timeout,
+            loop=asyncio.get_running_loop(),
+        )
+
+    return await asyncio.get_running_loop().create_server(protocol, sock=sock, backlog=1024)

@@ -1,0 +1,83 @@
+"""Policy decisions of the SMTP session, as plain functions without sockets.
+
+Each check returns the reply to send, or None when the command may proceed.
+The line-ending policy is one for every listener: a bare CR or a bare LF in
+message data is rejected with 550 5.5.2 after the end of data, never
+repaired, so nothing that could end data differently at another hop (SMTP
+smuggling) is queued, signed or passed on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mta.smtp import replies
+from mta.smtp.replies import SmtpReply
+
+# RFC 5321 section 4.1.2: dot-atom or quoted-string local part, at most 64 octets.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\x80-\xff-]+"
+_LOCAL_PART = rf"(?:{_ATOM}(?:\.{_ATOM})*|\"(?:[\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\x20-\x7e])*\")"
+_LABEL = r"(?:[A-Za-z0-9\x80-\xff](?:[A-Za-z0-9\x80-\xff-]{0,61}[A-Za-z0-9\x80-\xff])?)"
+_DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[^\[\]\\\s]+\])"
+_ADDRESS = re.compile(rf"^(?P<local>{_LOCAL_PART})@(?P<domain>{_DOMAIN})$")
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_BARE_CR = re.compile(rb"\r(?!\n)")
+_FROM_FIELD = re.compile(rb"^from[ \t]*:", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Listener:
+    """What a listener allows: MX receives for local domains, submission relays for users."""
+
+    name: str
+    requires_auth: bool
+
+
+def valid_address(address: str) -> bool:
+    """Check ``local@domain`` syntax with RFC 5321 length limits."""
+    if len(address) > 254:
+        return False
+    match = _ADDRESS.match(address)
+    return match is not None and len(match.group("local").encode("utf-8", "surrogateescape")) <= 64
+
+
+def check_sender(listener: Listener, sender: str, login: str | None) -> SmtpReply | None:
+    if sender and not valid_address(sender):
+        return replies.BAD_SENDER_SYNTAX
+    if listener.requires_auth and (login is None or sender.lower() != login.lower()):
+        return replies.SENDER_NOT_OWNED
+    return None
+
+
+def check_recipient(listener: Listener, recipient: str, authenticated: bool, is_local_domain: bool,
+                    count_so_far: int, max_recipients: int) -> SmtpReply | None:
+    """Decide a RCPT before any lookup of the mailbox itself."""
+    if not valid_address(recipient):
+        return replies.BAD_RECIPIENT_SYNTAX
+    if count_so_far >= max_recipients:
+        # RFC 5321 section 4.5.3.1.10: 452 lets the client send the rest later.
+        return replies.TOO_MANY_RECIPIENTS
+    if not is_local_domain and not authenticated:
+        return replies.RELAY_DENIED
+    return None
+
+
+def check_content(data: bytes, require_one_from: bool) -> SmtpReply | None:
+    """Check message data after the end of data, before anything is stamped or signed."""
+    if _BARE_LF.search(data) or _BARE_CR.search(data):
+        return replies.BARE_LINE_ENDING
+    if b"\x00" in data:
+        return replies.NUL_IN_DATA
+    if require_one_from and len(_FROM_FIELD.findall(header_section(data))) != 1:
+        return replies.ONE_FROM_REQUIRED
+    return None
+
+
+def header_section(data: bytes) -> bytes:
+    """Return the header fields, up to and including the CRLF of the last one."""
+    if data.startswith(b"\r\n"):
+        return b""
+    end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[:end + 2]

@@ -1,0 +1,251 @@
+"""The SMTP session: aiosmtpd's protocol with our policy, AUTH and spooling.
+
+aiosmtpd parses commands and runs the state machine; this module supplies
+the handler hooks (MAIL, RCPT, DATA), asynchronous AUTH PLAIN and LOGIN that
+check scrypt hashes without blocking the loop, session ids in every log line,
+and an exception handler that answers 451 4.3.0 with a reference id instead
+of aiosmtpd's default, which sends the exception text to the client.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+from mta import metrics
+from mta.auth import users
+from mta.config import Config
+from mta.dkim import DkimSigner, DuplicateFromError
+from mta.ids import new_queue_id, new_session_id
+from mta.smtp import policy, replies
+from mta.smtp.policy import Listener
+from mta.smtp.stamp import Arrival, add_missing_fields, author_domain, received_field
+from mta.spool.enqueue import NewMessage, Spool, SpoolError
+
+log = logging.getLogger("mta.smtpd")
+
+
+@dataclass
+class Services:
+    """What every session of a listener shares."""
+
+    config: Config
+    pool: asyncpg.Pool
+    spool: Spool
+    signer: DkimSigner
+
+
+class MtaSmtp(SMTP):
+    """aiosmtpd's SMTP protocol with session ids and asynchronous AUTH."""
+
+    def __init__(self, handler: "Handler", **kwargs: Any):
+        super().__init__(handler, **kwargs)
+        self.handler = handler
+
+    def _create_session(self) -> Session:
+        # STARTTLS makes a fresh session (RFC 3207 section 4.2); keep its id.
+        previous = getattr(self, "session", None)
+        session = Session(self.loop)
+        session.id = previous.id if previous is not None else new_session_id()
+        return session
+
+    def connection_made(self, transport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        assert self.session is not None
+        if first:
+            log.info("%s: connect from [%s]:%s to %s", self.session.id, *_peer(self.session),
+                     self.handler.listener.name)
+        else:
+            cipher = transport.get_extra_info("cipher") or ("", "", 0)
+            log.info("%s: STARTTLS %s %s", self.session.id, cipher[1], cipher[0])
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.session is not None:
+            log.info("%s: disconnect from [%s]:%s", self.session.id, *_peer(self.session))
+        super().connection_lost(error)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if not isinstance(blob, bytes):
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                return await self._auth_reply(replies.AUTH_MALFORMED)
+
+        # RFC 4616 section 2: authzid NUL authcid NUL passwd.
+        parts = blob.split(b"\x00")
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            return await self._auth_reply(replies.AUTH_MALFORMED)
+        authzid, login, password = parts
+        if authzid and authzid != login:
+            # Acting as another user is not offered; refuse instead of ignoring it.
+            return await self._verify_result("PLAIN", login, None)
+        return await self._verify_result("PLAIN", login, password)
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await self.challenge_auth("Username:")
+            if not isinstance(login, bytes):
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                login = base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                return await self._auth_reply(replies.AUTH_MALFORMED)
+
+        password = await self.challenge_auth("Password:")
+        if not isinstance(password, bytes):
+            return AuthResult(success=False, handled=True)
+        return await self._verify_result("LOGIN", login, password)
+
+    async def _auth_reply(self, reply: replies.SmtpReply) -> AuthResult:
+        await self.push(str(reply))
+        return AuthResult(success=False, handled=True)
+
+    async def _verify_result(self, mechanism: str, login_bytes: bytes, password: bytes | None) -> AuthResult:
+        assert self.session is not None
+        try:
+            login = login_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            return await self._auth_reply(replies.AUTH_MALFORMED)
+
+        valid = password is not None and await users.authenticate(self.handler.services.pool, login, password)
+        if not valid:
+            log.warning("%s: AUTH %s failed for user=<%s> from [%s]", self.session.id, mechanism,
+                        login, _peer(self.session)[0])
+            return AuthResult(success=False, message=str(replies.AUTH_FAILED))
+
+        log.info("%s: AUTH %s user=<%s>", self.session.id, mechanism, login)
+        return AuthResult(success=True, auth_data=login, message=str(replies.AUTH_SUCCEEDED))
+
+
+class Handler:
+    def __init__(self, listener: Listener, services: Services):
+        self.listener = listener
+        self.services = services
+        self.config = services.config
+
+    async def handle_exception(self, error: Exception) -> str:
+        reference = new_session_id()
+        log.error("unexpected error, ref %s: %r", reference, error, exc_info=error)
+        return replies.TEMPORARY_FAILURE.format(ref=reference)
+
+    async def handle_EHLO(self, server: MtaSmtp, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if not self.listener.requires_auth:
+            # The MX listener has no users to authenticate.
+            responses = [line for line in responses if not line[4:].startswith("AUTH")]
+        responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_MAIL(self, server: MtaSmtp, session: Session, envelope: Envelope,
+                          address: str, options: list[str]) -> str:
+        sender = "" if address == "<>" else address
+        login = session.auth_data if session.authenticated else None
+        reply = policy.check_sender(self.listener, sender, login)
+        if reply is not None:
+            log.info("%s: reject MAIL from [%s]: %s; from=<%s>", session.id, _peer(session)[0], reply, sender)
+            return str(reply)
+
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return str(replies.SENDER_OK)
+
+    async def handle_RCPT(self, server: MtaSmtp, session: Session, envelope: Envelope,
+                          address: str, options: list[str]) -> str:
+        domain = address.rpartition("@")[2]
+        local = self.config.is_local_domain(domain)
+        reply = policy.check_recipient(self.listener, address, session.authenticated, local,
+                                       len(envelope.rcpt_tos), self.config.smtp.max_recipients)
+        if reply is None and local and self._is_mailbox_domain(domain):
+            known = await users.existing_users(self.services.pool, [address])
+            if not known:
+                reply = replies.UNKNOWN_USER
+
+        if reply is not None:
+            log.info("%s: reject RCPT from [%s]: %s; from=<%s> to=<%s>", session.id, _peer(session)[0],
+                     reply, envelope.mail_from, address)
+            return str(reply)
+
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return str(replies.RECIPIENT_OK)
+
+    def _is_mailbox_domain(self, domain: str) -> bool:
+        return domain.lower().rstrip(".") not in self.config.delivery.routes
+
+    async def handle_DATA(self, server: MtaSmtp, session: Session, envelope: Envelope) -> str:
+        data: bytes = envelope.original_content or b""
+        submission = self.listener.requires_auth
+        reply = policy.check_content(data, require_one_from=submission)
+        if reply is not None:
+            return self._reject_data(session, envelope, reply)
+
+        queue_id = new_queue_id()
+        if submission:
+            data = add_missing_fields(data, self.config.server.hostname, queue_id)
+            try:
+                data = self._sign(data) + data
+            except DuplicateFromError:
+                return self._reject_data(session, envelope, replies.ONE_FROM_REQUIRED)
+
+        data = received_field(self._arrival(server, session, envelope, queue_id)) + data
+        sender = "" if envelope.mail_from == "<>" else envelope.mail_from
+        message = NewMessage(sender=sender, recipients=list(envelope.rcpt_tos), body=data,
+                             origin=self.listener.name, session_id=session.id, queue_id=queue_id)
+        try:
+            await self.services.spool.enqueue(message)
+        except SpoolError as error:
+            log.error("%s: not queued, 451 sent: %s", session.id, error)
+            return replies.TEMPORARY_FAILURE.format(ref=session.id)
+
+        log.info("%s: %s: from=<%s>, size=%d, nrcpt=%d (queued)", session.id, queue_id, sender,
+                 len(data), len(envelope.rcpt_tos))
+        metrics.MESSAGES_ACCEPTED.labels(listener=self.listener.name).inc()
+        return replies.QUEUED.format(queue_id=queue_id)
+
+    def _sign(self, data: bytes) -> bytes:
+        domain = author_domain(data)
+        if not self.services.signer.has_key(domain):
+            return b""
+        return self.services.signer.sign(data, domain)
+
+    def _reject_data(self, session: Session, envelope: Envelope, reply: replies.SmtpReply) -> str:
+        log.info("%s: reject DATA from [%s]: %s; from=<%s>", session.id, _peer(session)[0], reply,
+                 envelope.mail_from)
+        metrics.MESSAGES_REJECTED.labels(listener=self.listener.name, reply_class=f"{reply.code // 100}xx").inc()
+        return str(reply)
+
+    def _arrival(self, server: MtaSmtp, session: Session, envelope: Envelope, queue_id: str) -> Arrival:
+        protocol = "ESMTP" if session.extended_smtp else "SMTP"
+        tls = ""
+        if session.ssl:
+            protocol += "S"
+            ssl_object: ssl.SSLObject | None = server.transport.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                tls = f"using {ssl_object.version()} with cipher {ssl_object.cipher()[0]}"
+        if session.authenticated:
+            protocol += "A"
+        recipient = envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else ""
+        return Arrival(helo=session.host_name or "", peer_address=_peer(session)[0],
+                       hostname=self.config.server.hostname, protocol=protocol, tls=tls,
+                       queue_id=queue_id, recipient=recipient)
+
+
+def _peer(session: Session) -> tuple[str, Any]:
+    peer = session.peer
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return str(peer[0]), peer[1]
+    return str(peer), ""

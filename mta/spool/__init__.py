@@ -1,0 +1,1 @@
+"""The durable queue in Python: enqueue with group commit, leases, settling."""

@@ -1,0 +1,212 @@
+"""Enqueue accepted messages: body first, then one commit shared by many sessions.
+
+A message is durable when its encrypted body is in the body store and its
+envelope and delivery rows are committed. Sessions hand their message to one
+writer task, which gathers what arrives within a few milliseconds (up to
+``MAX_BATCH`` messages) into a single transaction, so the cost of a commit is
+shared. Only after that commit returns does the session send ``250``.
+
+Delivery rows are inserted already leased to this node and handed to its
+ready queue, so a first attempt never waits for a poll. If the commit fails,
+every session in the batch gets ``SpoolError`` (a 451 to the client) and the
+bodies written for it are deleted: nothing is half-stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from mta import metrics
+from mta.addresses import group_by_domain
+from mta.ids import new_queue_id
+from mta.storage.crypto import BodyCipher
+from mta.storage.local import LocalStore, StoreError
+
+log = logging.getLogger("mta.spool")
+
+MAX_BATCH = 100
+# Seconds the writer waits for more messages once the first one is in.
+BATCH_WINDOW = 0.002
+
+
+class SpoolError(Exception):
+    """The message could not be made durable; the client must retry later."""
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    sender: str
+    recipients: list[str]
+    body: bytes
+    origin: str
+    session_id: str
+    # Chosen by the caller when it must appear in the body (Received field).
+    queue_id: str = ""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A leased delivery row: one message's recipients at one domain."""
+
+    delivery_id: int
+    message_id: str
+    domain: str
+    recipients: list[str]
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A message whose body is already durable in the body store."""
+
+    queue_id: str
+    message: NewMessage
+    wrapped_key: bytes
+
+
+@dataclass
+class _Pending:
+    prepared: Prepared
+    done: asyncio.Future
+
+
+_INSERT_MESSAGES = """
+INSERT INTO message (id, sender, size, body_key, wrapped_key, origin, session_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bytea[], $6::text[], $7::text[])
+"""
+
+_INSERT_DELIVERIES = """
+INSERT INTO delivery (message_id, domain, recipients, attempts, lease_owner, lease_until)
+SELECT m, d, string_to_array(r, chr(10)), 1, $4, now() + make_interval(secs => $5)
+FROM unnest($1::text[], $2::text[], $3::text[]) AS t (m, d, r)
+RETURNING id, message_id, domain, recipients
+"""
+
+
+class Spool:
+    def __init__(self, pool: asyncpg.Pool, store: LocalStore, cipher: BodyCipher,
+                 node_id: str, lease_seconds: float, on_ready: Callable[[list[Job]], None]):
+        self.pool = pool
+        self.store = store
+        self.cipher = cipher
+        self.node_id = node_id
+        self.lease_seconds = lease_seconds
+        self.on_ready = on_ready
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name="spool-writer")
+
+    @property
+    def tasks(self) -> list[asyncio.Task]:
+        return [self._writer] if self._writer is not None else []
+
+    async def stop(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+
+    async def prepare(self, message: NewMessage) -> Prepared:
+        """Encrypt the body and make it durable in the body store."""
+        queue_id = message.queue_id or new_queue_id()
+        data, wrapped_key = self.cipher.encrypt(queue_id, message.body)
+        try:
+            await self.store.put(queue_id, data)
+        except StoreError as error:
+            log.error("%s: body store write failed: %s", message.session_id, error)
+            raise SpoolError("body store unavailable") from error
+        return Prepared(queue_id, message, wrapped_key)
+
+    async def enqueue(self, message: NewMessage) -> str:
+        """Make the message durable and return its queue id, or raise SpoolError."""
+        prepared = await self.prepare(message)
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(prepared, done))
+        self._wake.set()
+
+        try:
+            # Shielded: once handed to the writer the commit may still happen,
+            # so the body stays unless the commit is known to have failed.
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            done.add_done_callback(lambda future: self._discard_if_failed(prepared.queue_id, future))
+            raise
+        except SpoolError:
+            await self.discard_body(prepared.queue_id)
+            raise
+        return prepared.queue_id
+
+    def _discard_if_failed(self, queue_id: str, future: asyncio.Future) -> None:
+        if future.exception() is not None:
+            asyncio.create_task(self.discard_body(queue_id))
+
+    async def discard_body(self, queue_id: str) -> None:
+        try:
+            await self.store.delete(queue_id)
+        except StoreError as error:
+            # NOTE: an orphaned object is unreadable without its wrapped key
+            # (never committed), so it leaks space but no data.
+            log.warning("%s: failed to delete uncommitted body: %s", queue_id, error)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            if len(self._pending) < MAX_BATCH:
+                await asyncio.sleep(BATCH_WINDOW)
+
+            batch = self._pending[:MAX_BATCH]
+            del self._pending[:MAX_BATCH]
+            if not self._pending:
+                self._wake.clear()
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            async with self.pool.acquire(timeout=10) as connection:
+                async with connection.transaction():
+                    jobs = await self.insert(connection, [item.prepared for item in batch])
+        except Exception as error:
+            # Any failure here, expected (database down) or not, must reach
+            # every waiting session as a 451 and leave the writer running.
+            log.error("queue commit of %d messages failed: %r", len(batch), error)
+            for item in batch:
+                if not item.done.done():
+                    item.done.set_exception(SpoolError("database unavailable"))
+            return
+
+        metrics.SPOOL_BATCH.observe(len(batch))
+        for item in batch:
+            if not item.done.done():
+                item.done.set_result(item.prepared.queue_id)
+        self.on_ready(jobs)
+
+    async def insert(self, connection: asyncpg.Connection, batch: list[Prepared]) -> list[Job]:
+        """Insert envelopes and leased delivery rows inside the caller's transaction."""
+        messages = [item.message for item in batch]
+        delivery_columns: tuple[list, list, list] = ([], [], [])
+        for item in batch:
+            for domain, recipients in group_by_domain(item.message.recipients).items():
+                delivery_columns[0].append(item.queue_id)
+                delivery_columns[1].append(domain)
+                delivery_columns[2].append("\n".join(recipients))
+
+        await connection.execute(
+            _INSERT_MESSAGES,
+            [item.queue_id for item in batch],
+            [m.sender for m in messages],
+            [len(m.body) for m in messages],
+            [item.queue_id for item in batch],
+            [item.wrapped_key for item in batch],
+            [m.origin for m in messages],
+            [m.session_id for m in messages])
+        rows = await connection.fetch(
+            _INSERT_DELIVERIES, *delivery_columns, self.node_id, self.lease_seconds)
+
+        return [Job(row["id"], row["message_id"], row["domain"], list(row["recipients"]), 1) for row in rows]

@@ -1,0 +1,182 @@
+"""The delivery loop of one node: ready queue, claims, leases and waking.
+
+Jobs reach the ready queue two ways: straight from the spool writer (rows
+inserted already leased to this node), and from claims of due rows or rows
+whose lease expired because their node died. A claim is one statement with
+``FOR UPDATE SKIP LOCKED``, so nodes sharing the database never take the same
+row. ``mta queue flush`` sends one NOTIFY to wake idle nodes; otherwise a slow
+poll finds retries as they fall due. Leases are renewed for all of this
+node's rows in one statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from mta.spool.enqueue import Job
+
+log = logging.getLogger("mta.scheduler")
+
+NOTIFY_CHANNEL = "mta_delivery"
+
+_CLAIM = """
+WITH ready AS (
+    SELECT id FROM delivery
+    WHERE lease_owner IS NULL AND due_at <= now()
+    ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED
+), expired AS (
+    SELECT id FROM delivery
+    WHERE lease_owner IS NOT NULL AND lease_until < now()
+    ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED
+)
+UPDATE delivery AS d
+SET lease_owner = $1, lease_until = now() + make_interval(secs => $2), attempts = d.attempts + 1
+WHERE d.id IN (SELECT id FROM ready UNION ALL SELECT id FROM expired)
+RETURNING d.id, d.message_id, d.domain, d.recipients, d.attempts
+"""
+
+_RENEW = """
+UPDATE delivery SET lease_until = now() + make_interval(secs => $2) WHERE lease_owner = $1
+"""
+
+_RELEASE = """
+UPDATE delivery SET lease_owner = NULL, lease_until = NULL, attempts = attempts - 1
+WHERE lease_owner = $1 AND id = ANY($2::bigint[])
+"""
+
+
+class Scheduler:
+    def __init__(self, pool: asyncpg.Pool, node_id: str, concurrency: int,
+                 lease_seconds: float, poll_interval: float,
+                 execute: Callable[[Job], Awaitable[None]]):
+        self.pool = pool
+        self.node_id = node_id
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.execute = execute
+        self.ready: asyncio.Queue[Job] = asyncio.Queue()
+        self.running: set[asyncio.Task] = set()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._listener: asyncpg.Connection | None = None
+
+    def submit(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self.ready.put_nowait(job)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        for name, loop in (("dispatch", self._dispatch_loop), ("poll", self._poll_loop),
+                           ("renew", self._renew_loop), ("listen", self._listen_loop)):
+            self._tasks.append(asyncio.create_task(loop(), name=f"scheduler-{name}"))
+
+    @property
+    def tasks(self) -> list[asyncio.Task]:
+        return list(self._tasks)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop taking work, let running deliveries finish, release the rest."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+        if self.running:
+            await asyncio.wait(self.running, timeout=grace)
+        waiting = []
+        while not self.ready.empty():
+            waiting.append(self.ready.get_nowait().delivery_id)
+        if waiting:
+            try:
+                await self.pool.execute(_RELEASE, self.node_id, waiting)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                log.warning("failed to release %d leases at stop, they expire on their own: %s",
+                            len(waiting), error)
+
+    async def claim(self, limit: int) -> list[Job]:
+        rows = await self.pool.fetch(_CLAIM, self.node_id, self.lease_seconds, limit)
+        return [Job(row["id"], row["message_id"], row["domain"], list(row["recipients"]), row["attempts"])
+                for row in rows]
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            job = await self.ready.get()
+            await self._slots.acquire()
+            task = asyncio.create_task(self._run(job), name=f"deliver-{job.message_id}")
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
+
+    async def _run(self, job: Job) -> None:
+        try:
+            await self.execute(job)
+        except Exception:
+            # The lease expires and another attempt picks the row up again.
+            log.exception("%s: delivery attempt failed unexpectedly", job.message_id)
+        finally:
+            self._slots.release()
+
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+            # Claim only what this node can start soon, so idle nodes get the rest.
+            spare = 2 * self.concurrency - self.ready.qsize() - len(self.running)
+            if spare <= 0:
+                continue
+            try:
+                jobs = await self.claim(min(spare, 500))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+                log.warning("queue claim failed, retrying in %.0fs: %s", self.poll_interval, error)
+                continue
+            if jobs:
+                log.debug("claimed %d deliveries", len(jobs))
+                self.submit(jobs)
+                # A full batch means more rows may be due right now.
+                if len(jobs) >= min(spare, 500):
+                    self._wake.set()
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                await self.pool.execute(_RENEW, self.node_id, self.lease_seconds)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+                log.warning("lease renewal failed: %s", error)
+
+    async def _listen_loop(self) -> None:
+        while True:
+            try:
+                self._listener = await self.pool.acquire()
+                await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                # Held until the connection breaks; the poll covers the gap.
+                while not self._listener.is_closed():
+                    await asyncio.sleep(self.poll_interval)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+                log.warning("LISTEN connection failed, polling only: %s", error)
+                await asyncio.sleep(self.poll_interval)
+            finally:
+                if self._listener is not None:
+                    await self._release_listener()
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _release_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        try:
+            if not listener.is_closed():
+                await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+            await self.pool.release(listener)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            pass

@@ -1,0 +1,1 @@
+"""Message bodies at rest: encryption and the stores that keep the ciphertext."""

@@ -1,0 +1,111 @@
+"""One worker process: SMTP listeners, spool writer, delivery scheduler, HTTP.
+
+The worker's tasks are supervised: if the spool writer or a scheduler loop
+dies, the worker logs why and exits, and the parent starts a new one (its
+leased rows return to the queue when their leases expire).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import TYPE_CHECKING
+
+from mta import db
+from mta.api import http
+from mta.config import Config
+from mta.delivery.agent import DeliveryAgent
+from mta.delivery.resolve import Resolver
+from mta.delivery.smtp import ClientSettings, SmtpDeliverer
+from mta.smtp import listener
+from mta.smtp.session import Services
+from mta.smtp.tls import server_context
+from mta.spool.enqueue import Spool
+from mta.spool.scheduler import Scheduler
+from mta.spool.settle import Settler
+from mta.storage.crypto import BodyCipher
+from mta.storage.local import LocalStore
+
+if TYPE_CHECKING:
+    from mta.server import Prepared
+
+log = logging.getLogger("mta.worker")
+
+
+class Worker:
+    def __init__(self, config: Config, prepared: "Prepared", index: int, node_id: str):
+        self.config = config
+        self.prepared = prepared
+        self.index = index
+        self.node_id = node_id
+
+    async def run(self) -> None:
+        from mta.server import STOP_GRACE, make_signer, parse_routes
+
+        config = self.config
+        delivery = config.delivery
+        pool = await db.create_pool(self.prepared.url, config)
+        store = LocalStore(config.data_path(config.storage.path))
+        cipher = BodyCipher(self.prepared.master_key)
+
+        resolver = Resolver(delivery.nameservers, delivery.dns_port, parse_routes(config), delivery.smtp_port)
+        smtp = SmtpDeliverer(ClientSettings(
+            helo_name=config.server.hostname,
+            source_addresses=tuple(delivery.source_addresses),
+            connect_timeout=delivery.connect_timeout,
+            data_timeout=delivery.data_timeout))
+
+        scheduler = Scheduler(pool, self.node_id, delivery.concurrency, delivery.lease_seconds,
+                              delivery.poll_interval, execute=self._deliver)
+        spool = Spool(pool, store, cipher, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit)
+        settler = Settler(pool, spool, self.node_id, config.server.hostname, delivery.retry_schedule,
+                          delivery.max_age)
+        self.agent = DeliveryAgent(config, pool, store, cipher, resolver, smtp, settler)
+
+        spool.start()
+        scheduler.start()
+        servers = await self._start_listeners(Services(config, pool, spool, make_signer(self.prepared)))
+        runner = None
+        if self.index == 0 and "http" in self.prepared.sockets:
+            runner = await http.serve(http.build_app(config, pool, str(store.root)), self.prepared.sockets["http"])
+        log.info("worker %d started as node %s", self.index, self.node_id)
+
+        await self._wait_for_stop(spool, scheduler)
+
+        log.info("worker %d stopping: no new sessions, finishing work in flight", self.index)
+        for server in servers:
+            server.close()
+        await asyncio.sleep(0)
+        await scheduler.stop(grace=STOP_GRACE)
+        await spool.stop()
+        if runner is not None:
+            await runner.cleanup()
+        await pool.close()
+        log.info("worker %d stopped", self.index)
+
+    async def _deliver(self, job) -> None:
+        await self.agent.run(job)
+
+    async def _start_listeners(self, services: Services) -> list[asyncio.base_events.Server]:
+        tls_context = server_context(self.prepared.cert_file, self.prepared.key_file)
+        servers = []
+        for name, kind in (("mx", listener.MX), ("submission", listener.SUBMISSION)):
+            sock = self.prepared.sockets.get(name)
+            if sock is not None:
+                servers.append(await listener.serve(kind, sock, services, tls_context))
+        return servers
+
+    async def _wait_for_stop(self, spool: Spool, scheduler: Scheduler) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+
+        watched = spool.tasks + scheduler.tasks
+        stop_task = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stop_task, *watched], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stop_task:
+                log.critical("task %s ended unexpectedly: %r", task.get_name(), task.exception())
+                raise SystemExit(1)
