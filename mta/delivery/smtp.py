@@ -104,7 +104,7 @@ class SmtpDeliverer:
         finally:
             await _quit(client)
 
-        accepted_reply = Reply(final.code, final.message)
+        accepted_reply = Reply(250, final)
         for recipient in recipients:
             if recipient in refused:
                 response = refused[recipient]

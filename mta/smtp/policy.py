@@ -35,6 +35,45 @@ class Listener:
     requires_auth: bool
 
 
+def parse_path(argument: str) -> tuple[str | None, str]:
+    """Split a MAIL or RCPT argument into its path and the parameters after it.
+
+    Returns None as the path when the brackets are unbalanced. The null path
+    comes back as "<>". A source route (``<@relay:user@domain>``) is dropped,
+    as RFC 5321 section 4.1.1.3 lets a receiver do; only the mailbox counts.
+    """
+    argument = argument.strip()
+    if not argument.startswith("<"):
+        path, _, rest = argument.partition(" ")
+        return path, rest.strip()
+
+    end = _closing_bracket(argument)
+    if end < 0:
+        return None, ""
+    path, rest = argument[1:end], argument[end + 1:]
+    if rest and not rest.startswith(" "):
+        return None, ""
+    if path.startswith("@"):
+        _, colon, path = path.partition(":")
+        if not colon:
+            return None, ""
+    return (path or "<>"), rest.strip()
+
+
+def _closing_bracket(argument: str) -> int:
+    quoted = escaped = False
+    for index, character in enumerate(argument[1:], start=1):
+        if escaped:
+            escaped = False
+        elif character == "\\" and quoted:
+            escaped = True
+        elif character == '"':
+            quoted = not quoted
+        elif character == ">" and not quoted:
+            return index
+    return -1
+
+
 def valid_address(address: str) -> bool:
     """Check ``local@domain`` syntax with RFC 5321 length limits."""
     if len(address) > 254:

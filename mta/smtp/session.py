@@ -72,6 +72,13 @@ class MtaSmtp(SMTP):
             log.info("%s: disconnect from [%s]:%s", self.session.id, *_peer(self.session))
         super().connection_lost(error)
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd's parser rejects valid forms such as a trailing dot in the
+        # domain; syntax is judged by our policy in the MAIL and RCPT hooks.
+        if not arg:
+            return "", ""
+        return policy.parse_path(arg)
+
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
         if len(args) == 1:
             blob = await self.challenge_auth("")

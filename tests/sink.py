@@ -1,0 +1,94 @@
+"""A scripted SMTP sink that plays a remote MX on a loopback address.
+
+It records every accepted message with the peer address of the connection,
+so tests can check the MTA's bound source address, and it can be told to
+answer RCPT or DATA with chosen replies, to delay, or to refuse the first N
+attempts before accepting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from aiosmtpd.controller import Controller
+
+
+@dataclass
+class Received:
+    peer: str
+    sender: str
+    recipients: list[str]
+    data: bytes
+
+
+@dataclass
+class Script:
+    # Replies used in order for successive RCPT commands; then "250 OK".
+    rcpt_replies: deque = field(default_factory=deque)
+    # Replies used in order for successive end-of-data; then a 250.
+    data_replies: deque = field(default_factory=deque)
+    # Seconds to wait before answering the first RCPT, for successive connections.
+    rcpt_delays: deque = field(default_factory=deque)
+
+
+class _Handler:
+    def __init__(self, sink: "Sink"):
+        self.sink = sink
+
+    async def handle_RCPT(self, server, session, envelope, address, options):
+        script = self.sink.script
+        if not envelope.rcpt_tos:
+            self.sink.rcpt_seen.set()
+            with self.sink.lock:
+                delay = script.rcpt_delays.popleft() if script.rcpt_delays else 0.0
+            await asyncio.sleep(delay)
+        with self.sink.lock:
+            reply = script.rcpt_replies.popleft() if script.rcpt_replies else None
+        if reply is not None and not reply.startswith("2"):
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.sink.lock:
+            reply = self.sink.script.data_replies.popleft() if self.sink.script.data_replies else None
+            if reply is not None and not reply.startswith("2"):
+                return reply
+            self.sink.messages.append(Received(
+                peer=session.peer[0], sender=envelope.mail_from, recipients=list(envelope.rcpt_tos),
+                data=envelope.original_content))
+            self.sink.arrived.set()
+        return "250 2.0.0 OK stored"
+
+
+class Sink:
+    def __init__(self, host: str, port: int):
+        self.host = host
+        self.port = port
+        self.script = Script()
+        self.messages: list[Received] = []
+        self.lock = threading.Lock()
+        self.arrived = threading.Event()
+        self.rcpt_seen = threading.Event()
+        self._controller = Controller(_Handler(self), hostname=host, port=port, ready_timeout=10)
+
+    def start(self) -> None:
+        self._controller.start()
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[Received]:
+        """Wait until at least ``count`` messages arrived; return all of them."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self.lock:
+                if len(self.messages) >= count:
+                    return list(self.messages)
+            time.sleep(0.05)
+        with self.lock:
+            return list(self.messages)

@@ -1,0 +1,255 @@
+"""The main job end to end against the real ``mta serve`` process.
+
+Real parts only: PostgreSQL, the loopback DNS server, swaks over STARTTLS with
+AUTH, SMTP sinks on 127.0.0.2, and a kill -9 of the MTA.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import subprocess
+import time
+from collections import deque
+
+import dkim
+import dns.resolver
+import pytest
+
+from tests.conftest import REMOTE_MX_ADDRESS, SOURCE_ADDRESS, query
+from tests.pgcluster import PgCluster
+
+PASSWORD = "correct horse battery"
+RELAY_DOMAIN = "relay.example"
+
+
+def relay_config(sink_port: int, **delivery) -> dict:
+    """Accept relay.example on MX and route it to the sink, like a transport map."""
+    return {
+        "domains": {"local": ["example.com", RELAY_DOMAIN]},
+        "delivery": {"routes": {RELAY_DOMAIN: f"{REMOTE_MX_ADDRESS}:{sink_port}"}, **delivery},
+    }
+
+
+def add_alice(mta) -> None:
+    result = mta.cli("user", "add", "alice@example.com", "--password-stdin", input_text=PASSWORD + "\n")
+    assert result.returncode == 0, result.stderr
+
+
+def publish_dkim(mta, dns_server) -> None:
+    result = mta.cli("dkim", "records")
+    assert result.returncode == 0, result.stderr
+    for line in result.stdout.splitlines():
+        name, _, _, value = line.split(" ", 3)
+        # Each MTA makes its own key: replace the record of an earlier test.
+        dns_server.remove(name, "TXT")
+        dns_server.add(name, "TXT", value.strip('"'))
+
+
+def txt_lookup(dns_server):
+    """A dkimpy dnsfunc that asks the loopback DNS server."""
+    def lookup(name: bytes, timeout: int = 5) -> bytes:
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = ["127.0.0.1"]
+        resolver.port = dns_server.port
+        answer = resolver.resolve(name.decode().rstrip("."), "TXT")
+        return b"".join(answer[0].strings)
+    return lookup
+
+
+def send_mx(mta, sender: str, recipient: str, body: bytes = b"Subject: test\r\n\r\nhello\r\n") -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", mta.mx_port, timeout=30) as client:
+        client.ehlo("client.example.net")
+        client.mail(sender)
+        code, text = client.rcpt(recipient)
+        if code != 250:
+            return code, text
+        return client.data(body)
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    return predicate()
+
+
+def test_swaks_submission_arrives_signed(make_mta, sink, dns):
+    mta = make_mta()
+    add_alice(mta)
+    publish_dkim(mta, dns)
+
+    result = subprocess.run(
+        ["swaks", "--server", f"127.0.0.1:{mta.submission_port}", "-tls", "--auth", "PLAIN",
+         "--auth-user", "alice@example.com", "--auth-password", PASSWORD,
+         "--from", "alice@example.com", "--to", "bob@example.net",
+         "--header", "Subject: first message", "--body", "Hello Bob.", "--timeout", "30"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "250 2.0.0 OK queued as" in result.stdout
+
+    messages = sink.wait_for(1)
+    assert len(messages) == 1
+    received = messages[0]
+    assert received.peer == SOURCE_ADDRESS
+    assert received.recipients == ["bob@example.net"]
+    assert received.sender == "alice@example.com"
+    assert received.data.startswith(b"Received: ")
+    assert b"ESMTPSA" in received.data.split(b"\r\n\r\n")[0]
+    assert dkim.verify(received.data, dnsfunc=txt_lookup(dns))
+    assert wait_until(lambda: query(mta.database_url, "SELECT id FROM delivery") == [])
+
+
+def test_submission_signature_breaks_on_tamper(make_mta, sink, dns):
+    mta = make_mta()
+    add_alice(mta)
+    publish_dkim(mta, dns)
+
+    with smtplib.SMTP("127.0.0.1", mta.submission_port, timeout=30) as client:
+        client.starttls()
+        client.login("alice@example.com", PASSWORD)
+        client.sendmail("alice@example.com", ["bob@example.net"],
+                        b"From: alice@example.com\r\nTo: bob@example.net\r\nSubject: pay\r\n\r\n100 EUR\r\n")
+
+    data = sink.wait_for(1)[0].data
+    assert dkim.verify(data, dnsfunc=txt_lookup(dns))
+    assert not dkim.verify(b"From: ceo@example.net\r\n" + data, dnsfunc=txt_lookup(dns))
+    assert not dkim.verify(data.replace(b"100 EUR", b"900 EUR"), dnsfunc=txt_lookup(dns))
+
+
+def test_mx_accepts_local_mailbox(make_mta):
+    mta = make_mta()
+    add_alice(mta)
+
+    code, text = send_mx(mta, "sender@example.net", "alice@example.com")
+    assert code == 250, text
+    assert b"2.0.0" in text
+
+    rows = wait_until(lambda: query(mta.database_url, "SELECT mailbox FROM mailbox_message"))
+    assert [row["mailbox"] for row in rows] == ["alice@example.com"]
+
+
+def test_mx_rejects_unknown_local_user(make_mta):
+    mta = make_mta()
+
+    code, text = send_mx(mta, "sender@example.net", "nobody@example.com")
+    assert code == 550
+    assert text.startswith(b"5.1.1")
+
+
+@pytest.mark.parametrize("recipient", ["victim@example.net", "victim@EXAMPLE.NET.", "victim@[192.0.2.55]"])
+def test_mx_refuses_relay(make_mta, sink, recipient):
+    mta = make_mta()
+
+    code, text = send_mx(mta, "sender@example.net", recipient)
+    assert code == 550
+    assert text.startswith(b"5.7.1")
+    assert query(mta.database_url, "SELECT id FROM message") == []
+
+
+def test_submission_requires_auth_before_mail(make_mta):
+    mta = make_mta()
+
+    with smtplib.SMTP("127.0.0.1", mta.submission_port, timeout=30) as client:
+        client.starttls()
+        client.ehlo("client.example.net")
+        code, text = client.mail("alice@example.com")
+    assert code == 530
+    assert text.startswith(b"5.7.0")
+
+
+def test_killed_mta_delivers_once_after_restart(make_mta, sink, sink_port):
+    mta = make_mta(relay_config(sink_port, lease_seconds=2.0))
+    sink.script.rcpt_delays = deque([60.0])
+
+    code, text = send_mx(mta, "sender@example.net", f"user@{RELAY_DOMAIN}")
+    assert code == 250, text
+    assert sink.rcpt_seen.wait(20), "the MTA never started delivering"
+
+    mta.kill()
+    assert sink.messages == []
+
+    mta.start()
+    messages = sink.wait_for(1)
+    assert len(messages) == 1
+    time.sleep(3)
+    assert len(sink.messages) == 1
+    assert query(mta.database_url, "SELECT id FROM delivery") == []
+
+
+def test_database_outage_gives_451_then_accepts(make_mta, sink, sink_port):
+    cluster = PgCluster()
+    cluster.init()
+    cluster.start()
+    try:
+        mta = make_mta(relay_config(sink_port), cluster=cluster)
+        body = b"Subject: outage\r\n\r\nsame message\r\n"
+
+        with smtplib.SMTP("127.0.0.1", mta.mx_port, timeout=30) as client:
+            client.ehlo("client.example.net")
+            client.mail("sender@example.net")
+            assert client.rcpt(f"user@{RELAY_DOMAIN}")[0] == 250
+            cluster.stop()
+            code, text = client.data(body)
+        assert code == 451
+        assert text.startswith(b"4.3.0")
+
+        cluster.start()
+        accepted = wait_until(lambda: send_mx(mta, "sender@example.net", f"user@{RELAY_DOMAIN}", body)[0] == 250,
+                              timeout=20, interval=0.5)
+        assert accepted
+
+        assert len(sink.wait_for(1)) == 1
+        time.sleep(1)
+        assert len(sink.messages) == 1
+        assert len(query(mta.database_url, "SELECT id FROM message")) == 1
+    finally:
+        cluster.destroy()
+
+
+def test_temporary_failure_is_retried_once(make_mta, sink, sink_port):
+    mta = make_mta(relay_config(sink_port, retry_schedule=[1.0]))
+    sink.script.rcpt_replies = deque(["451 4.7.1 greylisted, try again"])
+
+    code, _ = send_mx(mta, "sender@example.net", f"user@{RELAY_DOMAIN}")
+    assert code == 250
+
+    assert len(sink.wait_for(1)) == 1
+    time.sleep(2)
+    assert len(sink.messages) == 1
+    events = query(mta.database_url, "SELECT status FROM delivery_event ORDER BY id")
+    assert [row["status"] for row in events] == ["deferred", "delivered"]
+
+
+def test_permanent_failure_bounces_to_sender(make_mta, sink, dns):
+    mta = make_mta()
+    add_alice(mta)
+    sink.script.rcpt_replies = deque(["550 5.1.1 no such user"])
+
+    with smtplib.SMTP("127.0.0.1", mta.submission_port, timeout=30) as client:
+        client.starttls()
+        client.login("alice@example.com", PASSWORD)
+        client.sendmail("alice@example.com", ["nobody@fail.example"],
+                        b"From: alice@example.com\r\nTo: nobody@fail.example\r\nSubject: lost\r\n\r\nhi\r\n")
+
+    sql = ("SELECT m.sender, m.origin FROM mailbox_message b JOIN message m ON m.id = b.message_id"
+           " WHERE b.mailbox = 'alice@example.com'")
+    bounces = wait_until(lambda: query(mta.database_url, sql))
+    assert [(row["sender"], row["origin"]) for row in bounces] == [("", "bounce")]
+    assert sink.messages == []
+
+
+def test_null_sender_failure_is_not_bounced(make_mta, sink, sink_port):
+    mta = make_mta(relay_config(sink_port))
+    sink.script.rcpt_replies = deque(["550 5.1.1 no such user"])
+
+    code, _ = send_mx(mta, "<>", f"user@{RELAY_DOMAIN}")
+    assert code == 250
+
+    events = wait_until(lambda: query(mta.database_url, "SELECT status FROM delivery_event"))
+    assert [row["status"] for row in events] == ["bounced"]
+    time.sleep(1)
+    assert len(query(mta.database_url, "SELECT id FROM message")) == 1
+    assert query(mta.database_url, "SELECT id FROM delivery") == []
