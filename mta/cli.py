@@ -34,8 +34,25 @@ class _PostfixStyleFormatter(logging.Formatter):
         return text
 
 
+class _OneLineLibraryErrors(logging.Filter):
+    """Fold a library's exception into its log line instead of a traceback.
+
+    asyncpg's pool logs a full traceback each time it fails to reconnect
+    during a database outage; one line with the error says as much.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.name.startswith("asyncpg"):
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {error!r}"
+            record.args = ()
+            record.exc_info = None
+        return True
+
+
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_OneLineLibraryErrors())
     handler.setFormatter(_PostfixStyleFormatter("%(asctime)s %(name)s[%(process)d]: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -10,6 +10,7 @@ so that several nodes starting together apply each file once.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from mta.config import Config
 
 log = logging.getLogger("mta.db")
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "queue"
+# The repository's queue/ folder; an installed copy (the container image) names
+# its own with MTA_MIGRATIONS_DIR.
+MIGRATIONS_DIR = Path(os.environ.get("MTA_MIGRATIONS_DIR", Path(__file__).resolve().parent.parent / "queue"))
 
 # Any constant works: it only has to be the same on every node.
 MIGRATION_LOCK_ID = 0x6D7461
@@ -58,6 +61,8 @@ async def create_pool(url: str, config: Config) -> asyncpg.Pool:
 
 
 def migration_files() -> list[tuple[int, Path]]:
+    if not MIGRATIONS_DIR.is_dir():
+        raise RuntimeError(f"migrations folder not found: {MIGRATIONS_DIR}; set MTA_MIGRATIONS_DIR")
     found = []
     for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
         match = _MIGRATION_NAME.match(path.name)

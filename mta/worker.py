@@ -56,7 +56,7 @@ class Worker:
             connect_timeout=delivery.connect_timeout,
             data_timeout=delivery.data_timeout))
 
-        scheduler = Scheduler(pool, self.node_id, delivery.concurrency, delivery.lease_seconds,
+        scheduler = Scheduler(pool, self.prepared.url, self.node_id, delivery.concurrency, delivery.lease_seconds,
                               delivery.poll_interval, execute=self._deliver)
         spool = Spool(pool, store, cipher, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit)
         settler = Settler(pool, spool, self.node_id, config.server.hostname, delivery.retry_schedule,

@@ -50,10 +50,11 @@ WHERE lease_owner = $1 AND id = ANY($2::bigint[])
 
 
 class Scheduler:
-    def __init__(self, pool: asyncpg.Pool, node_id: str, concurrency: int,
+    def __init__(self, pool: asyncpg.Pool, url: str, node_id: str, concurrency: int,
                  lease_seconds: float, poll_interval: float,
                  execute: Callable[[Job], Awaitable[None]]):
         self.pool = pool
+        self.url = url
         self.node_id = node_id
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
@@ -64,7 +65,6 @@ class Scheduler:
         self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._listener: asyncpg.Connection | None = None
 
     def submit(self, jobs: list[Job]) -> None:
         for job in jobs:
@@ -155,28 +155,25 @@ class Scheduler:
                 log.warning("lease renewal failed: %s", error)
 
     async def _listen_loop(self) -> None:
+        # A connection of its own, outside the pool: it is held for as long as
+        # the database is up, and the poll covers the gaps when it is not.
         while True:
+            connection = None
             try:
-                self._listener = await self.pool.acquire()
-                await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
-                # Held until the connection breaks; the poll covers the gap.
-                while not self._listener.is_closed():
-                    await asyncio.sleep(self.poll_interval)
+                connection = await asyncpg.connect(self.url, timeout=10)
+                lost = asyncio.Event()
+                connection.add_termination_listener(lambda _: lost.set())
+                await connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                # Catch up on whatever became due while nobody listened.
+                self._wake.set()
+                await lost.wait()
+                log.warning("LISTEN connection lost, polling until it is back")
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
-                log.warning("LISTEN connection failed, polling only: %s", error)
-                await asyncio.sleep(self.poll_interval)
+                log.warning("LISTEN connection failed, polling only: %r", error)
             finally:
-                if self._listener is not None:
-                    await self._release_listener()
+                if connection is not None and not connection.is_closed():
+                    await connection.close(timeout=5)
+            await asyncio.sleep(self.poll_interval)
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
-
-    async def _release_listener(self) -> None:
-        listener, self._listener = self._listener, None
-        try:
-            if not listener.is_closed():
-                await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-            await self.pool.release(listener)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            pass

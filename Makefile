@@ -1,0 +1,36 @@
+# Two entry points for a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test venv system-deps loadtest-deps bench-sign clean
+
+$(BIN)/mta: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(BIN)/mta
+
+## Install and run the MTA on the embedded defaults (PostgreSQL under ./var).
+run: venv
+	$(BIN)/mta serve
+
+## Install everything the tests need and run them.
+test: venv system-deps
+	$(BIN)/python -m pytest -q
+
+## Debian packages the tests use as real peers: swaks, OpenDKIM.
+system-deps:
+	scripts/install-system-deps.sh swaks opendkim opendkim-tools
+
+## Postfix for its load tools and as the comparison peer.
+loadtest-deps: venv
+	scripts/install-system-deps.sh postfix
+
+bench-sign: venv
+	$(BIN)/python -m loadtest.sign_bench
+
+clean:
+	rm -rf $(VENV) var
