@@ -72,6 +72,16 @@ def create_database(cluster: PgCluster) -> str:
     return cluster.url_for(name)
 
 
+def stop_and_check(started: list[MtaProcess]) -> None:
+    for mta in started:
+        mta.stop()
+    for mta in started:
+        # An unexpected exception inside the MTA is a failure even when the
+        # test's own checks passed: it may have lost or duplicated work.
+        if "Traceback" in mta.log():
+            pytest.fail(f"the MTA logged an unexpected exception:\n{mta.log()[-4000:]}")
+
+
 @pytest.fixture
 def make_mta(pg: PgCluster, dns: DnsServer, sink_port: int, tmp_path: Path) -> Iterator[Callable[..., MtaProcess]]:
     """Return a factory that starts an MTA on a fresh database; all are stopped at teardown."""
@@ -87,13 +97,20 @@ def make_mta(pg: PgCluster, dns: DnsServer, sink_port: int, tmp_path: Path) -> I
         return mta
 
     yield factory
-    for mta in started:
-        mta.stop()
-    for mta in started:
-        # An unexpected exception inside the MTA is a failure even when the
-        # test's own checks passed: it may have lost or duplicated work.
-        if "Traceback" in mta.log():
-            pytest.fail(f"the MTA logged an unexpected exception:\n{mta.log()[-4000:]}")
+    stop_and_check(started)
+
+
+@pytest.fixture(scope="module")
+def shared_mta(pg: PgCluster, dns: DnsServer, sink_port: int, tmp_path_factory) -> Iterator[MtaProcess]:
+    """One MTA for a whole module of session-level tests that do not change its state."""
+    workdir = tmp_path_factory.mktemp("mta")
+    mta = MtaProcess(workdir, create_database(pg), dns.port, sink_port,
+                     {"smtp": {"max_message_size": 1048576}})
+    mta.start()
+    result = mta.cli("user", "add", "alice@example.com", "--password-stdin", input_text="secret-password\n")
+    assert result.returncode == 0, result.stderr
+    yield mta
+    stop_and_check([mta])
 
 
 def query(url: str, sql: str, *args) -> list[asyncpg.Record]:

@@ -6,6 +6,7 @@ never answered two ways.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -44,3 +45,30 @@ AUTH_SUCCEEDED = SmtpReply(235, "2.7.0", "authentication succeeded")
 AUTH_FAILED = SmtpReply(535, "5.7.8", "authentication credentials invalid")
 AUTH_MALFORMED = SmtpReply(501, "5.5.2", "malformed authentication data")
 AUTH_CANCELLED = SmtpReply(501, "5.0.0", "authentication cancelled")
+TLS_FAILED = SmtpReply(421, "4.7.0", "TLS handshake failed")
+
+# Enhanced codes for aiosmtpd's own replies, which mostly lack them
+# (RFC 2034, RFC 3463). Replies our handlers send already carry one.
+_ENHANCED_FOR_CODE = {
+    221: "2.0.0", 250: "2.0.0", 220: "2.0.0", 252: "2.0.0",
+    421: "4.4.2", 451: "4.3.0", 452: "4.3.1",
+    500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4",
+    530: "5.7.0", 535: "5.7.8", 538: "5.7.11", 550: "5.0.0", 552: "5.3.4", 553: "5.1.3",
+    554: "5.0.0", 555: "5.5.4",
+}
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}\b")
+
+
+def with_enhanced_code(status: str, hostname: str) -> str:
+    """Insert an RFC 3463 code into a one-line reply that has none.
+
+    The greeting, the EHLO and HELO replies, 334 challenges and 354 are left
+    alone: RFC 2034 section 3 gives them no enhanced code.
+    """
+    if len(status) < 4 or status[3] != " " or _HAS_ENHANCED.match(status):
+        return status
+    code = int(status[:3]) if status[:3].isdigit() else 0
+    text = status[4:]
+    if code not in _ENHANCED_FOR_CODE or text == "HELP" or text.startswith(hostname):
+        return status
+    return f"{code} {_ENHANCED_FOR_CODE[code]} {text.removeprefix('Error: ')}"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, TLSSetupException
 
 from mta import metrics
 from mta.auth import users
@@ -72,6 +72,11 @@ class MtaSmtp(SMTP):
             log.info("%s: disconnect from [%s]:%s", self.session.id, *_peer(self.session))
         super().connection_lost(error)
 
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str):
+            status = replies.with_enhanced_code(status, self.hostname)
+        await super().push(status)
+
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # aiosmtpd's parser rejects valid forms such as a trailing dot in the
         # domain; syntax is judged by our policy in the MAIL and RCPT hooks.
@@ -120,10 +125,30 @@ class MtaSmtp(SMTP):
         await self.push(str(reply))
         return AuthResult(success=False, handled=True)
 
+    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
+                             log_client_response: bool = False) -> bytes | None:
+        """Send a 334 challenge and return the decoded answer, or None after replying 501."""
+        text = challenge.encode() if isinstance(challenge, str) else challenge
+        await self.push(b"334 " + (base64.b64encode(text) if encode_to_b64 else text))
+        line = (await self._reader.readline()).strip()
+
+        # RFC 4954 section 4: "*" cancels the exchange.
+        if line == b"*":
+            await self.push(str(replies.AUTH_CANCELLED))
+            return None
+        try:
+            return base64.b64decode(line, validate=True)
+        except binascii.Error:
+            await self.push(str(replies.AUTH_MALFORMED))
+            return None
+
     async def _verify_result(self, mechanism: str, login_bytes: bytes, password: bytes | None) -> AuthResult:
         assert self.session is not None
         try:
+            # RFC 4616 section 2: both are UTF-8 strings.
             login = login_bytes.decode("utf-8")
+            if password is not None:
+                password.decode("utf-8")
         except UnicodeDecodeError:
             return await self._auth_reply(replies.AUTH_MALFORMED)
 
@@ -131,7 +156,7 @@ class MtaSmtp(SMTP):
         if not valid:
             log.warning("%s: AUTH %s failed for user=<%s> from [%s]", self.session.id, mechanism,
                         login, _peer(self.session)[0])
-            return AuthResult(success=False, message=str(replies.AUTH_FAILED))
+            return AuthResult(success=False, handled=False, message=str(replies.AUTH_FAILED))
 
         log.info("%s: AUTH %s user=<%s>", self.session.id, mechanism, login)
         return AuthResult(success=True, auth_data=login, message=str(replies.AUTH_SUCCEEDED))
@@ -144,6 +169,10 @@ class Handler:
         self.config = services.config
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # A client that cannot agree on TLS 1.2 or newer; nothing is wrong here.
+            log.info("STARTTLS handshake failed: %r", error.__cause__)
+            return str(replies.TLS_FAILED)
         reference = new_session_id()
         log.error("unexpected error, ref %s: %r", reference, error, exc_info=error)
         return replies.TEMPORARY_FAILURE.format(ref=reference)
