@@ -6,9 +6,7 @@ import base64
 import os
 import random
 import re
-import shutil
 import stat
-import subprocess
 import types
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from mta.dkim import (
     load_or_create_key,
 )
 from tests.dnsserver import DnsServer
+from tests.opendkim import OPENDKIM, opendkim_report
 
 DOMAIN = "example.com"
 SELECTOR = "mail2024"
@@ -412,53 +411,10 @@ def test_load_or_create_key_rejects_small_size(tmp_path: Path):
         load_or_create_key(tmp_path / "small.pem", bits=512)
 
 
-def _find_opendkim() -> str | None:
-    # opendkim lives in /usr/sbin, which is not on every user's PATH.
-    return shutil.which("opendkim") or shutil.which("opendkim", path="/usr/sbin:/usr/local/sbin")
-
-
-OPENDKIM = _find_opendkim()
-
-
 def _opendkim_verify(message: bytes, key: rsa.RSAPrivateKey, work_dir: Path) -> str:
-    """Run OpenDKIM's test mode on message and return its report.
-
-    With -vv, OpenDKIM writes the verification result and the
-    Authentication-Results field it would add to standard output.
-
-    OpenDKIM fetches the public key through its libunbound resolver, which an
-    Unbound configuration file forwards to a DnsServer on loopback.
-    """
     with DnsServer() as dns_server:
         dns_server.add(f"{SELECTOR}._domainkey.{DOMAIN}", "TXT", dns_txt_value(key))
-
-        unbound_conf = work_dir / "unbound.conf"
-        unbound_conf.write_text(
-            "server:\n"
-            # Unbound refuses to query 127.0.0.0/8 by default.
-            "  do-not-query-localhost: no\n"
-            # Binding to loopback keeps every query on this machine.
-            "  outgoing-interface: 127.0.0.1\n"
-            "  do-ip6: no\n"
-            "forward-zone:\n"
-            '  name: "."\n'
-            f"  forward-addr: {dns_server.host}@{dns_server.port}\n"
-        )
-        opendkim_conf = work_dir / "opendkim.conf"
-        opendkim_conf.write_text(
-            f"Mode v\nSyslog no\nDNSTimeout 5\nResolverConfiguration {unbound_conf}\n"
-        )
-        message_path = work_dir / "message.eml"
-        message_path.write_bytes(message)
-
-        result = subprocess.run(
-            [OPENDKIM, "-vv", "-x", str(opendkim_conf), "-t", str(message_path)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+        return opendkim_report(message, dns_server.host, dns_server.port, work_dir)
 
 
 @pytest.mark.skipif(OPENDKIM is None, reason="opendkim is not installed (Debian package opendkim)")

@@ -16,6 +16,7 @@ import dns.resolver
 import pytest
 
 from tests.conftest import REMOTE_MX_ADDRESS, SOURCE_ADDRESS, query
+from tests.opendkim import opendkim_report
 from tests.pgcluster import PgCluster
 
 PASSWORD = "correct horse battery"
@@ -76,7 +77,7 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1):
     return predicate()
 
 
-def test_swaks_submission_arrives_signed(make_mta, sink, dns):
+def test_swaks_submission_arrives_signed(make_mta, sink, dns, tmp_path):
     mta = make_mta()
     add_alice(mta)
     publish_dkim(mta, dns)
@@ -100,6 +101,9 @@ def test_swaks_submission_arrives_signed(make_mta, sink, dns):
     assert b"ESMTPSA" in received.data.split(b"\r\n\r\n")[0]
     assert dkim.verify(received.data, dnsfunc=txt_lookup(dns))
     assert wait_until(lambda: query(mta.database_url, "SELECT id FROM delivery") == [])
+
+    report = opendkim_report(received.data, dns.host, dns.port, tmp_path)
+    assert "verification (s=mta, d=example.com, 2048-bit key) succeeded" in report
 
 
 def test_submission_signature_breaks_on_tamper(make_mta, sink, dns):
