@@ -1,6 +1,6 @@
 """``/health`` for load balancers and ``/metrics`` for Prometheus, on aiohttp.
 
-Health answers 200 when the database answers and the backlog of due
+Health answers 200 when the database answers and the number of queued
 deliveries is under its threshold, else 503 with the reasons, one per line.
 Queue depth is read from the database at scrape time, so every worker
 reports the same, correct number.
@@ -38,8 +38,9 @@ def build_app(config: Config, pool: asyncpg.Pool, store_root: str) -> web.Applic
         problems = []
         try:
             depth = await queue_depth(pool)
-            if depth["due"] > config.http.backlog_threshold:
-                problems.append(f"backlog: {depth['due']} due deliveries exceed the threshold "
+            backlog = sum(depth.values())
+            if backlog > config.http.backlog_threshold:
+                problems.append(f"backlog: {backlog} queued deliveries exceed the threshold "
                                 f"of {config.http.backlog_threshold}")
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
             problems.append(f"database unreachable: {error!r}")

@@ -1,0 +1,147 @@
+"""What an operator touches: health, metrics, the queue commands, logs, workers, config errors."""
+
+from __future__ import annotations
+
+import smtplib
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections import deque
+
+import psutil
+
+from tests.conftest import REMOTE_MX_ADDRESS, query
+from tests.mtaprocess import REPOSITORY
+from tests.test_end_to_end import RELAY_DOMAIN, relay_config, send_mx, wait_until
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_deferred_message_listed_then_flushed(make_mta, sink, sink_port):
+    extra = relay_config(sink_port, retry_schedule=[3600.0])
+    extra["http"] = {"backlog_threshold": 0}
+    mta = make_mta(extra)
+    sink.script.rcpt_replies = deque(["451 4.7.1 greylisted"])
+
+    code, text = send_mx(mta, "sender@example.net", f"user@{RELAY_DOMAIN}")
+    assert code == 250
+    queue_id = text.decode().rsplit(" ", 1)[1]
+
+    listing = wait_until(lambda: "451 4.7.1 greylisted" in (out := mta.cli("queue", "list").stdout) and out)
+    assert queue_id in listing
+    assert "deferred" in listing
+    status, body = http_get(mta.http_port, "/health")
+    assert status == 503
+    assert "backlog: 1 queued deliveries" in body
+
+    result = mta.cli("queue", "flush")
+    assert result.returncode == 0, result.stderr
+    assert "1 deliveries made due now" in result.stdout
+    assert len(sink.wait_for(1)) == 1
+    assert wait_until(lambda: http_get(mta.http_port, "/health")[0] == 200)
+    assert "0 deliveries in the queue" in mta.cli("queue", "list").stdout
+
+
+def test_log_follows_one_message(make_mta, sink, sink_port):
+    mta = make_mta(relay_config(sink_port))
+
+    code, text = send_mx(mta, "sender@example.net", f"user@{RELAY_DOMAIN}")
+    queue_id = text.decode().rsplit(" ", 1)[1]
+    sink.wait_for(1)
+
+    lines = wait_until(lambda: [line for line in mta.log().splitlines() if queue_id in line and "status=sent" in line]
+                       and [line for line in mta.log().splitlines() if queue_id in line])
+    assert any("(queued)" in line and "from=<sender@example.net>" in line for line in lines)
+    assert any(f"to=<user@{RELAY_DOMAIN}>" in line and f"relay={REMOTE_MX_ADDRESS}" in line
+               and "dsn=2.0.0, status=sent" in line for line in lines)
+
+
+def test_metrics_count_accepted_and_delivered(make_mta, sink, sink_port):
+    mta = make_mta(relay_config(sink_port))
+
+    send_mx(mta, "sender@example.net", f"user@{RELAY_DOMAIN}")
+    sink.wait_for(1)
+
+    def scraped() -> str:
+        text = http_get(mta.http_port, "/metrics")[1]
+        return text if 'mta_deliveries_total{outcome="sent"} 1.0' in text else ""
+
+    text = wait_until(scraped)
+    assert 'mta_messages_accepted_total{listener="mx"} 1.0' in text
+    assert 'mta_queue_depth{state="due"} 0.0' in text
+    assert "mta_delivery_latency_seconds_count 1.0" in text
+
+
+def test_health_reports_database_outage(make_mta, pg):
+    from tests.pgcluster import PgCluster
+
+    cluster = PgCluster()
+    cluster.init()
+    cluster.start()
+    try:
+        mta = make_mta(cluster=cluster)
+        assert http_get(mta.http_port, "/health")[0] == 200
+        cluster.stop()
+        status, body = http_get(mta.http_port, "/health")
+        assert status == 503
+        assert "database unreachable" in body
+        cluster.start()
+        assert wait_until(lambda: http_get(mta.http_port, "/health")[0] == 200, timeout=20)
+    finally:
+        cluster.destroy()
+
+
+def test_two_workers_share_the_listeners(make_mta, sink, sink_port):
+    extra = relay_config(sink_port)
+    extra["server"] = {"workers": 2}
+    mta = make_mta(extra)
+
+    workers = psutil.Process(mta.process.pid).children()
+    assert len(workers) == 2
+
+    for number in range(20):
+        with smtplib.SMTP("127.0.0.1", mta.mx_port, timeout=30) as client:
+            client.sendmail("sender@example.net", [f"user{number}@{RELAY_DOMAIN}"],
+                            f"Subject: {number}\r\n\r\nbody\r\n".encode())
+    assert len(sink.wait_for(20)) == 20
+
+    pids = {int(line.split("[", 1)[1].split("]", 1)[0]) for line in mta.log().splitlines()
+            if "(queued)" in line}
+    assert pids <= {worker.pid for worker in workers}
+
+    text = wait_until(lambda: (t := http_get(mta.http_port, "/metrics")[1])
+                      and 'mta_messages_accepted_total{listener="mx"} 20.0' in t and t)
+    assert text
+
+
+def test_invalid_config_exits_2(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[smtp]\nmax_recipients = "many"\n')
+    result = subprocess.run([sys.executable, "-m", "mta", "--config", str(config), "check-config"],
+                            capture_output=True, text=True, cwd=REPOSITORY, timeout=30)
+    assert result.returncode == 2
+    assert "smtp.max_recipients must be of type int" in result.stderr
+
+
+def test_unknown_config_key_named(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[delivery]\nsource_adresses = []\n")
+    result = subprocess.run([sys.executable, "-m", "mta", "--config", str(config), "check-config"],
+                            capture_output=True, text=True, cwd=REPOSITORY, timeout=30)
+    assert result.returncode == 2
+    assert "unknown configuration key: delivery.source_adresses" in result.stderr
+
+
+def test_user_add_rejects_bad_address(make_mta):
+    mta = make_mta()
+    result = mta.cli("user", "add", "not-an-address", "--password-stdin", input_text="long enough\n")
+    assert result.returncode == 2
+    assert "invalid address" in result.stderr
+    assert query(mta.database_url, "SELECT address FROM mailbox_user") == []
