@@ -38,7 +38,7 @@ class _OneLineLibraryErrors(logging.Filter):
     """Fold a library's exception into its log line instead of a traceback.
 
     asyncpg's pool logs a full traceback each time it fails to reconnect
-    during a database outage; one line with the error says as much.
+    during a database outage; one line with the error is enough.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -104,7 +104,7 @@ class HttpConfig:
     address: str = "127.0.0.1"
     port: int = 8025
     enabled: bool = True
-    # /health answers 503 once more than this many deliveries are queued.
+    # /health returns 503 once more than this many deliveries are queued.
     backlog_threshold: int = 100_000
 
 

@@ -47,7 +47,7 @@ def publish_dkim(mta, dns_server) -> None:
 
 
 def txt_lookup(dns_server):
-    """A dkimpy dnsfunc that asks the loopback DNS server."""
+    """Return a dkimpy dnsfunc that queries the loopback DNS server."""
     def lookup(name: bytes, timeout: int = 5) -> bytes:
         resolver = dns.resolver.Resolver(configure=False)
         resolver.nameservers = ["127.0.0.1"]

@@ -1,6 +1,6 @@
 """``/health`` for load balancers and ``/metrics`` for Prometheus, on aiohttp.
 
-Health answers 200 when the database answers and the number of queued
+Health returns 200 when the database responds and the number of queued
 deliveries is under its threshold, else 503 with the reasons, one per line.
 Queue depth is read from the database at scrape time, so every worker
 reports the same, correct number.

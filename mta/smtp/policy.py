@@ -1,10 +1,10 @@
 """Policy decisions of the SMTP session, as plain functions without sockets.
 
 Each check returns the reply to send, or None when the command may proceed.
-The line-ending policy is one for every listener: a bare CR or a bare LF in
+One line-ending policy applies to every listener. A bare CR or a bare LF in
 message data is rejected with 550 5.5.2 after the end of data, never
-repaired, so nothing that could end data differently at another hop (SMTP
-smuggling) is queued, signed or passed on.
+repaired. So nothing that another hop could read as a different end of data
+(SMTP smuggling) is queued, signed or passed on.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ _FROM_FIELD = re.compile(rb"^from[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 @dataclass(frozen=True)
 class Listener:
-    """What a listener allows: MX receives for local domains, submission relays for users."""
+    """Listener rules: MX receives for local domains, submission relays for users."""
 
     name: str
     requires_auth: bool

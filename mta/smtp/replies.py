@@ -1,7 +1,7 @@
 """SMTP replies as data: a code, an RFC 3463 enhanced code and a text.
 
 Every reply the session sends is named here once, so the same condition is
-never answered two ways.
+never replied to in two ways.
 """
 
 from __future__ import annotations

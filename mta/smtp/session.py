@@ -3,7 +3,7 @@
 aiosmtpd parses commands and runs the state machine; this module supplies
 the handler hooks (MAIL, RCPT, DATA), asynchronous AUTH PLAIN and LOGIN that
 check scrypt hashes without blocking the loop, session ids in every log line,
-and an exception handler that answers 451 4.3.0 with a reference id instead
+and an exception handler that replies 451 4.3.0 with a reference id instead
 of aiosmtpd's default, which sends the exception text to the client.
 """
 
@@ -34,7 +34,7 @@ log = logging.getLogger("mta.smtpd")
 
 @dataclass
 class Services:
-    """What every session of a listener shares."""
+    """Shared services of every session on a listener."""
 
     config: Config
     pool: asyncpg.Pool
@@ -127,7 +127,7 @@ class MtaSmtp(SMTP):
 
     async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
                              log_client_response: bool = False) -> bytes | None:
-        """Send a 334 challenge and return the decoded answer, or None after replying 501."""
+        """Send a 334 challenge and return the decoded response, or None after replying 501."""
         text = challenge.encode() if isinstance(challenge, str) else challenge
         await self.push(b"334 " + (base64.b64encode(text) if encode_to_b64 else text))
         line = (await self._reader.readline()).strip()

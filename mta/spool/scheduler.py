@@ -164,7 +164,7 @@ class Scheduler:
                 lost = asyncio.Event()
                 connection.add_termination_listener(lambda _: lost.set())
                 await connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
-                # Catch up on whatever became due while nobody listened.
+                # Catch up on rows that became due while no connection was listening.
                 self._wake.set()
                 await lost.wait()
                 log.warning("LISTEN connection lost, polling until it is back")
