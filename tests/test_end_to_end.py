@@ -257,3 +257,42 @@ def test_null_sender_failure_is_not_bounced(make_mta, sink, sink_port):
     time.sleep(1)
     assert len(query(mta.database_url, "SELECT id FROM message")) == 1
     assert query(mta.database_url, "SELECT id FROM delivery") == []
+
+
+def test_body_store_failure_gives_451(make_mta, sink, sink_port):
+    mta = make_mta(relay_config(sink_port))
+    blobs = mta.workdir / "var" / "blobs"
+
+    # A file where the store's directory should be makes every write fail.
+    blobs.rename(blobs.with_name("blobs.moved"))
+    blobs.write_bytes(b"")
+    code, text = send_mx(mta, "sender@example.net", f"user@{RELAY_DOMAIN}")
+    assert code == 451
+    assert text.startswith(b"4.3.0")
+    assert query(mta.database_url, "SELECT id FROM message") == []
+
+    blobs.unlink()
+    blobs.with_name("blobs.moved").rename(blobs)
+    code, _ = send_mx(mta, "sender@example.net", f"user@{RELAY_DOMAIN}")
+    assert code == 250
+    assert len(sink.wait_for(1)) == 1
+
+
+def test_null_mx_bounces_without_connecting(make_mta, sink):
+    mta = make_mta()
+    add_alice(mta)
+
+    with smtplib.SMTP("127.0.0.1", mta.submission_port, timeout=30) as client:
+        client.starttls()
+        client.login("alice@example.com", PASSWORD)
+        client.sendmail("alice@example.com", ["user@nullmx.example"],
+                        b"From: alice@example.com\r\nTo: user@nullmx.example\r\nSubject: typo\r\n\r\nhi\r\n")
+
+    # The failed recipient, then the notification delivered to alice's mailbox.
+    sql_events = "SELECT status, reply FROM delivery_event ORDER BY id"
+    events = wait_until(lambda: len(rows := query(mta.database_url, sql_events)) == 2 and rows)
+    assert [row["status"] for row in events] == ["bounced", "delivered"]
+    assert events[0]["reply"].startswith("556 5.1.10")
+    sql = "SELECT m.sender FROM mailbox_message b JOIN message m ON m.id = b.message_id"
+    assert [row["sender"] for row in wait_until(lambda: query(mta.database_url, sql))] == [""]
+    assert not sink.rcpt_seen.is_set()
