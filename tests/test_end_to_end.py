@@ -296,3 +296,29 @@ def test_null_mx_bounces_without_connecting(make_mta, sink):
     sql = "SELECT m.sender FROM mailbox_message b JOIN message m ON m.id = b.message_id"
     assert [row["sender"] for row in wait_until(lambda: query(mta.database_url, sql))] == [""]
     assert not sink.rcpt_seen.is_set()
+
+
+def test_outage_during_delivery_retries_row(make_mta, sink, sink_port):
+    cluster = PgCluster()
+    cluster.init()
+    cluster.start()
+    try:
+        mta = make_mta(relay_config(sink_port, lease_seconds=2.0), cluster=cluster)
+        sink.script.rcpt_delays = deque([2.0])
+
+        code, _ = send_mx(mta, "sender@example.net", f"user@{RELAY_DOMAIN}")
+        assert code == 250
+        assert sink.rcpt_seen.wait(20)
+        cluster.stop()
+        # The first copy arrives while the database is down, so its outcome
+        # cannot be recorded: the row must come back when its lease expires.
+        assert len(sink.wait_for(1)) == 1
+        time.sleep(1)
+        cluster.start()
+
+        assert wait_until(lambda: query(mta.database_url, "SELECT id FROM delivery") == [], timeout=30)
+        # At least once: the copy whose outcome was lost is sent again.
+        assert len(sink.messages) == 2
+        assert "retried when its lease expires" in mta.log()
+    finally:
+        cluster.destroy()

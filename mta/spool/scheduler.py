@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from mta.spool.enqueue import Job
+from mta.storage.local import StoreError
 
 log = logging.getLogger("mta.scheduler")
 
@@ -40,7 +41,8 @@ RETURNING d.id, d.message_id, d.domain, d.recipients, d.attempts
 """
 
 _RENEW = """
-UPDATE delivery SET lease_until = now() + make_interval(secs => $2) WHERE lease_owner = $1
+UPDATE delivery SET lease_until = now() + make_interval(secs => $2)
+WHERE lease_owner = $1 AND id = ANY($3::bigint[])
 """
 
 _RELEASE = """
@@ -62,12 +64,16 @@ class Scheduler:
         self.execute = execute
         self.ready: asyncio.Queue[Job] = asyncio.Queue()
         self.running: set[asyncio.Task] = set()
+        # Rows this node is working on or about to: only their leases are
+        # renewed, so a row whose attempt failed midway expires and is retried.
+        self.held: set[int] = set()
         self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
     def submit(self, jobs: list[Job]) -> None:
         for job in jobs:
+            self.held.add(job.delivery_id)
             self.ready.put_nowait(job)
 
     def wake(self) -> None:
@@ -114,12 +120,16 @@ class Scheduler:
             task.add_done_callback(self.running.discard)
 
     async def _run(self, job: Job) -> None:
+        # On failure the lease is left to expire, and a later claim retries the row.
         try:
             await self.execute(job)
+        except (OSError, StoreError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+            log.warning("%s: delivery attempt %d failed, retried when its lease expires: %r",
+                        job.message_id, job.attempt, error)
         except Exception:
-            # The lease expires and another attempt picks the row up again.
-            log.exception("%s: delivery attempt failed unexpectedly", job.message_id)
+            log.exception("%s: delivery attempt %d failed unexpectedly", job.message_id, job.attempt)
         finally:
+            self.held.discard(job.delivery_id)
             self._slots.release()
 
     async def _poll_loop(self) -> None:
@@ -149,8 +159,10 @@ class Scheduler:
     async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
+            if not self.held:
+                continue
             try:
-                await self.pool.execute(_RENEW, self.node_id, self.lease_seconds)
+                await self.pool.execute(_RENEW, self.node_id, self.lease_seconds, list(self.held))
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
                 log.warning("lease renewal failed: %s", error)
 
