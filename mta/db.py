@@ -37,9 +37,10 @@ def embedded_server(config: Config):
     pgdata = config.data_dir / "pg"
     pgdata.mkdir(parents=True, exist_ok=True)
 
-    # Stopping is left to `mta stop` or the operator: a crash of one worker
-    # must not take the database away from the others.
-    return pgserver.get_server(pgdata, cleanup_mode=None)
+    # pgserver stops the server when the last process that started or joined
+    # it exits normally. After a crash (kill -9) it keeps running, and the next
+    # start joins it.
+    return pgserver.get_server(pgdata, cleanup_mode="stop")
 
 
 def database_url(config: Config) -> str:
