@@ -266,9 +266,11 @@ class Sink:
 class OurMta:
     """``mta serve`` as a child process, with its embedded PostgreSQL under the temporary directory."""
 
-    name = "mta"
-
-    def __init__(self, directory: Path, workers: int):
+    def __init__(self, directory: Path, workers: int, tree: Path | None = None):
+        # tree: another checkout of this project to run instead of the installed
+        # one, for before/after figures of a change measured in one invocation.
+        self.name = "before" if tree is not None else "mta"
+        self.tree = tree
         self.directory = directory
         self.workers = workers
         self.port = free_port()
@@ -309,9 +311,15 @@ class OurMta:
         mta = Path(sys.executable).parent / "mta"
         if not mta.exists():
             mta = Path(shutil.which("mta") or "mta")
+        command = [str(mta), "--config", str(config_path), "serve"]
+        environment = None
+        if self.tree is not None:
+            # PYTHONPATH comes before the editable install's finder, so this tree's package is imported.
+            command = [sys.executable, "-m", "mta", "--config", str(config_path), "serve"]
+            environment = {**os.environ, "PYTHONPATH": str(self.tree), "MTA_MIGRATIONS_DIR": str(self.tree / "queue")}
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([str(mta), "--config", str(config_path), "serve"],
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True, env=environment, cwd=self.directory)
         self._wait_healthy()
         self._wait_workers_started()
         self.postmaster = self._find_postmaster()
@@ -548,10 +556,14 @@ def measure(relay: OurMta | Postfix, sink: Sink, load: LoadOptions, result: RunR
         result.arriving_per_second = round(load.messages / (arrival_done - started), 1)
 
 
-def run_relay(kind: str, load: LoadOptions, workers: int, temp_root: Path, keep_temp: bool) -> RunResult:
+def run_relay(kind: str, load: LoadOptions, workers: int, temp_root: Path, keep_temp: bool,
+              before_tree: Path | None = None) -> RunResult:
     directory = Path(tempfile.mkdtemp(prefix=f"baseline-{kind}-", dir=temp_root))
-    relay = OurMta(directory, workers) if kind == "mta" else Postfix(directory)
-    result = RunResult(relay=kind, workers=workers if kind == "mta" else None,
+    if kind == "postfix":
+        relay = Postfix(directory)
+    else:
+        relay = OurMta(directory, workers, before_tree if kind == "before" else None)
+    result = RunResult(relay=kind, workers=None if kind == "postfix" else workers,
                        messages_sent=load.messages, messages_arrived=0)
     sink = Sink(directory, load.messages)
     print(f"{kind}: starting in {directory}", flush=True)
@@ -681,6 +693,15 @@ def print_table(results: list[RunResult]) -> dict:
         key: ratio(summary["mta"][key], summary["postfix"][key])
         for key in ("accepted_per_second", "arriving_per_second", "cpu_ms_per_message")
     }
+    before = [result for result in results if result.relay == "before"]
+    if before:
+        summary["before"] = {"accepted_per_second": median_of(before, "accepted_per_second"),
+                             "arriving_per_second": median_of(before, "arriving_per_second"),
+                             "cpu_ms_per_message": cpu_per_message_ms(before)}
+        summary["ratio_mta_to_before"] = {
+            key: ratio(summary["mta"][key], summary["before"][key])
+            for key in ("accepted_per_second", "arriving_per_second", "cpu_ms_per_message")
+        }
     print()
     print("medians of the runs that succeeded; CPU columns are mta+postgres for ours")
     print(f"{'':<24}{'mta':>10}{'postfix':>10}{'ratio':>8}")
@@ -688,6 +709,12 @@ def print_table(results: list[RunResult]) -> dict:
                        ("cpu_ms_per_message", "CPU ms per message")):
         print(f"{label:<24}{summary['mta'][key] or '-':>10}{summary['postfix'][key] or '-':>10}"
               f"{summary['ratio_mta_to_postfix'][key] or '-':>8}")
+    if before:
+        print(f"{'':<24}{'mta':>10}{'before':>10}{'ratio':>8}")
+        for key, label in (("accepted_per_second", "accepted msg/s"), ("arriving_per_second", "arriving msg/s"),
+                           ("cpu_ms_per_message", "CPU ms per message")):
+            print(f"{label:<24}{summary['mta'][key] or '-':>10}{summary['before'][key] or '-':>10}"
+                  f"{summary['ratio_mta_to_before'][key] or '-':>8}")
     return summary
 
 
@@ -731,6 +758,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                              "by default each message gets a new connection")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of each relay, alternating between them (default: %(default)s)")
+    parser.add_argument("--before-tree", type=Path, metavar="DIR",
+                        help="also run the MTA from this other checkout (git worktree of an earlier commit)"
+                             " as relay 'before', and print the ratios mta/before")
     parser.add_argument("--relays", default="mta,postfix",
                         help="comma-separated relays to run: mta, postfix (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=600.0,
@@ -750,9 +780,13 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     if args.timeout <= 0:
         parser.error("--timeout must be greater than 0")
     args.relays = [name.strip() for name in args.relays.split(",") if name.strip()]
-    unknown = set(args.relays) - {"mta", "postfix"}
+    if args.before_tree is not None and "before" not in args.relays:
+        args.relays.insert(0, "before")
+    unknown = set(args.relays) - {"mta", "postfix", "before"}
     if unknown or not args.relays:
-        parser.error(f"--relays must name mta, postfix or both, got {sorted(unknown) or 'nothing'}")
+        parser.error(f"--relays must name mta, postfix or before, got {sorted(unknown) or 'nothing'}")
+    if "before" in args.relays and args.before_tree is None:
+        parser.error("--relays names before, which needs --before-tree DIR")
     return args
 
 
@@ -784,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for _ in range(args.repeat):
         for kind in args.relays:
-            results.append(run_relay(kind, load, args.workers, args.temp_dir, args.keep_temp))
+            results.append(run_relay(kind, load, args.workers, args.temp_dir, args.keep_temp, args.before_tree))
     summary = print_table(results)
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

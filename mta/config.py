@@ -42,6 +42,9 @@ class StorageConfig:
     # Relative paths are taken from server.data_dir.
     path: str = "blobs"
     master_key_file: str = "keys/master.key"
+    # Encrypted bodies up to this many octets are kept in PostgreSQL, committed
+    # with their envelope; larger ones go to the body store. 0 sends all there.
+    inline_max_size: int = 65536
 
 
 @dataclass
@@ -211,6 +214,8 @@ def check(config: Config) -> None:
 
     if bool(config.tls.cert_file) != bool(config.tls.key_file):
         raise ConfigError("tls.cert_file and tls.key_file must be set together")
+    if not 0 <= config.storage.inline_max_size <= 16 * 1024 * 1024:
+        raise ConfigError("storage.inline_max_size must be between 0 and 16777216 octets")
     if config.storage.kind != "local":
         raise ConfigError(f"storage.kind must be 'local', got {config.storage.kind!r}")
     if not config.delivery.retry_schedule:

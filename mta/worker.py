@@ -58,7 +58,7 @@ class Worker:
 
         scheduler = Scheduler(pool, self.prepared.url, self.node_id, delivery.concurrency, delivery.lease_seconds,
                               delivery.poll_interval, execute=self._deliver)
-        spool = Spool(pool, store, cipher, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit)
+        spool = Spool(pool, store, cipher, config.storage.inline_max_size, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit)
         settler = Settler(pool, spool, self.node_id, config.server.hostname, delivery.retry_schedule,
                           delivery.max_age)
         self.agent = DeliveryAgent(config, pool, store, cipher, resolver, smtp, settler)

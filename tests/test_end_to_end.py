@@ -260,7 +260,10 @@ def test_null_sender_failure_is_not_bounced(make_mta, sink, sink_port):
 
 
 def test_body_store_failure_gives_451(make_mta, sink, sink_port):
-    mta = make_mta(relay_config(sink_port))
+    extra = relay_config(sink_port)
+    # Every body goes to the body store, none inline in PostgreSQL.
+    extra["storage"] = {"inline_max_size": 0}
+    mta = make_mta(extra)
     blobs = mta.workdir / "var" / "blobs"
 
     # A file where the store's directory should be makes every write fail.
@@ -276,6 +279,9 @@ def test_body_store_failure_gives_451(make_mta, sink, sink_port):
     code, _ = send_mx(mta, "sender@example.net", f"user@{RELAY_DOMAIN}")
     assert code == 250
     assert len(sink.wait_for(1)) == 1
+
+    # Delivered and finished: the object is gone from the store.
+    assert wait_until(lambda: not any(path.is_file() for path in blobs.rglob("*")))
 
 
 def test_null_mx_bounces_without_connecting(make_mta, sink):
@@ -322,3 +328,16 @@ def test_outage_during_delivery_retries_row(make_mta, sink, sink_port):
         assert "retried when its lease expires" in mta.log()
     finally:
         cluster.destroy()
+
+
+def test_inline_body_removed_after_delivery(make_mta, sink, sink_port):
+    mta = make_mta(relay_config(sink_port))
+    body = b"Subject: inline\r\n\r\n" + b"line of text\r\n" * 100
+
+    code, _ = send_mx(mta, "sender@example.net", f"user@{RELAY_DOMAIN}", body)
+    assert code == 250
+    received = sink.wait_for(1)[0].data
+    assert received.endswith(body)
+
+    assert wait_until(lambda: query(mta.database_url, "SELECT message_id FROM message_body") == [])
+    assert not any(path.is_file() for path in (mta.workdir / "var" / "blobs").rglob("*"))

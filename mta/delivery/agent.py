@@ -27,7 +27,11 @@ from mta.storage.local import LocalStore
 
 log = logging.getLogger("mta.delivery")
 
-_LOAD = "SELECT sender, body_key, wrapped_key, received_at FROM message WHERE id = $1"
+_LOAD = """
+SELECT m.sender, m.body_key, m.wrapped_key, m.received_at, b.data AS inline_data
+FROM message m LEFT JOIN message_body b ON b.message_id = m.id
+WHERE m.id = $1
+"""
 
 
 class DeliveryAgent:
@@ -49,8 +53,10 @@ class DeliveryAgent:
             return
 
         message = MessageInfo(job.message_id, row["sender"], row["received_at"])
-        data = await self.store.get(row["body_key"])
-        body = self.cipher.decrypt(row["body_key"], data, row["wrapped_key"])
+        data = row["inline_data"]
+        if data is None:
+            data = await self.store.get(row["body_key"])
+        body = self.cipher.decrypt(job.message_id, data, row["wrapped_key"])
 
         outcome = await self._attempt(job, message, body)
         settlement = await self.settler.settle(job, message, outcome, body)
@@ -62,7 +68,8 @@ class DeliveryAgent:
             log.info("%s: sender non-delivery notification: %s",
                      message.queue_id, settlement.notification.queue_id)
         if settlement.body_unused:
-            await self.store.delete(row["body_key"])
+            if row["body_key"] is not None:
+                await self.store.delete(row["body_key"])
             log.info("%s: removed", message.queue_id)
 
     async def _attempt(self, job: Job, message: MessageInfo, body: bytes) -> Outcome:

@@ -1,7 +1,8 @@
 """Enqueue accepted messages: body first, then one commit shared by many sessions.
 
-A message is durable when its encrypted body is in the body store and its
-envelope and delivery rows are committed. Sessions hand their message to one
+A message is durable when its envelope, delivery rows and encrypted body are
+committed. A small body is committed inline, in the same transaction; a large
+one is written to the body store first. Sessions hand their message to one
 writer task, which gathers what arrives within a few milliseconds (up to
 ``MAX_BATCH`` messages) into a single transaction, so the cost of a commit is
 shared. Only after that commit returns does the session send ``250``.
@@ -62,11 +63,14 @@ class Job:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A message whose body is already durable in the body store."""
+    """A message with its body encrypted, and already durable if it went to the body store."""
 
     queue_id: str
     message: NewMessage
     wrapped_key: bytes
+    # The ciphertext of a small body, committed with the envelope; None when
+    # the body is an object in the body store.
+    inline_data: bytes | None
 
 
 @dataclass
@@ -74,6 +78,10 @@ class _Pending:
     prepared: Prepared
     done: asyncio.Future
 
+
+_INSERT_BODIES = """
+INSERT INTO message_body (message_id, data) SELECT * FROM unnest($1::text[], $2::bytea[])
+"""
 
 _INSERT_MESSAGES = """
 INSERT INTO message (id, sender, size, body_key, wrapped_key, origin, session_id)
@@ -89,9 +97,10 @@ RETURNING id, message_id, domain, recipients
 
 
 class Spool:
-    def __init__(self, pool: asyncpg.Pool, store: LocalStore, cipher: BodyCipher,
+    def __init__(self, pool: asyncpg.Pool, store: LocalStore, cipher: BodyCipher, inline_max_size: int,
                  node_id: str, lease_seconds: float, on_ready: Callable[[list[Job]], None]):
         self.pool = pool
+        self.inline_max_size = inline_max_size
         self.store = store
         self.cipher = cipher
         self.node_id = node_id
@@ -114,15 +123,18 @@ class Spool:
             await asyncio.gather(self._writer, return_exceptions=True)
 
     async def prepare(self, message: NewMessage) -> Prepared:
-        """Encrypt the body and make it durable in the body store."""
+        """Encrypt the body; write it to the body store unless it is small enough to go inline."""
         queue_id = message.queue_id or new_queue_id()
         data, wrapped_key = self.cipher.encrypt(queue_id, message.body)
+        if len(data) <= self.inline_max_size:
+            return Prepared(queue_id, message, wrapped_key, data)
+
         try:
             await self.store.put(queue_id, data)
         except StoreError as error:
             log.error("%s: body store write failed: %s", message.session_id, error)
             raise SpoolError("body store unavailable") from error
-        return Prepared(queue_id, message, wrapped_key)
+        return Prepared(queue_id, message, wrapped_key, None)
 
     async def enqueue(self, message: NewMessage) -> str:
         """Make the message durable and return its queue id, or raise SpoolError."""
@@ -136,18 +148,22 @@ class Spool:
             # so the body stays unless the commit is known to have failed.
             await asyncio.shield(done)
         except asyncio.CancelledError:
-            done.add_done_callback(lambda future: self._discard_if_failed(prepared.queue_id, future))
+            done.add_done_callback(lambda future: self._discard_if_failed(prepared, future))
             raise
         except SpoolError:
-            await self.discard_body(prepared.queue_id)
+            await self.discard(prepared)
             raise
         return prepared.queue_id
 
-    def _discard_if_failed(self, queue_id: str, future: asyncio.Future) -> None:
+    def _discard_if_failed(self, prepared: Prepared, future: asyncio.Future) -> None:
         if future.exception() is not None:
-            asyncio.create_task(self.discard_body(queue_id))
+            asyncio.create_task(self.discard(prepared))
 
-    async def discard_body(self, queue_id: str) -> None:
+    async def discard(self, prepared: Prepared) -> None:
+        """Delete the stored body of a message whose envelope was never committed."""
+        if prepared.inline_data is not None:
+            return
+        queue_id = prepared.queue_id
         try:
             await self.store.delete(queue_id)
         except StoreError as error:
@@ -202,10 +218,14 @@ class Spool:
             [item.queue_id for item in batch],
             [m.sender for m in messages],
             [len(m.body) for m in messages],
-            [item.queue_id for item in batch],
+            [None if item.inline_data is not None else item.queue_id for item in batch],
             [item.wrapped_key for item in batch],
             [m.origin for m in messages],
             [m.session_id for m in messages])
+        inline = [item for item in batch if item.inline_data is not None]
+        if inline:
+            await connection.execute(
+                _INSERT_BODIES, [item.queue_id for item in inline], [item.inline_data for item in inline])
         rows = await connection.fetch(
             _INSERT_DELIVERIES, *delivery_columns, self.node_id, self.lease_seconds)
 

@@ -38,6 +38,8 @@ INSERT INTO delivery_event (message_id, recipient, status, reply, relay)
 SELECT $1, r, s, t, $5 FROM unnest($2::text[], $3::text[], $4::text[]) AS e (r, s, t)
 """
 
+_DROP_INLINE_BODY = "DELETE FROM message_body WHERE message_id = $1"
+
 _COMPLETE = """
 UPDATE message SET completed_at = now()
 WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM delivery WHERE message_id = $1)
@@ -97,11 +99,11 @@ class Settler:
                     settlement = await self._apply(connection, job, message, outcome, notification)
         except BaseException:
             if notification is not None:
-                await self.spool.discard_body(notification.queue_id)
+                await self.spool.discard(notification)
             raise
 
         if not settlement.applied and notification is not None:
-            await self.spool.discard_body(notification.queue_id)
+            await self.spool.discard(notification)
             return Settlement(applied=False)
 
         # Handed to the ready queue only now that the rows are committed.
@@ -138,6 +140,8 @@ class Settler:
         if notification is not None:
             jobs = await self.spool.insert(connection, [notification])
         completed = await connection.fetchrow(_COMPLETE, message.queue_id)
+        if completed and completed["body_unused"]:
+            await connection.execute(_DROP_INLINE_BODY, message.queue_id)
 
         return Settlement(applied=True, body_unused=bool(completed and completed["body_unused"]),
                           notification=notification, jobs=jobs)
