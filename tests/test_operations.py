@@ -145,3 +145,22 @@ def test_user_add_rejects_bad_address(make_mta):
     assert result.returncode == 2
     assert "invalid address" in result.stderr
     assert query(mta.database_url, "SELECT address FROM mailbox_user") == []
+
+
+def test_sigterm_loses_no_accepted_message(make_mta, sink, sink_port):
+    mta = make_mta(relay_config(sink_port))
+
+    with smtplib.SMTP("127.0.0.1", mta.mx_port, timeout=30) as client:
+        client.ehlo("client.example.net")
+        client.mail("sender@example.net")
+        client.rcpt(f"user@{RELAY_DOMAIN}")
+        mta.process.terminate()
+        code, text = client.data(b"Subject: during shutdown\r\n\r\nbody\r\n")
+    assert mta.process.wait(timeout=40) == 0
+
+    stored = query(mta.database_url, "SELECT id FROM message")
+    if code == 250:
+        assert [row["id"] for row in stored] == [text.decode().rsplit(" ", 1)[1]]
+    else:
+        assert (code, text[:5]) == (451, b"4.3.0")
+        assert stored == []

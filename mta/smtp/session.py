@@ -9,6 +9,7 @@ of aiosmtpd's default, which sends the exception text to the client.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -174,7 +175,11 @@ class Handler:
             log.info("STARTTLS handshake failed: %r", error.__cause__)
             return str(replies.TLS_FAILED)
         reference = new_session_id()
-        log.error("unexpected error, ref %s: %r", reference, error, exc_info=error)
+        if isinstance(error, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)):
+            # The database is unreachable or restarting: the client retries later.
+            log.error("database or network error, ref %s: %r", reference, error)
+        else:
+            log.error("unexpected error, ref %s: %r", reference, error, exc_info=error)
         return replies.TEMPORARY_FAILURE.format(ref=reference)
 
     async def handle_EHLO(self, server: MtaSmtp, session: Session, envelope: Envelope,

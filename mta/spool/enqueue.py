@@ -109,6 +109,7 @@ class Spool:
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name="spool-writer")
@@ -117,8 +118,17 @@ class Spool:
     def tasks(self) -> list[asyncio.Task]:
         return [self._writer] if self._writer is not None else []
 
-    async def stop(self) -> None:
-        if self._writer is not None:
+    async def stop(self, grace: float = 10.0) -> None:
+        """Commit what sessions have handed over, then stop the writer."""
+        if self._writer is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._writer), timeout=grace)
+        except asyncio.TimeoutError:
+            log.warning("spool writer did not finish in %.0fs, %d messages get no reply",
+                        grace, len(self._pending))
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
 
@@ -138,6 +148,8 @@ class Spool:
 
     async def enqueue(self, message: NewMessage) -> str:
         """Make the message durable and return its queue id, or raise SpoolError."""
+        if self._stopping:
+            raise SpoolError("shutting down")
         prepared = await self.prepare(message)
         done = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(prepared, done))
@@ -172,16 +184,17 @@ class Spool:
             log.warning("%s: failed to delete uncommitted body: %s", queue_id, error)
 
     async def _write_loop(self) -> None:
-        while True:
+        while not (self._stopping and not self._pending):
             await self._wake.wait()
-            if len(self._pending) < MAX_BATCH:
+            if 0 < len(self._pending) < MAX_BATCH and not self._stopping:
                 await asyncio.sleep(BATCH_WINDOW)
 
             batch = self._pending[:MAX_BATCH]
             del self._pending[:MAX_BATCH]
-            if not self._pending:
+            if not self._pending and not self._stopping:
                 self._wake.clear()
-            await self._commit(batch)
+            if batch:
+                await self._commit(batch)
 
     async def _commit(self, batch: list[_Pending]) -> None:
         try:
