@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     user_add.add_argument("address")
     user_add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     user_add.set_defaults(run=cmd_user_add)
+    user_import = user.add_parser("import", help="add many users from a file")
+    user_import.add_argument("file", help="one user per line: ADDRESS, or ADDRESS and a password after a space;"
+                                          " a user without a password receives mail but cannot log in")
+    user_import.set_defaults(run=cmd_user_import)
 
     queue = commands.add_parser("queue", help="inspect and steer the queue").add_subparsers(metavar="ACTION")
     queue_list = queue.add_parser("list", help="list queued deliveries")
@@ -177,6 +181,40 @@ def cmd_user_add(config: Config, args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     print(f"user {args.address.lower()} saved")
+    return 0
+
+
+def cmd_user_import(config: Config, args: argparse.Namespace) -> int:
+    from mta.auth import users
+    from mta.smtp.policy import valid_address
+
+    entries = []
+    try:
+        lines = Path(args.file).read_text().splitlines()
+    except OSError as error:
+        print(f"mta: cannot read {args.file}: {error.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        address, _, password = line.strip().partition(" ")
+        if not valid_address(address):
+            print(f"mta: {args.file}:{number}: invalid address: {address!r}", file=sys.stderr)
+            return EXIT_USAGE
+        if password and len(password) < 8:
+            print(f"mta: {args.file}:{number}: password too short, it must have at least 8 characters",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        entries.append((address, password or None))
+
+    async def run() -> int:
+        connection = await _connect(config)
+        try:
+            return await users.import_users(connection, entries)
+        finally:
+            await connection.close()
+
+    print(f"{asyncio.run(run())} users saved")
     return 0
 
 

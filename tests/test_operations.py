@@ -164,3 +164,38 @@ def test_sigterm_loses_no_accepted_message(make_mta, sink, sink_port):
     else:
         assert (code, text[:5]) == (451, b"4.3.0")
         assert stored == []
+
+
+def test_user_import_locked_and_password(make_mta, tmp_path):
+    mta = make_mta()
+    listing = tmp_path / "users.txt"
+    listing.write_text("# mailboxes\nreader@example.com\nwriter@example.com long-enough-password\n")
+
+    result = mta.cli("user", "import", str(listing))
+    assert result.returncode == 0, result.stderr
+    assert "2 users saved" in result.stdout
+
+    rows = query(mta.database_url, "SELECT address, password_hash FROM mailbox_user ORDER BY address")
+    assert [row["address"] for row in rows] == ["reader@example.com", "writer@example.com"]
+    assert rows[0]["password_hash"] == "locked"
+    assert rows[1]["password_hash"].startswith("scrypt$")
+
+    with smtplib.SMTP("127.0.0.1", mta.submission_port, timeout=30) as client:
+        client.starttls()
+        try:
+            client.login("reader@example.com", "locked")
+            logged_in = True
+        except smtplib.SMTPAuthenticationError:
+            logged_in = False
+    assert not logged_in
+
+
+def test_user_import_rejects_bad_line(make_mta, tmp_path):
+    mta = make_mta()
+    listing = tmp_path / "users.txt"
+    listing.write_text("good@example.com\nnot an address\n")
+
+    result = mta.cli("user", "import", str(listing))
+    assert result.returncode == 2
+    assert "users.txt:2: invalid address" in result.stderr
+    assert query(mta.database_url, "SELECT address FROM mailbox_user") == []
