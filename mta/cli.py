@@ -167,7 +167,11 @@ def cmd_user_add(config: Config, args: argparse.Namespace) -> int:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass(f"Password for {args.address}: ")
+        try:
+            password = getpass.getpass(f"Password for {args.address}: ")
+        except EOFError:
+            print("\nmta: no password given", file=sys.stderr)
+            return EXIT_USAGE
     if len(password) < 8:
         print("mta: password too short, it must have at least 8 characters", file=sys.stderr)
         return EXIT_USAGE
@@ -250,7 +254,7 @@ def cmd_queue_list(config: Config, args: argparse.Namespace) -> int:
               f"<{row['sender']}> -> {', '.join(row['recipients'])}")
         if row["last_reply"]:
             print(f"{'':<15} last reply: {row['last_reply']}")
-    print(f"-- {len(rows)} deliveries in the queue")
+    print(f"-- {_count(len(rows), 'delivery', 'deliveries')} in the queue")
     return 0
 
 
@@ -269,7 +273,7 @@ def cmd_queue_flush(config: Config, args: argparse.Namespace) -> int:
             await connection.close()
 
     status = asyncio.run(run())
-    print(f"{status.split()[-1]} deliveries made due now")
+    print(f"{_count(int(status.split()[-1]), 'delivery', 'deliveries')} made due now")
     return 0
 
 
@@ -281,6 +285,10 @@ def cmd_dkim_records(config: Config, args: argparse.Namespace) -> int:
         path = config.data_path(config.domains.dkim_key_dir) / f"{domain}.{selector}.pem"
         print(f'{selector}._domainkey.{domain}. IN TXT "{dns_txt_value(load_or_create_key(path))}"')
     return 0
+
+
+def _count(number: int, singular: str, plural: str) -> str:
+    return f"{number} {singular if number == 1 else plural}"
 
 
 async def _connect(config: Config):

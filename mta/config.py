@@ -13,7 +13,7 @@ import ipaddress
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 
 class ConfigError(ValueError):
@@ -178,19 +178,74 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
 
 
 def _coerce(key: str, hint: Any, default: Any, value: Any) -> Any:
-    expected = type(default)
+    origin = get_origin(hint)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {type(value).__name__}: {value!r}")
+        (element,) = get_args(hint)
+        return [_scalar(f"{key}[{index}]", element, item) for index, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table, got {type(value).__name__}: {value!r}")
+        _, element = get_args(hint)
+        return {name: _scalar(f"{key}.{name}", element, item) for name, item in value.items()}
+    return _scalar(key, type(default), value)
+
+
+def _scalar(key: str, expected: type, value: Any) -> Any:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
         raise ConfigError(
             f"{key} must be of type {expected.__name__}, got {type(value).__name__}: {value!r}")
     return value
 
 
+# Inclusive bounds of numeric settings: (table, field) -> (minimum, maximum).
+_BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
+    ("server", "workers"): (1, 256),
+    ("database", "pool_min"): (1, 1000),
+    ("database", "pool_max"): (1, 1000),
+    ("smtp", "max_message_size"): (1024, 2 ** 31 - 1),
+    ("smtp", "max_recipients"): (1, 100_000),
+    ("smtp", "idle_timeout"): (1.0, 86400.0),
+    ("storage", "inline_max_size"): (0, 16 * 1024 * 1024),
+    ("delivery", "dns_port"): (1, 65535),
+    ("delivery", "smtp_port"): (1, 65535),
+    ("delivery", "concurrency"): (1, 100_000),
+    ("delivery", "connect_timeout"): (0.1, 3600.0),
+    ("delivery", "data_timeout"): (1.0, 86400.0),
+    ("delivery", "lease_seconds"): (1.0, 86400.0),
+    ("delivery", "max_age"): (60.0, 365 * 86400.0),
+    ("delivery", "poll_interval"): (0.05, 3600.0),
+    ("http", "port"): (1, 65535),
+    ("http", "backlog_threshold"): (0, 2 ** 31 - 1),
+}
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _check_bounds(config: "Config") -> None:
+    for (table, name), (minimum, maximum) in _BOUNDS.items():
+        value = getattr(getattr(config, table), name)
+        if not minimum <= value <= maximum:
+            raise ConfigError(f"{table}.{name} must be between {minimum:g} and {maximum:g}, got {value!r}")
+
+
 def check(config: Config) -> None:
     """Check bounds and cross-field rules that types alone do not catch."""
-    if config.server.workers < 1 or config.server.workers > 256:
-        raise ConfigError(f"server.workers must be between 1 and 256, got {config.server.workers}")
+    _check_bounds(config)
+    if not config.server.hostname.strip():
+        raise ConfigError("server.hostname must not be empty: it names this host in EHLO, Received and bounces")
+    if config.server.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"server.log_level must be one of {', '.join(LOG_LEVELS)}, got {config.server.log_level!r}")
+    if config.database.pool_min > config.database.pool_max:
+        raise ConfigError(f"database.pool_min ({config.database.pool_min}) must not exceed "
+                          f"database.pool_max ({config.database.pool_max})")
+    for index, interval in enumerate(config.delivery.retry_schedule):
+        if not 1.0 <= interval <= 7 * 86400.0:
+            raise ConfigError(f"delivery.retry_schedule[{index}] must be between 1 and 604800 seconds, "
+                              f"got {interval!r}")
 
     for name in ("mx", "submission"):
         listener = getattr(config.smtp, name)
@@ -198,10 +253,6 @@ def check(config: Config) -> None:
             raise ConfigError(f"smtp.{name}.port must be between 1 and 65535, got {listener.port}")
         _check_address(f"smtp.{name}.address", listener.address)
 
-    if config.smtp.max_message_size < 1024:
-        raise ConfigError("smtp.max_message_size must be at least 1024 octets")
-    if config.smtp.max_recipients < 1:
-        raise ConfigError("smtp.max_recipients must be at least 1")
     if not config.domains.local:
         raise ConfigError("domains.local must name at least one domain")
 
@@ -214,8 +265,6 @@ def check(config: Config) -> None:
 
     if bool(config.tls.cert_file) != bool(config.tls.key_file):
         raise ConfigError("tls.cert_file and tls.key_file must be set together")
-    if not 0 <= config.storage.inline_max_size <= 16 * 1024 * 1024:
-        raise ConfigError("storage.inline_max_size must be between 0 and 16777216 octets")
     if config.storage.kind != "local":
         raise ConfigError(f"storage.kind must be 'local', got {config.storage.kind!r}")
     if not config.delivery.retry_schedule:

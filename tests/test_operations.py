@@ -10,6 +10,7 @@ import urllib.request
 from collections import deque
 
 import psutil
+import pytest
 
 from tests.conftest import REMOTE_MX_ADDRESS, query
 from tests.mtaprocess import REPOSITORY
@@ -43,7 +44,7 @@ def test_deferred_message_listed_then_flushed(make_mta, sink, sink_port):
 
     result = mta.cli("queue", "flush")
     assert result.returncode == 0, result.stderr
-    assert "1 deliveries made due now" in result.stdout
+    assert "1 delivery made due now" in result.stdout
     assert len(sink.wait_for(1)) == 1
     assert wait_until(lambda: http_get(mta.http_port, "/health")[0] == 200)
     assert "0 deliveries in the queue" in mta.cli("queue", "list").stdout
@@ -199,3 +200,24 @@ def test_user_import_rejects_bad_line(make_mta, tmp_path):
     assert result.returncode == 2
     assert "users.txt:2: invalid address" in result.stderr
     assert query(mta.database_url, "SELECT address FROM mailbox_user") == []
+
+
+@pytest.mark.parametrize("table, line, message", [
+    ("delivery", 'retry_schedule = ["a"]', "delivery.retry_schedule[0] must be of type float"),
+    ("delivery", "retry_schedule = [60, -5]", "delivery.retry_schedule[1] must be between 1 and 604800"),
+    ("server", 'log_level = "loud"', "server.log_level must be one of debug, info, warning, error"),
+    ("server", 'hostname = ""', "server.hostname must not be empty"),
+    ("delivery", "connect_timeout = -1.0", "delivery.connect_timeout must be between"),
+    ("delivery", "concurrency = 0", "delivery.concurrency must be between 1 and"),
+    ("database", "pool_min = 20", "database.pool_min (20) must not exceed database.pool_max (10)"),
+    ("smtp.mx", "enabled = 1", "smtp.mx.enabled must be of type bool"),
+    ("delivery.routes", '"a.example" = 25', "delivery.routes.a.example must be of type str"),
+    ("delivery.routes", '"a.example" = "host-without-port"', "must be 'host:port'"),
+])
+def test_config_value_checked(tmp_path, table, line, message):
+    config = tmp_path / "bad.toml"
+    config.write_text(f"[{table}]\n{line}\n")
+    result = subprocess.run([sys.executable, "-m", "mta", "--config", str(config), "check-config"],
+                            capture_output=True, text=True, cwd=REPOSITORY, timeout=30)
+    assert result.returncode == 2
+    assert message in result.stderr

@@ -230,3 +230,14 @@ def test_unexpected_error_text_never_reaches_client(shared_mta):
         assert code in (501, 550, 553)
         assert "Traceback" not in text
         assert client.command("NOOP")[0] == 250
+
+
+def test_submission_from_header_must_be_own(shared_mta):
+    payload = b"From: CEO <ceo@example.com>\r\nTo: bob@example.net\r\nSubject: wire\r\n\r\npay now\r\n.\r\n"
+    before = message_count(shared_mta)
+    with submission(shared_mta) as client:
+        assert client.auth_plain("alice@example.com", PASSWORD)[0] == 235
+        transaction(client, "alice@example.com", "bob@example.net")
+        code, text = client.data(payload)
+        assert (code, text[:5]) == (553, "5.7.1")
+    assert message_count(shared_mta) == before

@@ -76,7 +76,7 @@ class Resolver:
         except dns.resolver.NoAnswer:
             return [domain]
         except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.YXDOMAIN) as error:
-            raise ResolveError(Reply(451, f"4.4.3 DNS lookup of MX for {domain} failed: {error}")) from None
+            raise ResolveError(Reply(451, f"4.4.3 DNS lookup of MX for {domain} failed: {_brief(error)}")) from None
 
         records = list(answer)
         if len(records) == 1 and records[0].preference == 0 and records[0].exchange.to_text() == ".":
@@ -107,9 +107,18 @@ class Resolver:
             except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
                 continue
             except (dns.exception.Timeout, dns.resolver.NoNameservers) as error:
-                raise ResolveError(Reply(451, f"4.4.3 DNS lookup of {host} failed: {error}")) from None
+                raise ResolveError(Reply(451, f"4.4.3 DNS lookup of {host} failed: {_brief(error)}")) from None
             addresses.extend(record.to_text() for record in answer)
 
         if not addresses:
             raise ResolveError(Reply(451, f"4.4.4 host {host} has no address"))
         return addresses
+
+
+def _brief(error: Exception) -> str:
+    """Name a DNS failure in a few words; dnspython's own text repeats every server's error."""
+    if isinstance(error, dns.exception.Timeout):
+        return "timed out"
+    if isinstance(error, dns.resolver.NoNameservers):
+        return "no nameserver gave a usable answer"
+    return type(error).__name__

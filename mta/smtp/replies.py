@@ -37,6 +37,7 @@ UNKNOWN_USER = SmtpReply(550, "5.1.1", "mailbox unknown")
 BARE_LINE_ENDING = SmtpReply(
     550, "5.5.2", "message contains a bare CR or LF; lines must end with CRLF (RFC 5321 section 2.3.8)")
 SENDER_NOT_OWNED = SmtpReply(553, "5.7.1", "sender address not owned by the authenticated user")
+AUTHOR_NOT_OWNED = SmtpReply(553, "5.7.1", "From header address not owned by the authenticated user")
 NUL_IN_DATA = SmtpReply(554, "5.6.0", "message contains NUL characters")
 ONE_FROM_REQUIRED = SmtpReply(554, "5.6.0", "message must have exactly one From header field")
 HEADER_MISSING = SmtpReply(554, "5.6.0", "message has no header section")

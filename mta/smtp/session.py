@@ -27,7 +27,7 @@ from mta.dkim import DkimSigner, DuplicateFromError
 from mta.ids import new_queue_id, new_session_id
 from mta.smtp import policy, replies
 from mta.smtp.policy import Listener
-from mta.smtp.stamp import Arrival, add_missing_fields, author_domain, received_field
+from mta.smtp.stamp import Arrival, add_missing_fields, author_address, author_domain, received_field
 from mta.spool.enqueue import NewMessage, Spool, SpoolError
 
 log = logging.getLogger("mta.smtpd")
@@ -233,6 +233,10 @@ class Handler:
         reply = policy.check_content(data, require_one_from=submission)
         if reply is not None:
             return self._reject_data(session, envelope, reply)
+
+        if submission and author_address(data).lower() != str(session.auth_data).lower():
+            # The From domain chooses the DKIM key, so a user must not sign as a colleague.
+            return self._reject_data(session, envelope, replies.AUTHOR_NOT_OWNED)
 
         queue_id = new_queue_id()
         if submission:

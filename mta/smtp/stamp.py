@@ -55,14 +55,19 @@ def add_missing_fields(data: bytes, hostname: str, queue_id: str) -> bytes:
     return added + data
 
 
-def author_domain(data: bytes) -> str:
-    """Return the domain of the first address in the From field, or ''."""
+def author_address(data: bytes) -> str:
+    """Return the first address in the From field, or ''."""
     match = _FROM_VALUE.search(header_section(data))
     if match is None:
         return ""
     value = match.group(1).decode("utf-8", "replace").replace("\r\n", "")
     addresses = email.utils.getaddresses([value])
-    return domain_of(addresses[0][1]) if addresses else ""
+    return addresses[0][1] if addresses else ""
+
+
+def author_domain(data: bytes) -> str:
+    """Return the domain of the first address in the From field, or ''."""
+    return domain_of(author_address(data))
 
 
 def _clean(text: str) -> str:
