@@ -115,7 +115,7 @@ def test_size_distribution_share_and_median():
     with_attachments = [attachments for _, attachments in samples if attachments]
     attachment_sizes = [a for attachments in with_attachments for a in attachments]
 
-    assert len(with_attachments) / len(samples) == pytest.approx(0.10, abs=0.01)
+    assert len(with_attachments) / len(samples) == pytest.approx(0.02, abs=0.005)
     assert statistics.median(bodies) == pytest.approx(5_000, rel=0.05)
     assert min(bodies) >= size.body_min
     assert max(bodies) <= size.body_max
