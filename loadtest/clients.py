@@ -1,0 +1,160 @@
+"""Load-test SMTP clients: mail clients on submission and remote MTAs on MX.
+
+Connections are reused the way real senders reuse them: a mail client keeps
+its authenticated connection for a few messages of the same user, a remote
+MTA keeps one per sending domain. Each connection carries at most
+``messages_per_connection`` messages and is closed after ``idle_seconds``
+without use. The number of open sessions is bounded by ``max_sessions``.
+
+Only loopback targets are accepted: this harness must never load anything
+else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiosmtplib
+
+
+def check_loopback(host: str) -> None:
+    """Raise ValueError unless ``host`` is a loopback address."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"load-test target must be a loopback IP address, got {host!r}") from None
+    if not address.is_loopback:
+        raise ValueError(f"load-test target must be on loopback (127.0.0.0/8 or ::1), got {host}")
+
+
+def client_tls_context() -> ssl.SSLContext:
+    # The MTA under test has a self-signed certificate; what is measured is
+    # the cost of TLS, not its trust chain.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+@dataclass
+class Outcome:
+    code: int | None
+    text: str
+    replied_at: float
+
+
+@dataclass
+class _Connection:
+    client: aiosmtplib.SMTP
+    used: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    host: str
+    mx_port: int
+    submission_port: int
+    max_sessions: int = 50
+    messages_per_connection: int = 10
+    idle_seconds: float = 5.0
+    timeout: float = 120.0
+    mx_starttls: bool = True
+
+
+class ClientPool:
+    def __init__(self, settings: ClientSettings, password_for: Callable[[str], str]):
+        check_loopback(settings.host)
+        self.settings = settings
+        self.password_for = password_for
+        self.tls_context = client_tls_context()
+        self._idle: dict[tuple[str, str], list[_Connection]] = {}
+        self._sessions = asyncio.Semaphore(settings.max_sessions)
+        self._open = 0
+
+    async def send(self, kind: str, sender: str, recipients: list[str], message: bytes) -> Outcome:
+        """Send one message and return its final reply; connection failures give code None."""
+        key = (kind, sender if kind == "submission" else sender.rpartition("@")[2])
+        connection = self._take_idle(key)
+        if connection is None:
+            await self._sessions.acquire()
+            try:
+                connection = await self._connect(kind, sender)
+            except (aiosmtplib.SMTPException, OSError) as error:
+                self._sessions.release()
+                return Outcome(None, f"connect failed: {error!r}", time.monotonic())
+
+        outcome = await self._transaction(connection, sender, recipients, message)
+        connection.used += 1
+        connection.last_used = time.monotonic()
+        reusable = outcome.code is not None and connection.used < self.settings.messages_per_connection
+        if reusable:
+            self._idle.setdefault(key, []).append(connection)
+        else:
+            await self._close(connection)
+        return outcome
+
+    def _take_idle(self, key: tuple[str, str]) -> _Connection | None:
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        while idle:
+            connection = idle.pop()
+            if now - connection.last_used < self.settings.idle_seconds and connection.client.is_connected:
+                return connection
+            asyncio.get_running_loop().create_task(self._close(connection))
+        return None
+
+    async def _connect(self, kind: str, sender: str) -> _Connection:
+        submission = kind == "submission"
+        client = aiosmtplib.SMTP(
+            hostname=self.settings.host,
+            port=self.settings.submission_port if submission else self.settings.mx_port,
+            local_hostname="client.loadtest.invalid" if submission else f"mx.{sender.rpartition('@')[2]}",
+            timeout=self.settings.timeout,
+            start_tls=True if submission else (None if self.settings.mx_starttls else False),
+            tls_context=self.tls_context,
+        )
+        await client.connect()
+        if submission:
+            await client.login(sender, self.password_for(sender))
+        return _Connection(client)
+
+    async def _transaction(self, connection: _Connection, sender: str, recipients: list[str],
+                           message: bytes) -> Outcome:
+        try:
+            refused, reply = await connection.client.sendmail(sender, recipients, message)
+        except aiosmtplib.SMTPRecipientsRefused as error:
+            first = error.recipients[0]
+            return Outcome(first.code, first.message, time.monotonic())
+        except aiosmtplib.SMTPResponseException as error:
+            await self._reset(connection)
+            return Outcome(error.code, error.message, time.monotonic())
+        except (aiosmtplib.SMTPException, OSError) as error:
+            return Outcome(None, repr(error), time.monotonic())
+        return Outcome(250, reply, time.monotonic())
+
+    async def _reset(self, connection: _Connection) -> None:
+        try:
+            await connection.client.rset()
+        except (aiosmtplib.SMTPException, OSError):
+            connection.client.close()
+
+    async def _close(self, connection: _Connection) -> None:
+        try:
+            if connection.client.is_connected:
+                await connection.client.quit(timeout=10)
+        except (aiosmtplib.SMTPException, OSError):
+            connection.client.close()
+        finally:
+            self._sessions.release()
+
+    async def close(self) -> None:
+        idle = [connection for connections in self._idle.values() for connection in connections]
+        self._idle.clear()
+        await asyncio.gather(*(self._close(connection) for connection in idle))

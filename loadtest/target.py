@@ -1,0 +1,162 @@
+"""The MTA under test: ``mta serve`` in a temporary directory, set up for a load model.
+
+It gets the model's local domain, static routes that send every remote domain
+to the sink (one loopback address per domain, like separate MX hosts), its
+own embedded PostgreSQL, and the model's users: every mailbox exists so MX
+traffic is accepted, and the first ``auth_users`` can log in on submission.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+LOOPBACK = "127.0.0.1"
+PASSWORD = "loadtest-password"
+START_TIMEOUT = 60.0
+
+_DEPTH_LINE = re.compile(r'^mta_queue_depth\{state="\w+"\} ([0-9.e+]+)$', re.MULTILINE)
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class TargetError(Exception):
+    """The MTA under test failed to start or stopped during the run."""
+
+
+class MtaUnderTest:
+    def __init__(self, workers: int, domain: str, routes: dict[str, str], users: int, auth_users: int,
+                 lease_seconds: float = 30.0, temp_root: Path | None = None):
+        # A short lease lets a killed node's messages be retried within a run;
+        # production keeps the default of 300 s.
+        self.lease_seconds = lease_seconds
+        self.directory = Path(tempfile.mkdtemp(prefix="loadtest-mta-", dir=temp_root))
+        self.workers = workers
+        self.domain = domain
+        self.routes = routes
+        self.users = users
+        self.auth_users = auth_users
+        self.mx_port = free_port()
+        self.submission_port = free_port()
+        self.http_port = free_port()
+        self.config_path = self.directory / "mta.toml"
+        self.log_path = self.directory / "mta.log"
+        self.process: subprocess.Popen | None = None
+
+    def _mta(self) -> list[str]:
+        return [sys.executable, "-m", "mta", "--config", str(self.config_path)]
+
+    def write_config(self) -> None:
+        routes = "\n".join(f'"{domain}" = "{target}"' for domain, target in self.routes.items())
+        self.config_path.write_text(
+            f'[server]\ndata_dir = "{self.directory / "var"}"\nhostname = "mta.loadtest.invalid"\n'
+            f"workers = {self.workers}\n\n"
+            f'[smtp.mx]\naddress = "{LOOPBACK}"\nport = {self.mx_port}\n\n'
+            f'[smtp.submission]\naddress = "{LOOPBACK}"\nport = {self.submission_port}\n\n'
+            f'[http]\naddress = "{LOOPBACK}"\nport = {self.http_port}\n\n'
+            f'[domains]\nlocal = ["{self.domain}"]\n\n'
+            f'[delivery]\nnameservers = ["{LOOPBACK}"]\nlease_seconds = {self.lease_seconds}\n\n'
+            f"[delivery.routes]\n{routes}\n")
+
+    def start(self) -> None:
+        self.write_config()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self._mta() + ["serve"], stdout=log, stderr=subprocess.STDOUT,
+                                            cwd=self.directory, start_new_session=True)
+        self._wait_healthy()
+        self._import_users()
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise TargetError(f"mta exited with status {self.process.returncode} during start-up:\n"
+                                  f"{self.log_tail()}")
+            if self.health()[0] == 200:
+                return
+            time.sleep(0.2)
+        raise TargetError(f"mta did not become healthy within {START_TIMEOUT:.0f}s:\n{self.log_tail()}")
+
+    def _import_users(self) -> None:
+        listing = self.directory / "users.txt"
+        with open(listing, "w") as file:
+            for number in range(self.users):
+                password = f" {PASSWORD}" if number < self.auth_users else ""
+                file.write(f"user{number}@{self.domain}{password}\n")
+        result = subprocess.run(self._mta() + ["user", "import", str(listing)], capture_output=True,
+                                text=True, timeout=600, cwd=self.directory)
+        if result.returncode != 0:
+            raise TargetError(f"user import failed: {result.stderr.strip()}")
+
+    def health(self) -> tuple[int, str]:
+        return self._get("/health")
+
+    def _get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://{LOOPBACK}:{self.http_port}{path}", timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+        except OSError as error:
+            return 0, repr(error)
+
+    def queue_depth(self) -> int | None:
+        status, text = self._get("/metrics")
+        if status != 200:
+            return None
+        return int(sum(float(value) for value in _DEPTH_LINE.findall(text)))
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            return int((self.directory / "var" / "pg" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def kill(self) -> None:
+        """Kill every MTA process with SIGKILL, as a crash would; PostgreSQL stays up."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        root = psutil.Process(self.process.pid)
+        # The embedded PostgreSQL may share the process group, so kill by tree and by name.
+        victims = [root] + [child for child in root.children(recursive=True) if child.name() != "postgres"]
+        for victim in victims:
+            try:
+                victim.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        self.process.wait(timeout=30)
+
+    def restart(self) -> None:
+        self.kill()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self._mta() + ["serve"], stdout=log, stderr=subprocess.STDOUT,
+                                            cwd=self.directory, start_new_session=True)
+        self._wait_healthy()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
