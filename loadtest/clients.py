@@ -83,6 +83,10 @@ class ClientPool:
         key = (kind, sender if kind == "submission" else sender.rpartition("@")[2])
         connection = self._take_idle(key)
         if connection is None:
+            if self._sessions.locked():
+                # Every session slot may be held by idle connections of other
+                # senders: give one up, or no new sender could ever connect.
+                await self._evict_oldest_idle()
             await self._sessions.acquire()
             try:
                 connection = await self._connect(kind, sender)
@@ -109,6 +113,16 @@ class ClientPool:
                 return connection
             asyncio.get_running_loop().create_task(self._close(connection))
         return None
+
+    async def _evict_oldest_idle(self) -> None:
+        oldest_key, oldest = None, None
+        for key, connections in self._idle.items():
+            for connection in connections:
+                if oldest is None or connection.last_used < oldest.last_used:
+                    oldest_key, oldest = key, connection
+        if oldest is not None:
+            self._idle[oldest_key].remove(oldest)
+            await self._close(oldest)
 
     async def _connect(self, kind: str, sender: str) -> _Connection:
         submission = kind == "submission"

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import asyncpg
+import psutil
 
 from mta.config import Config
 
@@ -36,11 +37,32 @@ def embedded_server(config: Config):
 
     pgdata = config.data_dir / "pg"
     pgdata.mkdir(parents=True, exist_ok=True)
+    _forget_dead_handles(pgdata)
 
     # pgserver stops the server when the last process that started or joined
     # it exits normally. After a crash (kill -9) it keeps running, and the next
     # start joins it.
     return pgserver.get_server(pgdata, cleanup_mode="stop")
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """Drop processes that died without exiting (kill -9) from pgserver's list of users.
+
+    pgserver stops the server when the last process in that list exits, so a
+    crashed process left in it would keep the server running for ever.
+    """
+    import pgserver
+    from pgserver.utils import DiskList
+
+    handles = DiskList(pgdata / ".handle_pids.json")
+    with pgserver.PostgresServer._lock:
+        try:
+            pids = handles.get()
+        except (OSError, ValueError):
+            return
+        alive = [pid for pid in pids if psutil.pid_exists(pid)]
+        if alive != pids:
+            handles.put(alive)
 
 
 def database_url(config: Config) -> str:
