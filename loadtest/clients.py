@@ -75,31 +75,28 @@ class ClientPool:
         self.password_for = password_for
         self.tls_context = client_tls_context()
         self._idle: dict[tuple[str, str], list[_Connection]] = {}
-        self._sessions = asyncio.Semaphore(settings.max_sessions)
-        self._open = 0
+        self._idle_count = 0
+        # Bounds transactions in progress; idle connections are bounded apart
+        # (as many again), so a waiting sender never waits on an idle one.
+        self._active = asyncio.Semaphore(settings.max_sessions)
+        self._closing: set[asyncio.Task] = set()
 
     async def send(self, kind: str, sender: str, recipients: list[str], message: bytes) -> Outcome:
         """Send one message and return its final reply; connection failures give code None."""
         key = (kind, sender if kind == "submission" else sender.rpartition("@")[2])
-        connection = self._take_idle(key)
-        if connection is None:
-            if self._sessions.locked():
-                # Every session slot may be held by idle connections of other
-                # senders: give one up, or no new sender could ever connect.
-                await self._evict_oldest_idle()
-            await self._sessions.acquire()
-            try:
-                connection = await self._connect(kind, sender)
-            except (aiosmtplib.SMTPException, OSError) as error:
-                self._sessions.release()
-                return Outcome(None, f"connect failed: {error!r}", time.monotonic())
+        async with self._active:
+            connection = self._take_idle(key)
+            if connection is None:
+                try:
+                    connection = await self._connect(kind, sender)
+                except (aiosmtplib.SMTPException, OSError) as error:
+                    return Outcome(None, f"connect failed: {error!r}", time.monotonic())
+            outcome = await self._transaction(connection, sender, recipients, message)
 
-        outcome = await self._transaction(connection, sender, recipients, message)
         connection.used += 1
         connection.last_used = time.monotonic()
-        reusable = outcome.code is not None and connection.used < self.settings.messages_per_connection
-        if reusable:
-            self._idle.setdefault(key, []).append(connection)
+        if outcome.code is not None and connection.used < self.settings.messages_per_connection:
+            self._park(key, connection)
         else:
             await self._close(connection)
         return outcome
@@ -109,12 +106,19 @@ class ClientPool:
         now = time.monotonic()
         while idle:
             connection = idle.pop()
+            self._idle_count -= 1
             if now - connection.last_used < self.settings.idle_seconds and connection.client.is_connected:
                 return connection
-            asyncio.get_running_loop().create_task(self._close(connection))
+            self._close_later(connection)
         return None
 
-    async def _evict_oldest_idle(self) -> None:
+    def _park(self, key: tuple[str, str], connection: _Connection) -> None:
+        self._idle.setdefault(key, []).append(connection)
+        self._idle_count += 1
+        if self._idle_count > self.settings.max_sessions:
+            self._evict_oldest_idle()
+
+    def _evict_oldest_idle(self) -> None:
         oldest_key, oldest = None, None
         for key, connections in self._idle.items():
             for connection in connections:
@@ -122,7 +126,13 @@ class ClientPool:
                     oldest_key, oldest = key, connection
         if oldest is not None:
             self._idle[oldest_key].remove(oldest)
-            await self._close(oldest)
+            self._idle_count -= 1
+            self._close_later(oldest)
+
+    def _close_later(self, connection: _Connection) -> None:
+        task = asyncio.get_running_loop().create_task(self._close(connection))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _connect(self, kind: str, sender: str) -> _Connection:
         submission = kind == "submission"
@@ -165,10 +175,9 @@ class ClientPool:
                 await connection.client.quit(timeout=10)
         except (aiosmtplib.SMTPException, OSError):
             connection.client.close()
-        finally:
-            self._sessions.release()
 
     async def close(self) -> None:
         idle = [connection for connections in self._idle.values() for connection in connections]
         self._idle.clear()
-        await asyncio.gather(*(self._close(connection) for connection in idle))
+        self._idle_count = 0
+        await asyncio.gather(*(self._close(connection) for connection in idle), *self._closing)
