@@ -221,3 +221,24 @@ def test_config_value_checked(tmp_path, table, line, message):
                             capture_output=True, text=True, cwd=REPOSITORY, timeout=30)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_password_change_ends_cached_login(make_mta):
+    mta = make_mta()
+
+    def login(password: str) -> bool:
+        with smtplib.SMTP("127.0.0.1", mta.submission_port, timeout=30) as client:
+            client.starttls()
+            try:
+                client.login("carol@example.com", password)
+                return True
+            except smtplib.SMTPAuthenticationError:
+                return False
+
+    assert mta.cli("user", "add", "carol@example.com", "--password-stdin", input_text="first-password\n").returncode == 0
+    assert login("first-password")
+    assert login("first-password")
+
+    assert mta.cli("user", "add", "carol@example.com", "--password-stdin", input_text="second-password\n").returncode == 0
+    assert not login("first-password")
+    assert login("second-password")

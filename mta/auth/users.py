@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import time
 
 import asyncpg
 
@@ -46,11 +47,58 @@ def verify_password(password: bytes, stored: str) -> bool:
 _DUMMY_HASH = hash_password(secrets.token_hex(16))
 
 
+class VerifiedCache:
+    """Recently verified credentials, so a mail client's next login skips scrypt.
+
+    Mail clients log in on every connection, and scrypt costs tens of
+    milliseconds of CPU each time, which dominated a load test. An entry is an
+    HMAC, under a key made at process start, of the address, the stored hash
+    and the password: the password itself is never kept, and a changed
+    password (a new stored hash) misses the cache. Only successes are cached,
+    so guessing still pays the full cost. Entries live ``ttl`` seconds.
+    """
+
+    def __init__(self, ttl: float = 300.0, max_entries: int = 100_000):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._key = secrets.token_bytes(32)
+        self._entries: dict[bytes, float] = {}
+
+    def _digest(self, address: str, stored: str, password: bytes) -> bytes:
+        material = address.encode() + b"\0" + stored.encode() + b"\0" + password
+        return hmac.new(self._key, material, hashlib.sha256).digest()
+
+    def contains(self, address: str, stored: str, password: bytes) -> bool:
+        digest = self._digest(address, stored, password)
+        expires = self._entries.get(digest)
+        if expires is None:
+            return False
+        if expires < time.monotonic():
+            del self._entries[digest]
+            return False
+        return True
+
+    def add(self, address: str, stored: str, password: bytes) -> None:
+        if len(self._entries) >= self.max_entries:
+            # Dropping everything is crude but bounded; it only costs some scrypt runs.
+            self._entries.clear()
+        self._entries[self._digest(address, stored, password)] = time.monotonic() + self.ttl
+
+
+_verified = VerifiedCache()
+
+
 async def authenticate(pool: asyncpg.Pool, address: str, password: bytes) -> bool:
-    row = await pool.fetchrow("SELECT password_hash FROM mailbox_user WHERE address = $1", address.lower())
+    address = address.lower()
+    row = await pool.fetchrow("SELECT password_hash FROM mailbox_user WHERE address = $1", address)
+    if row is not None and _verified.contains(address, row["password_hash"], password):
+        return True
+
     stored = row["password_hash"] if row else _DUMMY_HASH
-    valid = await asyncio.to_thread(verify_password, password, stored)
-    return valid and row is not None
+    valid = await asyncio.to_thread(verify_password, password, stored) and row is not None
+    if valid:
+        _verified.add(address, stored, password)
+    return valid
 
 
 async def add_user(pool: asyncpg.Pool, address: str, password: str) -> None:
