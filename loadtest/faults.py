@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 
 from loadtest.target import MtaUnderTest
@@ -49,7 +50,7 @@ async def run_faults(faults: list[Fault], target: MtaUnderTest) -> None:
     started = loop.time()
     for fault in sorted(faults, key=lambda item: item.at):
         await asyncio.sleep(max(0.0, started + fault.at - loop.time()))
-        print(f"\nfault: {fault} at {loop.time() - started:.1f}s", flush=True)
+        print(f"\nfault: {fault} at {loop.time() - started:.1f}s", file=sys.stderr, flush=True)
         if fault.kind == "kill-node":
             await asyncio.to_thread(target.restart)
         elif fault.kind == "restart-postgres":
