@@ -4,6 +4,7 @@
     python -m loadtest run --mode open --rate 100 --duration 60
     python -m loadtest run --mode day --minutes 30 --users 5000
     python -m loadtest run --mode closed --concurrency 50 --count 20000
+    python -m loadtest compare --count 5000    # the model's relay mix, this MTA and Postfix
     python -m loadtest baseline ...      # smtp-source against this MTA and Postfix
     python -m loadtest sign-bench ...    # DKIM signing rate
 
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("baseline", help="smtp-source against this MTA and Postfix (see --help there)",
                         add_help=False)
+    commands.add_parser("compare", help="the model's relay workload against this MTA and Postfix (see --help there)",
+                        add_help=False)
     commands.add_parser("sign-bench", help="DKIM signing rate (see --help there)", add_help=False)
     return parser
 
@@ -84,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["baseline"]:
         from loadtest import baseline
         return baseline.main(argv[1:])
+    if argv[:1] == ["compare"]:
+        from loadtest import compare
+        return compare.main(argv[1:])
     if argv[:1] == ["sign-bench"]:
         from loadtest import sign_bench
         return sign_bench.main(argv[1:])

@@ -8,6 +8,7 @@ traffic is accepted, and the first ``auth_users`` can log in on submission.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -40,13 +41,16 @@ class TargetError(Exception):
 
 class MtaUnderTest:
     def __init__(self, workers: int, domain: str, routes: dict[str, str], users: int, auth_users: int,
-                 lease_seconds: float = 30.0, temp_root: Path | None = None):
+                 lease_seconds: float = 30.0, temp_root: Path | None = None,
+                 extra_local_domains: tuple[str, ...] = ()):
         # A short lease lets a killed node's messages be retried within a run;
         # production keeps the default of 300 s.
         self.lease_seconds = lease_seconds
         self.directory = Path(tempfile.mkdtemp(prefix="loadtest-mta-", dir=temp_root))
         self.workers = workers
         self.domain = domain
+        # Further domains received on MX, usually relayed by a route (like Postfix's relay_domains).
+        self.extra_local_domains = tuple(extra_local_domains)
         self.routes = routes
         self.users = users
         self.auth_users = auth_users
@@ -68,7 +72,7 @@ class MtaUnderTest:
             f'[smtp.mx]\naddress = "{LOOPBACK}"\nport = {self.mx_port}\n\n'
             f'[smtp.submission]\naddress = "{LOOPBACK}"\nport = {self.submission_port}\n\n'
             f'[http]\naddress = "{LOOPBACK}"\nport = {self.http_port}\n\n'
-            f'[domains]\nlocal = ["{self.domain}"]\n\n'
+            f"[domains]\nlocal = {json.dumps([self.domain, *self.extra_local_domains])}\n\n"
             f'[delivery]\nnameservers = ["{LOOPBACK}"]\nlease_seconds = {self.lease_seconds}\n\n'
             f"[delivery.routes]\n{routes}\n")
 

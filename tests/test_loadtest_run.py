@@ -57,3 +57,17 @@ async def test_attachments_survive_kill_node(tmp_path):
 def test_fault_parse_rejects_unknown():
     with pytest.raises(ValueError, match="invalid fault"):
         Fault.parse("reboot@10")
+
+
+def test_compare_relay_events_all_remote():
+    from loadtest.compare import relay_events
+    from loadtest.model import MX
+
+    events = relay_events(SMALL_MODEL, 300, seed=3)
+
+    assert len(events) == 300
+    assert {event.kind for event in events} == {MX}
+    for event in events:
+        assert event.recipients
+        assert all(r.rpartition("@")[2] in SMALL_MODEL.remote_domains for r in event.recipients)
+        assert event.sender.rpartition("@")[2] in SMALL_MODEL.remote_domains

@@ -1,0 +1,190 @@
+"""``python -m loadtest compare``: the model's relay workload against this MTA and Postfix.
+
+Both relays receive the same messages (the model's sizes and attachments,
+the same seed) on their MX port from trusted remote MTAs and relay them to
+the same kind of sink, and both get the loss check. Submission is left out
+because Postfix would need a SASL server to authenticate; what is compared
+is receiving, queueing and relaying. Postfix runs as in the baseline
+benchmark, with its message size limit raised to this MTA's (25 MiB) so
+that attachments are accepted by both.
+
+The run happens in a network namespace with loopback only (re-executed
+under ``unshare -n`` unless ``--no-unshare``), as Postfix is involved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from loadtest import baseline
+from loadtest import model as traffic
+from loadtest.clients import ClientPool, ClientSettings
+from loadtest.messages import build_message, unique_id
+from loadtest.results import Sent, content_digest, summarize, write_json
+from loadtest.sink import LoadSink
+from loadtest.target import LOOPBACK, MtaUnderTest
+
+RESULTS_DIR = baseline.RESULTS_DIR
+MESSAGE_SIZE_LIMIT = 25 * 1024 * 1024
+
+
+class SizedPostfix(baseline.Postfix):
+    """Postfix as in the baseline, accepting messages as large as this MTA does."""
+
+    def write_config(self, sink_port: int) -> None:
+        super().write_config(sink_port)
+        with open(self.config_dir / "main.cf", "a") as main_cf:
+            main_cf.write(f"message_size_limit = {MESSAGE_SIZE_LIMIT}\n")
+
+
+def relay_events(model: traffic.TrafficModel, count: int, seed: int) -> list[traffic.Event]:
+    """The model's messages, all from outside to remote recipients, as relay traffic."""
+    relay_model = replace(model, local_share=0.0)
+    events = []
+    for event in traffic.closed_loop_events(relay_model, count, seed):
+        if event.kind == traffic.SUBMISSION:
+            events.append(replace(event, kind=traffic.MX, sender=f"sender@{model.remote_domains[0]}"))
+        else:
+            recipients = tuple(f"user{index}@{model.remote_domains[index % len(model.remote_domains)]}"
+                               for index, _ in enumerate(event.recipients))
+            events.append(replace(event, recipients=recipients))
+    return events
+
+
+async def drive(events: list[traffic.Event], port: int, sessions: int, seed: int, run: str) -> tuple[list[Sent], float]:
+    pool = ClientPool(ClientSettings(host=LOOPBACK, mx_port=port, submission_port=port, max_sessions=sessions,
+                                     mx_starttls=False), password_for=lambda _: "")
+    rng = random.Random(seed)
+    sent: list[Sent] = []
+    queue = iter(enumerate(events))
+
+    async def session() -> None:
+        for number, event in queue:
+            message = build_message(event, unique_id(run, number), rng)
+            record = Sent(loadtest_id=unique_id(run, number), kind=event.kind, offered_at=time.monotonic(),
+                          replied_at=None, reply_code=None, sha256=content_digest(message),
+                          remote_recipients=event.recipients)
+            sent.append(record)
+            outcome = await pool.send(event.kind, event.sender, list(event.recipients), message)
+            record.replied_at, record.reply_code = outcome.replied_at, outcome.code
+
+    started = time.monotonic()
+    await asyncio.gather(*(session() for _ in range(sessions)))
+    await pool.close()
+    return sent, time.monotonic() - started
+
+
+async def drain(sent: list[Sent], sink: LoadSink, timeout: float) -> float:
+    expected = sum(len(record.remote_recipients) for record in sent if record.reply_code == 250)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(len(arrival.recipients) for arrival in sink.arrivals) >= expected:
+            break
+        await asyncio.sleep(0.2)
+    return time.monotonic()
+
+
+async def run_relay(kind: str, events: list[traffic.Event], model: traffic.TrafficModel,
+                    args: argparse.Namespace, directory: Path) -> dict:
+    sink = LoadSink([LOOPBACK], 0)
+    await sink.start()
+    if kind == "mta":
+        routes = {domain: f"{LOOPBACK}:{sink.port}" for domain in model.remote_domains}
+        relay = MtaUnderTest(args.workers, model.remote_domains[0], routes, users=1, auth_users=1,
+                             extra_local_domains=model.remote_domains[1:], temp_root=directory)
+        port_of = lambda: relay.mx_port  # noqa: E731
+        await asyncio.to_thread(relay.start)
+    else:
+        relay = SizedPostfix(Path(tempfile.mkdtemp(prefix="compare-postfix-", dir=directory)))
+        port_of = lambda: relay.port  # noqa: E731
+        await asyncio.to_thread(relay.start, sink.port)
+
+    try:
+        started = time.monotonic()
+        sent, sending = await drive(events, port_of(), args.sessions, args.seed, f"{kind}{args.seed}")
+        arrived_at = await drain(sent, sink, args.drain_timeout)
+    finally:
+        await asyncio.to_thread(relay.stop)
+        await sink.stop()
+
+    summary = summarize(sent, sink.arrivals, [], sending)
+    summary["relay"] = kind
+    summary["until_arrival_s"] = arrived_at - started
+    # Messages (not per-domain copies) that reached the sink, over the time until the last did.
+    summary["arrived_per_s_end_to_end"] = summary["loss"]["arrived"] / (arrived_at - started)
+    return summary
+
+
+def print_comparison(summaries: dict[str, dict]) -> None:
+    print(f"\n{'':<28}{'mta':>12}{'postfix':>12}{'ratio':>8}")
+    for key, label in (("accepted_per_s", "accepted msg/s"), ("arrived_per_s_end_to_end", "arriving msg/s"),
+                       ):
+        ours, theirs = summaries["mta"][key], summaries["postfix"][key]
+        print(f"{label:<28}{ours:>12.1f}{theirs:>12.1f}{ours / theirs if theirs else 0:>8.2f}")
+    for name in ("p50", "p99"):
+        ours, theirs = summaries["mta"]["time_to_250_s"][name], summaries["postfix"]["time_to_250_s"][name]
+        print(f"{'time to 250 ' + name + ' (s)':<28}{ours:>12.3f}{theirs:>12.3f}")
+    for relay in ("mta", "postfix"):
+        loss = summaries[relay]["loss"]
+        print(f"{relay}: loss check {'passed' if loss['passed'] else 'FAILED'} "
+              f"(missing {loss['missing_count']}, duplicates {loss['duplicate_count']}), "
+              f"reply codes {summaries[relay]['reply_codes']}")
+
+
+async def compare(args: argparse.Namespace) -> dict:
+    model = traffic.TrafficModel(users=args.users)
+    if args.attachment_share is not None:
+        model = replace(model, size=replace(model.size, attachment_share=args.attachment_share))
+    events = relay_events(model, args.count, args.seed)
+    directory = Path(tempfile.mkdtemp(prefix="loadtest-compare-"))
+    try:
+        summaries = {kind: await run_relay(kind, events, model, args, directory) for kind in ("mta", "postfix")}
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    print_comparison(summaries)
+    return summaries
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=5000, help="messages per relay (default %(default)s)")
+    parser.add_argument("--sessions", type=int, default=20, help="parallel sessions (default %(default)s)")
+    parser.add_argument("--users", type=int, default=50_000, help="users of the model (default %(default)s)")
+    parser.add_argument("--attachment-share", type=float, default=None, help="share of messages with attachments")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes of this MTA")
+    parser.add_argument("--drain-timeout", type=float, default=300.0, help="seconds to wait for arrivals")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-unshare", action="store_true", help="already in a loopback-only namespace")
+    args = parser.parse_args(argv)
+
+    if not args.no_unshare:
+        if os.geteuid() != 0:
+            print("loadtest compare: run as root: it needs unshare -n and starts Postfix", file=sys.stderr)
+            return 2
+        ip = shutil.which("ip") or "/usr/sbin/ip"
+        os.chdir(baseline.REPOSITORY)
+        os.execvp("unshare", ["unshare", "-n", "--", "sh", "-c", f'{ip} link set lo up && exec "$@"', "sh",
+                              sys.executable, "-m", "loadtest", "compare", *argv, "--no-unshare"])
+    if not baseline.only_loopback():
+        print("loadtest compare: this namespace has interfaces other than lo", file=sys.stderr)
+        return 2
+
+    summaries = asyncio.run(compare(args))
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"compare-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    write_json(path, {"summaries": summaries}, [], vars(args))
+    print(f"results written to {path}")
+    return 0 if all(summary["loss"]["passed"] for summary in summaries.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
