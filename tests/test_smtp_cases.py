@@ -241,3 +241,17 @@ def test_submission_from_header_must_be_own(shared_mta):
         code, text = client.data(payload)
         assert (code, text[:5]) == (553, "5.7.1")
     assert message_count(shared_mta) == before
+
+
+def test_pipelined_commands_after_data(shared_mta):
+    with RawClient(shared_mta.mx_port) as client:
+        client.ehlo()
+        client.send(b"MAIL FROM:<sender@example.net>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n")
+        assert client.reply()[0] == 250
+        assert client.reply()[0] == 250
+        assert client.reply()[0] == 354
+        client.send(b"Subject: pipelined\r\n\r\nbody\r\n.\r\nNOOP\r\nQUIT\r\n")
+        code, text = client.reply()
+        assert (code, text[:5]) == (250, "2.0.0")
+        assert client.reply()[0] == 250
+        assert client.reply()[0] == 221

@@ -17,7 +17,8 @@ class SmtpReply:
     text: str
 
     def __str__(self) -> str:
-        return f"{self.code} {self.enhanced} {self.text}"
+        # RFC 2034 gives 354 no enhanced code.
+        return f"{self.code} {self.enhanced} {self.text}" if self.enhanced else f"{self.code} {self.text}"
 
     def format(self, **values: str) -> str:
         return f"{self.code} {self.enhanced} {self.text.format(**values)}"
@@ -47,6 +48,10 @@ AUTH_FAILED = SmtpReply(535, "5.7.8", "authentication credentials invalid")
 AUTH_MALFORMED = SmtpReply(501, "5.5.2", "malformed authentication data")
 AUTH_CANCELLED = SmtpReply(501, "5.0.0", "authentication cancelled")
 TLS_FAILED = SmtpReply(421, "4.7.0", "TLS handshake failed")
+START_DATA = SmtpReply(354, "", "End data with <CR><LF>.<CR><LF>")
+NEED_RECIPIENT = SmtpReply(503, "5.5.1", "need RCPT command")
+DATA_SYNTAX = SmtpReply(501, "5.5.4", "Syntax: DATA")
+MESSAGE_TOO_BIG = SmtpReply(552, "5.3.4", "message exceeds the size limit of {limit} octets")
 
 # Enhanced codes for aiosmtpd's own replies, which mostly lack them
 # (RFC 2034, RFC 3463). Replies our handlers send already carry one.
