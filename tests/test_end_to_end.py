@@ -341,3 +341,14 @@ def test_inline_body_removed_after_delivery(make_mta, sink, sink_port):
 
     assert wait_until(lambda: query(mta.database_url, "SELECT message_id FROM message_body") == [])
     assert not any(path.is_file() for path in (mta.workdir / "var" / "blobs").rglob("*"))
+
+
+def test_dot_lines_relayed_intact(make_mta, sink, sink_port):
+    mta = make_mta(relay_config(sink_port))
+    body = b"Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nafter a lone dot\r\nend\r\n"
+
+    code, _ = send_mx(mta, "sender@example.net", f"user@{RELAY_DOMAIN}", body)
+    assert code == 250
+
+    received = sink.wait_for(1)[0].data
+    assert received.endswith(body)

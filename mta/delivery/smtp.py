@@ -16,9 +16,11 @@ import ssl
 from dataclasses import dataclass
 
 import aiosmtplib
+from aiosmtplib.typing import Default
 
 from mta.delivery.outcome import Outcome, Reply
 from mta.delivery.resolve import Target
+from mta.smtp.policy import has_bare_line_ending
 
 log = logging.getLogger("mta.delivery")
 
@@ -29,6 +31,52 @@ class ClientSettings:
     source_addresses: tuple[str, ...]
     connect_timeout: float
     data_timeout: float
+
+
+class CrlfSMTP(aiosmtplib.SMTP):
+    """aiosmtplib's client, sending queued bodies without normalising them again.
+
+    Queued bodies are CRLF-only (the SMTP side rejects bare CR and LF), yet
+    aiosmtplib runs two regular expressions over every message before DATA,
+    which took a third of the delivery loop's time on attachments. This path
+    dot-stuffs with bytes.replace and writes the body as it is. It falls back
+    to aiosmtplib's own DATA when a body has a bare line ending or when the
+    protocol object lacks the attributes used here (checked with aiosmtplib 5.1).
+    """
+
+    async def data(self, message, /, *, timeout=Default.token):
+        protocol = self.protocol
+        fast = (isinstance(message, bytes) and not has_bare_line_ending(message)
+                and all(hasattr(protocol, name) for name in ("_command_lock", "_response_pending")))
+        if not fast:
+            return await super().data(message, timeout=timeout)
+
+        await self._ehlo_or_helo_if_needed()
+        if timeout is Default.token:
+            timeout = self.timeout
+        # RFC 5321 section 4.5.2: a line that starts with a period gets one more.
+        stuffed = message.replace(b"\r\n.", b"\r\n..")
+        if stuffed.startswith(b"."):
+            stuffed = b"." + stuffed
+        if stuffed and not stuffed.endswith(b"\r\n"):
+            stuffed += b"\r\n"
+
+        try:
+            async with protocol._command_lock:
+                protocol._response_pending = True
+                protocol.write(b"DATA\r\n")
+                start = await protocol.read_response(timeout=timeout)
+                if start.code != 354:
+                    raise aiosmtplib.SMTPDataError(start.code, start.message)
+                protocol._response_pending = True
+                protocol.write(stuffed + b".\r\n")
+                response = await protocol.read_response(timeout=timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+            self.close()
+            raise
+        if response.code != 250:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return response
 
 
 def opportunistic_tls_context() -> ssl.SSLContext:
@@ -76,7 +124,7 @@ class SmtpDeliverer:
 
     async def _transaction(self, sender: str, recipients: list[str], body: bytes,
                            target: Target, source: str | None, relay: str) -> Outcome:
-        client = aiosmtplib.SMTP(
+        client = CrlfSMTP(
             hostname=target.address,
             port=target.port,
             local_hostname=self.settings.helo_name,

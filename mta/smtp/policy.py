@@ -22,8 +22,6 @@ _LABEL = r"(?:[A-Za-z0-9\x80-\xff](?:[A-Za-z0-9\x80-\xff-]{0,61}[A-Za-z0-9\x80-\
 _DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[^\[\]\\\s]+\])"
 _ADDRESS = re.compile(rf"^(?P<local>{_LOCAL_PART})@(?P<domain>{_DOMAIN})$")
 
-_BARE_LF = re.compile(rb"(?<!\r)\n")
-_BARE_CR = re.compile(rb"\r(?!\n)")
 _FROM_FIELD = re.compile(rb"^from[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
@@ -105,13 +103,25 @@ def check_recipient(listener: Listener, recipient: str, authenticated: bool, is_
 
 def check_content(data: bytes, require_one_from: bool) -> SmtpReply | None:
     """Check message data after the end of data, before anything is stamped or signed."""
-    if _BARE_LF.search(data) or _BARE_CR.search(data):
+    if has_bare_line_ending(data):
         return replies.BARE_LINE_ENDING
     if b"\x00" in data:
         return replies.NUL_IN_DATA
     if require_one_from and len(_FROM_FIELD.findall(header_section(data))) != 1:
         return replies.ONE_FROM_REQUIRED
     return None
+
+
+def has_bare_line_ending(data: bytes) -> bool:
+    """Tell whether a CR or LF occurs outside a CRLF pair.
+
+    Every CRLF holds one CR and one LF, so any other CR or LF makes the
+    counts differ. Counting runs in C over the bytes, where a regular
+    expression with a look-behind cost a sixth of the event loop on large
+    messages.
+    """
+    pairs = data.count(b"\r\n")
+    return data.count(b"\n") != pairs or data.count(b"\r") != pairs
 
 
 def header_section(data: bytes) -> bytes:
