@@ -71,3 +71,19 @@ def test_compare_relay_events_all_remote():
         assert event.recipients
         assert all(r.rpartition("@")[2] in SMALL_MODEL.remote_domains for r in event.recipients)
         assert event.sender.rpartition("@")[2] in SMALL_MODEL.remote_domains
+
+
+async def test_postgres_restart_and_store_outage(tmp_path):
+    model = replace(SMALL_MODEL, local_share=0.0,
+                    size=SizeDistribution(attachment_share=0.3, attachment_max=300_000))
+    options = RunOptions(mode="open", rate=20.0, duration=8.0, auth_users=20, drain_timeout=120.0,
+                         output=tmp_path, plots=False,
+                         faults=[Fault.parse("restart-postgres@2"), Fault.parse("store-outage@4+2")])
+
+    summary = await run(model, options)
+
+    # Messages refused during the faults (451 or no reply) were never accepted;
+    # every accepted one must still arrive.
+    assert summary["loss"]["passed"], summary["loss"]
+    assert summary["accepted"] > 0
+    assert set(summary["reply_codes"]) <= {"250", "451", "none"}
