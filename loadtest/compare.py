@@ -97,10 +97,11 @@ async def run_relay(kind: str, events: list[traffic.Event], model: traffic.Traff
                     args: argparse.Namespace, directory: Path) -> dict:
     sink = LoadSink([LOOPBACK], 0)
     await sink.start()
-    if kind == "mta":
+    if kind in ("mta", "before"):
         routes = {domain: f"{LOOPBACK}:{sink.port}" for domain in model.remote_domains}
         relay = MtaUnderTest(args.workers, model.remote_domains[0], routes, users=1, auth_users=1,
-                             extra_local_domains=model.remote_domains[1:], temp_root=directory)
+                             extra_local_domains=model.remote_domains[1:], temp_root=directory,
+                             tree=args.before_tree if kind == "before" else None)
         port_of = lambda: relay.mx_port  # noqa: E731
         await asyncio.to_thread(relay.start)
     else:
@@ -125,15 +126,15 @@ async def run_relay(kind: str, events: list[traffic.Event], model: traffic.Traff
 
 
 def print_comparison(summaries: dict[str, dict]) -> None:
-    print(f"\n{'':<28}{'mta':>12}{'postfix':>12}{'ratio':>8}")
-    for key, label in (("accepted_per_s", "accepted msg/s"), ("arrived_per_s_end_to_end", "arriving msg/s"),
-                       ):
-        ours, theirs = summaries["mta"][key], summaries["postfix"][key]
-        print(f"{label:<28}{ours:>12.1f}{theirs:>12.1f}{ours / theirs if theirs else 0:>8.2f}")
-    for name in ("p50", "p99"):
-        ours, theirs = summaries["mta"]["time_to_250_s"][name], summaries["postfix"]["time_to_250_s"][name]
-        print(f"{'time to 250 ' + name + ' (s)':<28}{ours:>12.3f}{theirs:>12.3f}")
-    for relay in ("mta", "postfix"):
+    for other in [name for name in ("postfix", "before") if name in summaries]:
+        print(f"\n{'':<28}{'mta':>12}{other:>12}{'ratio':>8}")
+        for key, label in (("accepted_per_s", "accepted msg/s"), ("arrived_per_s_end_to_end", "arriving msg/s")):
+            ours, theirs = summaries["mta"][key], summaries[other][key]
+            print(f"{label:<28}{ours:>12.1f}{theirs:>12.1f}{ours / theirs if theirs else 0:>8.2f}")
+        for name in ("p50", "p99"):
+            ours, theirs = summaries["mta"]["time_to_250_s"][name], summaries[other]["time_to_250_s"][name]
+            print(f"{'time to 250 ' + name + ' (s)':<28}{ours:>12.3f}{theirs:>12.3f}")
+    for relay in summaries:
         loss = summaries[relay]["loss"]
         print(f"{relay}: loss check {'passed' if loss['passed'] else 'FAILED'} "
               f"(missing {loss['missing_count']}, duplicates {loss['duplicate_count']}), "
@@ -147,7 +148,8 @@ async def compare(args: argparse.Namespace) -> dict:
     events = relay_events(model, args.count, args.seed)
     directory = Path(tempfile.mkdtemp(prefix="loadtest-compare-"))
     try:
-        summaries = {kind: await run_relay(kind, events, model, args, directory) for kind in ("mta", "postfix")}
+        kinds = ("before", "mta", "postfix") if args.before_tree else ("mta", "postfix")
+        summaries = {kind: await run_relay(kind, events, model, args, directory) for kind in kinds}
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     print_comparison(summaries)
@@ -162,9 +164,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--attachment-share", type=float, default=None, help="share of messages with attachments")
     parser.add_argument("--workers", type=int, default=1, help="worker processes of this MTA")
     parser.add_argument("--drain-timeout", type=float, default=300.0, help="seconds to wait for arrivals")
+    parser.add_argument("--before-tree", type=Path, metavar="DIR",
+                        help="also run this MTA from another checkout (a git worktree of an earlier commit)"
+                             " and print the ratios mta/before")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-unshare", action="store_true", help="already in a loopback-only namespace")
     args = parser.parse_args(argv)
+    if args.before_tree is not None:
+        args.before_tree = args.before_tree.resolve()
+        if not (args.before_tree / "mta").is_dir():
+            parser.error(f"--before-tree {args.before_tree} has no mta package")
 
     if not args.no_unshare:
         if os.geteuid() != 0:
@@ -181,7 +190,8 @@ def main(argv: list[str]) -> int:
     summaries = asyncio.run(compare(args))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"compare-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    write_json(path, {"summaries": summaries}, [], vars(args))
+    options = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    write_json(path, {"summaries": summaries}, [], options)
     print(f"results written to {path}")
     return 0 if all(summary["loss"]["passed"] for summary in summaries.values()) else 1
 

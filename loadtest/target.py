@@ -9,6 +9,7 @@ traffic is accepted, and the first ``auth_users`` can log in on submission.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -42,7 +43,7 @@ class TargetError(Exception):
 class MtaUnderTest:
     def __init__(self, workers: int, domain: str, routes: dict[str, str], users: int, auth_users: int,
                  lease_seconds: float = 30.0, temp_root: Path | None = None,
-                 extra_local_domains: tuple[str, ...] = ()):
+                 extra_local_domains: tuple[str, ...] = (), tree: Path | None = None):
         # A short lease lets a killed node's messages be retried within a run;
         # production keeps the default of 300 s.
         self.lease_seconds = lease_seconds
@@ -51,6 +52,8 @@ class MtaUnderTest:
         self.domain = domain
         # Further domains received on MX, usually relayed by a route (like Postfix's relay_domains).
         self.extra_local_domains = tuple(extra_local_domains)
+        # Another checkout to run instead of the installed package, for before/after figures.
+        self.tree = tree
         self.routes = routes
         self.users = users
         self.auth_users = auth_users
@@ -63,6 +66,12 @@ class MtaUnderTest:
 
     def _mta(self) -> list[str]:
         return [sys.executable, "-m", "mta", "--config", str(self.config_path)]
+
+    def _environment(self) -> dict[str, str] | None:
+        if self.tree is None:
+            return None
+        # PYTHONPATH comes before the editable install's finder, so the tree's package is imported.
+        return {**os.environ, "PYTHONPATH": str(self.tree), "MTA_MIGRATIONS_DIR": str(self.tree / "queue")}
 
     def write_config(self) -> None:
         routes = "\n".join(f'"{domain}" = "{target}"' for domain, target in self.routes.items())
@@ -80,7 +89,7 @@ class MtaUnderTest:
         self.write_config()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self._mta() + ["serve"], stdout=log, stderr=subprocess.STDOUT,
-                                            cwd=self.directory, start_new_session=True)
+                                            cwd=self.directory, start_new_session=True, env=self._environment())
         self._wait_healthy()
         self._import_users()
 
@@ -102,7 +111,7 @@ class MtaUnderTest:
                 password = f" {PASSWORD}" if number < self.auth_users else ""
                 file.write(f"user{number}@{self.domain}{password}\n")
         result = subprocess.run(self._mta() + ["user", "import", str(listing)], capture_output=True,
-                                text=True, timeout=600, cwd=self.directory)
+                                text=True, timeout=600, cwd=self.directory, env=self._environment())
         if result.returncode != 0:
             raise TargetError(f"user import failed: {result.stderr.strip()}")
 
@@ -148,7 +157,7 @@ class MtaUnderTest:
         self.kill()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self._mta() + ["serve"], stdout=log, stderr=subprocess.STDOUT,
-                                            cwd=self.directory, start_new_session=True)
+                                            cwd=self.directory, start_new_session=True, env=self._environment())
         self._wait_healthy()
 
     def stop(self) -> None:
