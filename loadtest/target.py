@@ -167,6 +167,22 @@ class MtaUnderTest:
                 self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._stop_postgres()
+
+    def _stop_postgres(self) -> None:
+        # The MTA stops the PostgreSQL it started, but not one that a fault
+        # restarted behind its back: stop whatever still runs on this data.
+        pid = self.postmaster_pid()
+        if pid is None or not psutil.pid_exists(pid):
+            return
+        try:
+            postmaster = psutil.Process(pid)
+            if postmaster.name() != "postgres":
+                return
+            postmaster.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
+            postmaster.wait(timeout=30)
+        except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+            pass
 
     def log_tail(self, lines: int = 40) -> str:
         try:
