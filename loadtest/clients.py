@@ -134,6 +134,12 @@ class ClientPool:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
+    def _start_tls(self, submission: bool) -> bool | None:
+        """Return aiosmtplib's start_tls: required on submission, when offered on MX (None), or never."""
+        if submission:
+            return True
+        return None if self.settings.mx_starttls else False
+
     async def _connect(self, kind: str, sender: str) -> _Connection:
         submission = kind == "submission"
         client = aiosmtplib.SMTP(
@@ -141,7 +147,7 @@ class ClientPool:
             port=self.settings.submission_port if submission else self.settings.mx_port,
             local_hostname="client.loadtest.invalid" if submission else f"mx.{sender.rpartition('@')[2]}",
             timeout=self.settings.timeout,
-            start_tls=True if submission else (None if self.settings.mx_starttls else False),
+            start_tls=self._start_tls(submission),
             tls_context=self.tls_context,
         )
         await client.connect()

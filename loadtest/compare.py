@@ -47,7 +47,7 @@ class SizedPostfix(baseline.Postfix):
 
 
 def relay_events(model: traffic.TrafficModel, count: int, seed: int) -> list[traffic.Event]:
-    """The model's messages, all from outside to remote recipients, as relay traffic."""
+    """Return the model's messages as relay traffic: from outside, to remote recipients only."""
     relay_model = replace(model, local_share=0.0)
     events = []
     for event in traffic.closed_loop_events(relay_model, count, seed):

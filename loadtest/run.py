@@ -1,7 +1,7 @@
 """Drive one load run: the MTA under test, the sink, the clients, samples and results.
 
 Open-loop modes send each event at its scheduled time whatever the MTA's
-replies, so a slow MTA shows as growing latency and backlog; the closed
+replies, so a slow MTA shows as growing latency and backlog. The closed
 loop keeps K sessions busy to find the maximum rate. Every run ends with
 the loss check: each message that got 250 must reach the sink for each of
 its remote recipients, and nothing may arrive that was not sent.
@@ -65,7 +65,7 @@ def events_for(model: traffic.TrafficModel, options: RunOptions) -> Iterator[tra
     else:
         raise ValueError(f"unknown mode {options.mode!r}: use open, peak-hour, day or closed")
 
-    # A hard bound on every run, whatever the model asks for.
+    # A hard bound on every run, whatever the model generates.
     for number, event in enumerate(events):
         if number >= options.max_messages:
             return

@@ -134,6 +134,11 @@ class Config:
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower().rstrip(".") in self.local_domains
 
+    def route_table(self) -> dict[str, tuple[str, int]]:
+        """Return the static routes as domain -> (host, port)."""
+        return {domain: parse_route(f"delivery.routes.{domain}", target)
+                for domain, target in self.delivery.routes.items()}
+
     @property
     def local_domains(self) -> frozenset[str]:
         return frozenset(d.lower().rstrip(".") for d in self.domains.local)

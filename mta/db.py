@@ -9,6 +9,7 @@ so that several nodes starting together apply each file once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -27,6 +28,10 @@ MIGRATIONS_DIR = Path(os.environ.get("MTA_MIGRATIONS_DIR", Path(__file__).resolv
 
 # Any constant works: it only has to be the same on every node.
 MIGRATION_LOCK_ID = 0x6D7461
+
+# Errors of an unreachable or restarting database (or network): worth a retry
+# later, not a traceback.
+TRANSIENT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 

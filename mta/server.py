@@ -21,15 +21,12 @@ import time
 from dataclasses import dataclass
 
 from mta import db
-from mta.config import Config, ListenerConfig, parse_route
-from mta.dkim import DkimKey, DkimSigner, dns_txt_value, load_or_create_key
+from mta.config import Config, ListenerConfig
+from mta.dkim import DkimKey, dns_txt_value, load_or_create_key
 from mta.smtp.tls import ensure_self_signed, server_context
 from mta.storage.crypto import load_or_create_master_key
 
 log = logging.getLogger("mta.master")
-
-# Seconds a stopping worker waits for sessions and deliveries in flight.
-STOP_GRACE = 20.0
 
 
 @dataclass
@@ -172,12 +169,3 @@ def run_worker(config: Config, prepared: Prepared, index: int) -> int:
     worker = Worker(config, prepared, index, node_id)
     uvloop.run(worker.run())
     return 0
-
-
-def parse_routes(config: Config) -> dict[str, tuple[str, int]]:
-    return {domain: parse_route(f"delivery.routes.{domain}", target)
-            for domain, target in config.delivery.routes.items()}
-
-
-def make_signer(prepared: Prepared) -> DkimSigner:
-    return DkimSigner(prepared.dkim_keys)

@@ -16,6 +16,7 @@ from mta import db
 from mta.api import http
 from mta.config import Config
 from mta.delivery.agent import DeliveryAgent
+from mta.dkim import DkimSigner
 from mta.delivery.resolve import Resolver
 from mta.delivery.smtp import ClientSettings, SmtpDeliverer
 from mta.smtp import listener
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mta.worker")
 
+# Seconds a stopping worker waits for sessions and deliveries in flight.
+STOP_GRACE = 20.0
+
 
 class Worker:
     def __init__(self, config: Config, prepared: "Prepared", index: int, node_id: str):
@@ -41,15 +45,13 @@ class Worker:
         self.node_id = node_id
 
     async def run(self) -> None:
-        from mta.server import STOP_GRACE, make_signer, parse_routes
-
         config = self.config
         delivery = config.delivery
         pool = await db.create_pool(self.prepared.url, config)
         store = LocalStore(config.data_path(config.storage.path))
         cipher = BodyCipher(self.prepared.master_key)
 
-        resolver = Resolver(delivery.nameservers, delivery.dns_port, parse_routes(config), delivery.smtp_port)
+        resolver = Resolver(delivery.nameservers, delivery.dns_port, config.route_table(), delivery.smtp_port)
         smtp = SmtpDeliverer(ClientSettings(
             helo_name=config.server.hostname,
             source_addresses=tuple(delivery.source_addresses),
@@ -65,7 +67,7 @@ class Worker:
 
         spool.start()
         scheduler.start()
-        servers = await self._start_listeners(Services(config, pool, spool, make_signer(self.prepared)))
+        servers = await self._start_listeners(Services(config, pool, spool, DkimSigner(self.prepared.dkim_keys)))
         runner = None
         if self.index == 0 and "http" in self.prepared.sockets:
             runner = await http.serve(http.build_app(config, pool, str(store.root)), self.prepared.sockets["http"])

@@ -14,7 +14,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-# Postfix asks what kind of mail server to be; the harness configures its own.
+# Postfix's installer prompts for a mail server type; the harness configures its own.
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 apt-get update -qq
 # RUNLEVEL=1 keeps invoke-rc.d from starting the packages' daemons.

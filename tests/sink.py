@@ -1,9 +1,8 @@
 """A scripted SMTP sink that plays a remote MX on a loopback address.
 
 It records every accepted message with the peer address of the connection,
-so tests can check the MTA's bound source address, and it can be told to
-answer RCPT or DATA with chosen replies, to delay, or to refuse the first N
-attempts before accepting.
+so tests can check the MTA's bound source address. A script sets the replies
+to RCPT or DATA and a delay before the first RCPT of successive connections.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ class Script:
     rcpt_replies: deque = field(default_factory=deque)
     # Replies used in order for successive end-of-data; then a 250.
     data_replies: deque = field(default_factory=deque)
-    # Seconds to wait before answering the first RCPT, for successive connections.
+    # Seconds to wait before replying to the first RCPT, for successive connections.
     rcpt_delays: deque = field(default_factory=deque)
 
 

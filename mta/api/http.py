@@ -19,6 +19,7 @@ from prometheus_client import multiprocess
 
 from mta import metrics
 from mta.config import Config
+from mta.db import TRANSIENT_ERRORS
 
 _DEPTH = """
 SELECT count(*) FILTER (WHERE lease_owner IS NULL AND due_at <= now()) AS due,
@@ -42,7 +43,7 @@ def build_app(config: Config, pool: asyncpg.Pool, store_root: str) -> web.Applic
             if backlog > config.http.backlog_threshold:
                 problems.append(f"backlog: {backlog} queued deliveries exceed the threshold "
                                 f"of {config.http.backlog_threshold}")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+        except TRANSIENT_ERRORS as error:
             problems.append(f"database unreachable: {error!r}")
         if not os.access(store_root, os.W_OK):
             problems.append(f"body store not writable: {store_root}")
@@ -55,7 +56,7 @@ def build_app(config: Config, pool: asyncpg.Pool, store_root: str) -> web.Applic
         try:
             for state, count in (await queue_depth(pool)).items():
                 metrics.QUEUE_DEPTH.labels(state=state).set(count)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError):
+        except TRANSIENT_ERRORS:
             pass
         return web.Response(body=generate_latest(_registry()), headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -116,22 +116,18 @@ LOCKED = "locked"
 
 async def import_users(connection: asyncpg.Connection, entries: list[tuple[str, str | None]]) -> int:
     """Insert or update many users at once; an entry without a password gets a locked account."""
-    hashes = await asyncio.gather(*(
-        asyncio.to_thread(hash_password, password) if password is not None else _locked()
-        for _, password in entries))
+    with_password = [password for _, password in entries if password is not None]
+    hashed = iter(await asyncio.gather(*(asyncio.to_thread(hash_password, p) for p in with_password)))
+    hashes = [LOCKED if password is None else next(hashed) for _, password in entries]
     await connection.execute(
         "INSERT INTO mailbox_user (address, password_hash)"
         " SELECT * FROM unnest($1::text[], $2::text[])"
         " ON CONFLICT (address) DO UPDATE SET password_hash = EXCLUDED.password_hash",
-        [address.lower() for address, _ in entries], list(hashes))
+        [address.lower() for address, _ in entries], hashes)
     return len(entries)
 
 
-async def _locked() -> str:
-    return LOCKED
-
-
-async def existing_users(pool: asyncpg.Pool, addresses: list[str]) -> set[str]:
+async def existing_users(pool: asyncpg.Pool | asyncpg.Connection, addresses: list[str]) -> set[str]:
     rows = await pool.fetch("SELECT address FROM mailbox_user WHERE address = ANY($1::text[])",
                             [address.lower() for address in addresses])
     return {row["address"] for row in rows}

@@ -14,13 +14,9 @@ import secrets
 from datetime import datetime, timezone
 
 from mta.delivery.outcome import Reply
+from mta.rfc5322 import header_section
 
 _CRLF = b"\r\n"
-
-
-def header_section(body: bytes) -> bytes:
-    end = body.find(b"\r\n\r\n")
-    return body if end < 0 else body[:end + 2]
 
 
 def build_dsn(hostname: str, queue_id: str, sender: str, arrival: datetime,

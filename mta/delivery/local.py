@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncpg
 
+from mta.auth.users import existing_users
 from mta.delivery.outcome import Outcome, Reply
 
-_KNOWN = "SELECT address FROM mailbox_user WHERE address = ANY($1::text[])"
 _STORE = """
 INSERT INTO mailbox_message (mailbox, message_id)
 SELECT a, $2 FROM unnest($1::text[]) AS a
@@ -17,7 +17,7 @@ async def deliver_local(pool: asyncpg.Pool, queue_id: str, recipients: list[str]
     outcome = Outcome(relay="local")
     wanted = [recipient.lower() for recipient in recipients]
     async with pool.acquire(timeout=30) as connection:
-        known = {row["address"] for row in await connection.fetch(_KNOWN, wanted)}
+        known = await existing_users(connection, wanted)
         found = [address for address in wanted if address in known]
         if found:
             await connection.execute(_STORE, found, queue_id)

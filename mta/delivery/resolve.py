@@ -42,7 +42,7 @@ class Resolver:
         self._dns.nameservers = list(nameservers)
         self._dns.port = dns_port
         self._dns.lifetime = timeout
-        # Answers are cached for their TTL, so a busy site costs one lookup.
+        # Responses are cached for their TTL, so a busy site costs one lookup.
         self._dns.cache = dns.resolver.LRUCache(10_000)
 
     def route_for(self, domain: str) -> tuple[str, int] | None:

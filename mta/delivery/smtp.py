@@ -20,7 +20,7 @@ from aiosmtplib.typing import Default
 
 from mta.delivery.outcome import Outcome, Reply
 from mta.delivery.resolve import Target
-from mta.smtp.policy import has_bare_line_ending
+from mta.rfc5322 import has_bare_line_ending
 
 log = logging.getLogger("mta.delivery")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from mta.rfc5322 import has_bare_line_ending, header_section
 from mta.smtp import replies
 from mta.smtp.replies import SmtpReply
 
@@ -110,23 +111,3 @@ def check_content(data: bytes, require_one_from: bool) -> SmtpReply | None:
     if require_one_from and len(_FROM_FIELD.findall(header_section(data))) != 1:
         return replies.ONE_FROM_REQUIRED
     return None
-
-
-def has_bare_line_ending(data: bytes) -> bool:
-    """Tell whether a CR or LF occurs outside a CRLF pair.
-
-    Every CRLF holds one CR and one LF, so any other CR or LF makes the
-    counts differ. Counting runs in C over the bytes, where a regular
-    expression with a look-behind cost a sixth of the event loop on large
-    messages.
-    """
-    pairs = data.count(b"\r\n")
-    return data.count(b"\n") != pairs or data.count(b"\r") != pairs
-
-
-def header_section(data: bytes) -> bytes:
-    """Return the header fields, up to and including the CRLF of the last one."""
-    if data.startswith(b"\r\n"):
-        return b""
-    end = data.find(b"\r\n\r\n")
-    return data if end < 0 else data[:end + 2]

@@ -9,7 +9,6 @@ of aiosmtpd's default, which sends the exception text to the client.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
@@ -23,6 +22,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetup
 from mta import metrics
 from mta.auth import users
 from mta.config import Config
+from mta.db import TRANSIENT_ERRORS
 from mta.dkim import DkimSigner, DuplicateFromError
 from mta.ids import new_queue_id, new_session_id
 from mta.smtp import policy, replies
@@ -205,7 +205,7 @@ class Handler:
             log.info("STARTTLS handshake failed: %r", error.__cause__)
             return str(replies.TLS_FAILED)
         reference = new_session_id()
-        if isinstance(error, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)):
+        if isinstance(error, TRANSIENT_ERRORS):
             # The database is unreachable or restarting: the client retries later.
             log.error("database or network error, ref %s: %r", reference, error)
         else:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from mta.addresses import domain_of
-from mta.smtp.policy import header_section
+from mta.rfc5322 import header_section
 
 _DATE_FIELD = re.compile(rb"^date[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _MESSAGE_ID_FIELD = re.compile(rb"^message-id[ \t]*:", re.IGNORECASE | re.MULTILINE)
@@ -22,7 +22,7 @@ _FROM_VALUE = re.compile(rb"^from[ \t]*:(.*(?:\r\n[ \t].*)*)", re.IGNORECASE | r
 
 @dataclass(frozen=True)
 class Arrival:
-    """What the Received field records about the session."""
+    """Session facts recorded in the Received field."""
 
     helo: str
     peer_address: str

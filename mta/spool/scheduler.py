@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from mta.db import TRANSIENT_ERRORS
 from mta.spool.enqueue import Job
 from mta.storage.local import StoreError
 
@@ -102,7 +103,7 @@ class Scheduler:
         if waiting:
             try:
                 await self.pool.execute(_RELEASE, self.node_id, waiting)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            except TRANSIENT_ERRORS as error:
                 log.warning("failed to release %d leases at stop, they expire on their own: %s",
                             len(waiting), error)
 
@@ -123,7 +124,7 @@ class Scheduler:
         # On failure the lease is left to expire, and a later claim retries the row.
         try:
             await self.execute(job)
-        except (OSError, StoreError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+        except (*TRANSIENT_ERRORS, StoreError) as error:
             log.warning("%s: delivery attempt %d failed, retried when its lease expires: %r",
                         job.message_id, job.attempt, error)
         except Exception:
@@ -146,7 +147,7 @@ class Scheduler:
                 continue
             try:
                 jobs = await self.claim(min(spare, 500))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+            except TRANSIENT_ERRORS as error:
                 log.warning("queue claim failed, retrying in %.0fs: %s", self.poll_interval, error)
                 continue
             if jobs:
@@ -163,7 +164,7 @@ class Scheduler:
                 continue
             try:
                 await self.pool.execute(_RENEW, self.node_id, self.lease_seconds, list(self.held))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+            except TRANSIENT_ERRORS as error:
                 log.warning("lease renewal failed: %s", error)
 
     async def _listen_loop(self) -> None:
@@ -180,7 +181,7 @@ class Scheduler:
                 self._wake.set()
                 await lost.wait()
                 log.warning("LISTEN connection lost, polling until it is back")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as error:
+            except TRANSIENT_ERRORS as error:
                 log.warning("LISTEN connection failed, polling only: %r", error)
             finally:
                 if connection is not None and not connection.is_closed():

@@ -56,7 +56,7 @@ class MessageInfo:
 
 @dataclass(frozen=True)
 class Settlement:
-    """What settling changed, for the caller's log lines and follow-up work."""
+    """Result of settling, for the caller's log lines and follow-up work."""
 
     applied: bool
     body_unused: bool = False
