@@ -67,6 +67,11 @@ class SmtpConfig:
     max_recipients: int = 100
     # Seconds a client may stay silent before the session is closed.
     idle_timeout: float = 300.0
+    # Client networks (CIDR) that may relay through the MX listener without
+    # AUTH, like Postfix's mynetworks. Their mail is treated as outbound:
+    # missing Date and Message-ID are added and it is DKIM-signed when the
+    # From domain has a key. Empty: only authenticated users relay.
+    relay_networks: list[str] = field(default_factory=list)
     mx: ListenerConfig = field(default_factory=lambda: ListenerConfig(port=2525))
     submission: ListenerConfig = field(default_factory=lambda: ListenerConfig(port=5870))
 
@@ -258,6 +263,9 @@ def check(config: Config) -> None:
             raise ConfigError(f"smtp.{name}.port must be between 1 and 65535, got {listener.port}")
         _check_address(f"smtp.{name}.address", listener.address)
 
+    for network in config.smtp.relay_networks:
+        _check_relay_network(network)
+
     if not config.domains.local:
         raise ConfigError("domains.local must name at least one domain")
 
@@ -286,6 +294,21 @@ def parse_route(key: str, target: str) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise ConfigError(f"{key} has an invalid port: {target!r}")
     return host.strip("[]"), port
+
+
+# Relay networks wider than these are rejected, because they come close to an open relay.
+_WIDEST_RELAY_PREFIX = {4: 8, 6: 32}
+
+
+def _check_relay_network(network: str) -> None:
+    try:
+        parsed = ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        raise ConfigError(f"smtp.relay_networks must contain networks such as '10.0.0.0/8', got {network!r}") from None
+    widest = _WIDEST_RELAY_PREFIX[parsed.version]
+    if parsed.prefixlen < widest:
+        raise ConfigError(f"smtp.relay_networks entry {network!r} is wider than /{widest}: "
+                          "that would let most of the internet relay through this host")
 
 
 def _check_address(key: str, address: str) -> None:

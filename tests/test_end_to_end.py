@@ -153,6 +153,34 @@ def test_mx_refuses_relay(make_mta, sink, recipient):
     assert query(mta.database_url, "SELECT id FROM message") == []
 
 
+def test_relay_network_relays_and_signs(make_mta, sink, dns):
+    # The MX listener's sessions come from 127.0.0.1 here; 127.0.0.3 is outside the network.
+    mta = make_mta({"smtp": {"relay_networks": ["127.0.0.1/32"]}})
+    publish_dkim(mta, dns)
+    body = b"From: app@example.com\r\nTo: bob@example.net\r\nSubject: invoice\r\n\r\nDue today.\r\n"
+
+    code, text = send_mx(mta, "app@example.com", "bob@example.net", body)
+    assert code == 250, text
+    with smtplib.SMTP("127.0.0.1", mta.mx_port, timeout=30, source_address=("127.0.0.3", 0)) as client:
+        client.ehlo("outsider.example.net")
+        client.mail("app@example.com")
+        code, text = client.rcpt("bob@example.net")
+    assert (code, text[:5]) == (550, b"5.7.1")
+
+    data = sink.wait_for(1)[0].data
+    assert dkim.verify(data, dnsfunc=txt_lookup(dns))
+    assert b"\r\nMessage-ID: <" in data
+    assert "(relay network)" in mta.log()
+
+
+def test_relay_network_wider_than_limit_is_refused(make_mta):
+    mta = make_mta({"smtp": {"relay_networks": ["0.0.0.0/0"]}}, start=False)
+
+    result = mta.cli("check-config")
+    assert result.returncode == 2
+    assert "smtp.relay_networks entry '0.0.0.0/0' is wider than /8" in result.stderr
+
+
 def test_submission_requires_auth_before_mail(make_mta):
     mta = make_mta()
 

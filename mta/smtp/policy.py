@@ -89,7 +89,7 @@ def check_sender(listener: Listener, sender: str, login: str | None) -> SmtpRepl
     return None
 
 
-def check_recipient(listener: Listener, recipient: str, authenticated: bool, is_local_domain: bool,
+def check_recipient(listener: Listener, recipient: str, may_relay: bool, is_local_domain: bool,
                     count_so_far: int, max_recipients: int) -> SmtpReply | None:
     """Decide a RCPT before any lookup of the mailbox itself."""
     if not valid_address(recipient):
@@ -97,7 +97,7 @@ def check_recipient(listener: Listener, recipient: str, authenticated: bool, is_
     if count_so_far >= max_recipients:
         # RFC 5321 section 4.5.3.1.10: 452 lets the client send the rest later.
         return replies.TOO_MANY_RECIPIENTS
-    if not is_local_domain and not authenticated:
+    if not is_local_domain and not may_relay:
         return replies.RELAY_DENIED
     return None
 

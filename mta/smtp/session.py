@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import logging
 import ssl
 from dataclasses import dataclass
@@ -62,9 +63,11 @@ class MtaSmtp(SMTP):
         first = self.transport is None
         super().connection_made(transport)
         assert self.session is not None
+        # STARTTLS starts a new session, so this is set again after it.
+        self.session.relay_client = self.handler.in_relay_network(self.session.peer)
         if first:
-            log.info("%s: connect from [%s]:%s to %s", self.session.id, *_peer(self.session),
-                     self.handler.listener.name)
+            log.info("%s: connect from [%s]:%s to %s%s", self.session.id, *_peer(self.session),
+                     self.handler.listener.name, " (relay network)" if self.session.relay_client else "")
         else:
             cipher = transport.get_extra_info("cipher") or ("", "", 0)
             log.info("%s: STARTTLS %s %s", self.session.id, cipher[1], cipher[0])
@@ -198,6 +201,20 @@ class Handler:
         self.listener = listener
         self.services = services
         self.config = services.config
+        self.relay_networks = tuple(ipaddress.ip_network(network, strict=False)
+                                    for network in self.config.smtp.relay_networks)
+
+    def in_relay_network(self, peer: Any) -> bool:
+        """Return whether the client's address is in one of smtp.relay_networks."""
+        if not self.relay_networks or not isinstance(peer, tuple):
+            return False
+        try:
+            address = ipaddress.ip_address(peer[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.relay_networks)
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, TLSSetupException):
@@ -238,7 +255,8 @@ class Handler:
                           address: str, options: list[str]) -> str:
         domain = address.rpartition("@")[2]
         local = self.config.is_local_domain(domain)
-        reply = policy.check_recipient(self.listener, address, session.authenticated, local,
+        may_relay = session.authenticated or session.relay_client
+        reply = policy.check_recipient(self.listener, address, may_relay, local,
                                        len(envelope.rcpt_tos), self.config.smtp.max_recipients)
         if reply is None and local and self._is_mailbox_domain(domain):
             known = await users.existing_users(self.services.pool, [address])
@@ -269,7 +287,7 @@ class Handler:
             return self._reject_data(session, envelope, replies.AUTHOR_NOT_OWNED)
 
         queue_id = new_queue_id()
-        if submission:
+        if submission or session.relay_client:
             data = add_missing_fields(data, self.config.server.hostname, queue_id)
             try:
                 data = self._sign(data) + data
