@@ -27,7 +27,7 @@ system-deps:
 
 ## Postfix for its load tools and as the comparison peer.
 loadtest-deps: venv
-	scripts/install-system-deps.sh postfix
+	scripts/install-system-deps.sh postfix opendkim
 
 bench-sign: venv
 	$(BIN)/python -m loadtest.sign_bench

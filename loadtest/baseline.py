@@ -20,6 +20,8 @@ interface: the script re-executes itself under ``unshare -n`` unless it is
 already in one, so no packet can leave the machine whatever a default does.
 Our MTA delivers through a static route and Postfix runs with DNS lookups
 off, so neither uses a resolver.
+
+With ``--sign`` both relays DKIM-sign every message (see loadtest/signing.py).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
+
+from loadtest.signing import SELECTOR, SIGNING_DOMAIN, OpenDkim, SigningError, check_signature, write_key
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPOSITORY / "loadtest" / "results"
@@ -84,6 +88,8 @@ class LoadOptions:
     size: int
     keep_connections: bool
     timeout: float
+    # Both relays DKIM-sign: this MTA for its relay network, Postfix through OpenDKIM.
+    sign: bool = False
 
 
 @dataclass
@@ -231,17 +237,26 @@ def scan_log(path: Path, result: RunResult) -> None:
 class Sink:
     """smtp-sink on a loopback port, exiting after it has received the expected number of messages."""
 
-    def __init__(self, directory: Path, expected: int):
-        self.port = free_port()
+    def __init__(self, directory: Path, expected: int, port: int | None = None, dump_dir: Path | None = None):
+        self.port = port or free_port()
         self.expected = expected
         self.output_path = directory / "smtp-sink.out"
+        # With dump_dir, each message is written there as a file and the sink
+        # runs until stopped; without it, the sink exits at the expected count.
+        self.dump_dir = dump_dir
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         # -c prints running counters (mesg=N), so a run that times out can
         # report how many messages arrived. smtp-sink requires -u as root.
-        command = [SMTP_SINK, "-4", "-c", "-u", "nobody", "-M", str(self.expected),
-                   f"{LOOPBACK}:{self.port}", str(SINK_BACKLOG)]
+        command = [SMTP_SINK, "-4", "-c", "-u", "nobody"]
+        if self.dump_dir is None:
+            command += ["-M", str(self.expected)]
+        else:
+            self.dump_dir.mkdir(mode=0o777)
+            self.dump_dir.chmod(0o777)
+            command += ["-d", f"{self.dump_dir}/%M"]
+        command += [f"{LOOPBACK}:{self.port}", str(SINK_BACKLOG)]
         with open(self.output_path, "wb") as output:
             self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         wait_listening(self.port, 10.0, "smtp-sink", self.process)
@@ -266,13 +281,15 @@ class Sink:
 class OurMta:
     """``mta serve`` as a child process, with its embedded PostgreSQL under the temporary directory."""
 
-    def __init__(self, directory: Path, workers: int, tree: Path | None = None):
+    def __init__(self, directory: Path, workers: int, tree: Path | None = None, sign: bool = False):
         # tree: another checkout of this project to run instead of the installed
         # one, for before/after figures of a change measured in one invocation.
         self.name = "before" if tree is not None else "mta"
         self.tree = tree
         self.directory = directory
         self.workers = workers
+        self.sign = sign
+        self.signing_key_path = directory / "dkim" / f"{SIGNING_DOMAIN}.{SELECTOR}.pem"
         self.port = free_port()
         self.submission_port = free_port()
         self.http_port = free_port()
@@ -282,6 +299,7 @@ class OurMta:
 
     def write_config(self, sink_port: int) -> Path:
         path = self.directory / "mta.toml"
+        local_domains = f'"{RELAY_DOMAIN}", "{SIGNING_DOMAIN}"' if self.sign else f'"{RELAY_DOMAIN}"'
         path.write_text(
             "[server]\n"
             f'data_dir = "{self.directory}"\n'
@@ -290,14 +308,16 @@ class OurMta:
             "\n[smtp.mx]\n"
             f'address = "{LOOPBACK}"\n'
             f"port = {self.port}\n"
-            "\n[smtp.submission]\n"
+            + (f'\n[smtp]\nrelay_networks = ["{LOOPBACK}/32"]\n' if self.sign else "")
+            + "\n[smtp.submission]\n"
             f'address = "{LOOPBACK}"\n'
             f"port = {self.submission_port}\n"
             "\n[http]\n"
             f'address = "{LOOPBACK}"\n'
             f"port = {self.http_port}\n"
             "\n[domains]\n"
-            f'local = ["{RELAY_DOMAIN}"]\n'
+            f"local = [{local_domains}]\n"
+            f'dkim_selector = "{SELECTOR}"\n'
             "\n[delivery]\n"
             f'nameservers = ["{LOOPBACK}"]\n'
             "\n[delivery.routes]\n"
@@ -383,8 +403,10 @@ class Postfix:
 
     name = "postfix"
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, sign: bool = False):
         self.directory = directory
+        self.signing_key_path = directory / "dkim.pem"
+        self.opendkim = OpenDkim(directory, self.signing_key_path) if sign else None
         self.config_dir = directory / "etc"
         self.queue_dir = directory / "spool"
         self.data_dir = directory / "data"
@@ -425,6 +447,11 @@ class Postfix:
             "smtpd_peername_lookup = no\n"
             "biff = no\n"
         )
+        if self.opendkim is not None:
+            # tempfail: a message the milter did not see is never relayed unsigned.
+            with open(self.config_dir / "main.cf", "a") as main_cf:
+                main_cf.write(f"smtpd_milters = unix:{self.opendkim.socket_path}\n"
+                              "milter_default_action = tempfail\n")
         # The services a relay needs, none chrooted, so no copies of system
         # files are needed under the queue directory.
         services = [
@@ -454,6 +481,8 @@ class Postfix:
 
     def start(self, sink_port: int) -> None:
         self.write_config(sink_port)
+        if self.opendkim is not None:
+            self.opendkim.start()
         completed = subprocess.run([POSTFIX, "-c", str(self.config_dir), "start"],
                                    capture_output=True, text=True, timeout=60, check=False)
         if completed.returncode != 0:
@@ -469,7 +498,10 @@ class Postfix:
         wait_listening(self.port, START_TIMEOUT, "postfix smtpd")
 
     def cpu_seconds(self) -> dict[str, float]:
-        return {"postfix": tree_cpu_seconds(self.master)}
+        seconds = {"postfix": tree_cpu_seconds(self.master)}
+        if self.opendkim is not None:
+            seconds["opendkim"] = self.opendkim.cpu_seconds()
+        return seconds
 
     def stop(self) -> None:
         if self.master is None:
@@ -482,6 +514,8 @@ class Postfix:
                   f"sending SIGTERM to master pid {self.master.pid}", file=sys.stderr)
         stop_process(self.master, signal.SIGTERM)
         kill_leftovers(children)
+        if self.opendkim is not None:
+            self.opendkim.stop()
 
 
 # --- one measured run --------------------------------------------------------
@@ -560,19 +594,22 @@ def run_relay(kind: str, load: LoadOptions, workers: int, temp_root: Path, keep_
               before_tree: Path | None = None) -> RunResult:
     directory = Path(tempfile.mkdtemp(prefix=f"baseline-{kind}-", dir=temp_root))
     if kind == "postfix":
-        relay = Postfix(directory)
+        relay = Postfix(directory, load.sign)
     else:
-        relay = OurMta(directory, workers, before_tree if kind == "before" else None)
+        relay = OurMta(directory, workers, before_tree if kind == "before" else None, load.sign)
     result = RunResult(relay=kind, workers=None if kind == "postfix" else workers,
                        messages_sent=load.messages, messages_arrived=0)
     sink = Sink(directory, load.messages)
     print(f"{kind}: starting in {directory}", flush=True)
     try:
+        if load.sign:
+            check_relay_signs(relay, sink.port, load)
+        else:
+            relay.start(sink.port)
         sink.start()
-        relay.start(sink.port)
         print(f"{kind}: listening on {LOOPBACK}:{relay.port}, sending {load.messages} messages", flush=True)
         measure(relay, sink, load, result)
-    except (BenchmarkError, OSError, subprocess.SubprocessError) as error:
+    except (BenchmarkError, SigningError, OSError, subprocess.SubprocessError) as error:
         result.failures.append(str(error))
     finally:
         sink.stop()
@@ -586,6 +623,42 @@ def run_relay(kind: str, load: LoadOptions, workers: int, temp_root: Path, keep_
             else:
                 shutil.rmtree(directory, ignore_errors=True)
     return result
+
+
+def check_relay_signs(relay: OurMta | Postfix, sink_port: int, load: LoadOptions) -> None:
+    """Start the relay with a new key and check the signature on one message it relays.
+
+    A dumping sink takes the sink's port for this one message and is then
+    stopped, so the counting sink starts afterwards on the same port.
+    """
+    key = write_key(relay.signing_key_path)
+    check_directory = relay.directory / "sign-check"
+    check_directory.mkdir()
+    # smtp-sink runs as nobody, which must pass through the relay's directory to write the dump.
+    relay.directory.chmod(0o711)
+    dump = Sink(check_directory, 1, port=sink_port, dump_dir=check_directory / "messages")
+    try:
+        dump.start()
+        relay.start(sink_port)
+        one = LoadOptions(1, 1, load.size, False, load.timeout)
+        subprocess.run(source_command(relay.port, one), capture_output=True, timeout=60, check=True)
+        message = wait_for_dump(dump.dump_dir)
+    finally:
+        dump.stop()
+    check_signature(message, key)
+    print(f"{relay.name}: the relayed message is signed by {SELECTOR}._domainkey.{SIGNING_DOMAIN}", flush=True)
+
+
+def wait_for_dump(directory: Path, timeout: float = 60.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = list(directory.iterdir())
+        if files:
+            # smtp-sink writes the file while it reads DATA; give it time to finish.
+            time.sleep(0.2)
+            return files[0].read_bytes()
+        time.sleep(0.05)
+    raise BenchmarkError(f"the signing check's message did not reach the sink within {timeout:.0f} s")
 
 
 def save_failed_log(log_path: Path, kind: str) -> None:
@@ -756,6 +829,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--keep-connections", action="store_true",
                         help="send all messages of a session over one connection (smtp-source -d); "
                              "by default each message gets a new connection")
+    parser.add_argument("--sign", action="store_true",
+                        help="both relays DKIM-sign with one RSA-2048 key: this MTA for its relay network, "
+                             "Postfix through OpenDKIM as a milter")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of each relay, alternating between them (default: %(default)s)")
     parser.add_argument("--before-tree", type=Path, metavar="DIR",
@@ -810,7 +886,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
 
-    load = LoadOptions(args.messages, args.sessions, args.size, args.keep_connections, args.timeout)
+    load = LoadOptions(args.messages, args.sessions, args.size, args.keep_connections, args.timeout, args.sign)
     machine = describe_machine(args.temp_dir)
     print(f"machine: {machine}")
     print(f"load: {load}, mta workers {args.workers}")
