@@ -7,6 +7,7 @@ import socket
 import ssl
 
 from mta.config import Config, ListenerConfig
+from mta.smtp.factory import ProtocolFactory
 from mta.smtp.policy import Listener
 from mta.smtp.session import Handler, MtaSmtp, Services
 
@@ -32,7 +33,7 @@ async def serve(listener: Listener, sock: socket.socket, services: Services,
     handler = Handler(listener, services)
     submission = listener.requires_auth
 
-    def protocol() -> MtaSmtp:
+    def make() -> MtaSmtp:
         return MtaSmtp(
             handler,
             hostname=config.server.hostname,
@@ -47,4 +48,4 @@ async def serve(listener: Listener, sock: socket.socket, services: Services,
             loop=asyncio.get_running_loop(),
         )
 
-    return await asyncio.get_running_loop().create_server(protocol, sock=sock, backlog=1024)
+    return await asyncio.get_running_loop().create_server(ProtocolFactory(make), sock=sock, backlog=1024)
