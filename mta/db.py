@@ -85,7 +85,19 @@ async def create_pool(url: str, config: Config) -> asyncpg.Pool:
         # Queue statements are few and prepared once per connection.
         statement_cache_size=200,
         server_settings={"synchronous_commit": "on", "application_name": "mta"},
+        reset=_keep_session,
     )
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Return a connection to the pool without asyncpg's reset query.
+
+    The default reset costs a round trip on every release. Pooled
+    connections carry no session state to undo: nothing runs SET, LISTEN,
+    advisory locks or cursors on them (LISTEN and the migration lock use
+    connections of their own), and asyncpg still rolls back an open
+    transaction before this is called.
+    """
 
 
 def migration_files() -> list[tuple[int, Path]]:
