@@ -105,6 +105,12 @@ class DeliveryConfig:
     max_age: float = 5 * 86400.0
     # Seconds between queue scans when no NOTIFY arrives.
     poll_interval: float = 5.0
+    # Seconds an SMTP connection stays open after a message, waiting for the
+    # next one to the same host (Postfix: smtp_connection_cache_time_limit).
+    # 0 closes every connection after its message.
+    connection_cache_seconds: float = 2.0
+    # Messages one SMTP connection carries before it is closed.
+    connection_reuse_limit: int = 100
 
 
 @dataclass
@@ -228,6 +234,8 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("delivery", "lease_seconds"): (1.0, 86400.0),
     ("delivery", "max_age"): (60.0, 365 * 86400.0),
     ("delivery", "poll_interval"): (0.05, 3600.0),
+    ("delivery", "connection_cache_seconds"): (0.0, 300.0),
+    ("delivery", "connection_reuse_limit"): (1, 100_000),
     ("http", "port"): (1, 65535),
     ("http", "backlog_threshold"): (0, 2 ** 31 - 1),
 }

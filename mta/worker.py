@@ -16,6 +16,7 @@ from mta import db
 from mta.api import http
 from mta.config import Config
 from mta.delivery.agent import DeliveryAgent
+from mta.delivery.connections import ConnectionCache
 from mta.dkim import DkimSigner
 from mta.delivery.resolve import Resolver
 from mta.delivery.smtp import ClientSettings, SmtpDeliverer
@@ -52,11 +53,12 @@ class Worker:
         cipher = BodyCipher(self.prepared.master_key)
 
         resolver = Resolver(delivery.nameservers, delivery.dns_port, config.route_table(), delivery.smtp_port)
+        connections = ConnectionCache(delivery.connection_cache_seconds, delivery.connection_reuse_limit)
         smtp = SmtpDeliverer(ClientSettings(
             helo_name=config.server.hostname,
             source_addresses=tuple(delivery.source_addresses),
             connect_timeout=delivery.connect_timeout,
-            data_timeout=delivery.data_timeout))
+            data_timeout=delivery.data_timeout), connections)
 
         scheduler = Scheduler(pool, self.prepared.url, self.node_id, delivery.concurrency, delivery.lease_seconds,
                               delivery.poll_interval, execute=self._deliver)
@@ -66,6 +68,7 @@ class Worker:
         self.agent = DeliveryAgent(config, pool, store, cipher, resolver, smtp, settler)
 
         spool.start()
+        connections.start()
         scheduler.start()
         servers = await self._start_listeners(Services(config, pool, spool, DkimSigner(self.prepared.dkim_keys)))
         runner = None
@@ -80,6 +83,7 @@ class Worker:
             server.close()
         await asyncio.sleep(0)
         await scheduler.stop(grace=STOP_GRACE)
+        await connections.close()
         await spool.stop()
         if runner is not None:
             await runner.cleanup()

@@ -19,6 +19,8 @@ from aiosmtpd.controller import Controller
 @dataclass
 class Received:
     peer: str
+    # The client's port identifies the connection: one port, one connection.
+    peer_port: int
     sender: str
     recipients: list[str]
     data: bytes
@@ -58,22 +60,36 @@ class _Handler:
             if reply is not None and not reply.startswith("2"):
                 return reply
             self.sink.messages.append(Received(
-                peer=session.peer[0], sender=envelope.mail_from, recipients=list(envelope.rcpt_tos),
+                peer=session.peer[0], peer_port=session.peer[1], sender=envelope.mail_from, recipients=list(envelope.rcpt_tos),
                 data=envelope.original_content))
             self.sink.arrived.set()
         return "250 2.0.0 OK stored"
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        with self.sink.lock:
+            self.sink.ehlos += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_QUIT(self, server, session, envelope):
+        with self.sink.lock:
+            self.sink.quits += 1
+        return "221 2.0.0 Bye"
+
 
 class Sink:
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, **smtp_parameters):
         self.host = host
         self.port = port
         self.script = Script()
         self.messages: list[Received] = []
+        # Without TLS each connection sends EHLO once, so this counts connections.
+        self.ehlos = 0
+        self.quits = 0
         self.lock = threading.Lock()
         self.arrived = threading.Event()
         self.rcpt_seen = threading.Event()
-        self._controller = Controller(_Handler(self), hostname=host, port=port, ready_timeout=10)
+        self._controller = Controller(_Handler(self), hostname=host, port=port, ready_timeout=10, **smtp_parameters)
 
     def start(self) -> None:
         self._controller.start()

@@ -15,20 +15,12 @@ import dkim
 import dns.resolver
 import pytest
 
-from tests.conftest import REMOTE_MX_ADDRESS, SOURCE_ADDRESS, query
+from tests.conftest import SOURCE_ADDRESS, query
+from tests.mx import RELAY_DOMAIN, relay_config, send_mx, wait_until
 from tests.opendkim import opendkim_report
 from tests.pgcluster import PgCluster
 
 PASSWORD = "correct horse battery"
-RELAY_DOMAIN = "relay.example"
-
-
-def relay_config(sink_port: int, **delivery) -> dict:
-    """Accept relay.example on MX and route it to the sink, like a transport map."""
-    return {
-        "domains": {"local": ["example.com", RELAY_DOMAIN]},
-        "delivery": {"routes": {RELAY_DOMAIN: f"{REMOTE_MX_ADDRESS}:{sink_port}"}, **delivery},
-    }
 
 
 def add_alice(mta) -> None:
@@ -55,26 +47,6 @@ def txt_lookup(dns_server):
         answer = resolver.resolve(name.decode().rstrip("."), "TXT")
         return b"".join(answer[0].strings)
     return lookup
-
-
-def send_mx(mta, sender: str, recipient: str, body: bytes = b"Subject: test\r\n\r\nhello\r\n") -> tuple[int, bytes]:
-    with smtplib.SMTP("127.0.0.1", mta.mx_port, timeout=30) as client:
-        client.ehlo("client.example.net")
-        client.mail(sender)
-        code, text = client.rcpt(recipient)
-        if code != 250:
-            return code, text
-        return client.data(body)
-
-
-def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    return predicate()
 
 
 def test_swaks_submission_arrives_signed(make_mta, sink, dns, tmp_path):

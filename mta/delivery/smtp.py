@@ -18,11 +18,15 @@ from dataclasses import dataclass
 import aiosmtplib
 from aiosmtplib.typing import Default
 
+from mta.delivery.connections import Connection, ConnectionCache
 from mta.delivery.outcome import Outcome, Reply
 from mta.delivery.resolve import Target
 from mta.rfc5322 import has_bare_line_ending
 
 log = logging.getLogger("mta.delivery")
+
+# Seconds to wait for the reply to MAIL, RCPT or RSET (RFC 5321 section 4.5.3.2).
+COMMAND_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,9 @@ def source_for(address: str, sources: tuple[str, ...]) -> str | None:
 
 
 class SmtpDeliverer:
-    def __init__(self, settings: ClientSettings):
+    def __init__(self, settings: ClientSettings, cache: ConnectionCache):
         self.settings = settings
+        self.cache = cache
         self.tls_context = opportunistic_tls_context()
 
     async def deliver(self, sender: str, recipients: list[str], body: bytes,
@@ -110,20 +115,28 @@ class SmtpDeliverer:
                 last_error = Reply(451, f"4.4.1 no source address of the family of {target.address}")
                 continue
 
+            key = (target.address, target.port, source)
+            cached = self.cache.take(key)
+            if cached is not None:
+                outcome = await self._use(cached, key, sender, recipients, body)
+                if outcome is not None:
+                    return outcome
+
             relay = f"{target.host}[{target.address}]:{target.port}"
             try:
-                return await self._transaction(sender, recipients, body, target, source, relay)
+                connection = await self._connect(target, source, relay)
             except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPConnectTimeoutError,
                     aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as error:
                 log.info("connect to %s failed: %s", relay, error)
                 last_error = Reply(451, f"4.4.1 connection to {relay} failed: {error}")
+                continue
+            return await self._use(connection, key, sender, recipients, body, fresh=True)
 
         outcome = Outcome(relay="none")
         outcome.add_all(recipients, last_error)
         return outcome
 
-    async def _transaction(self, sender: str, recipients: list[str], body: bytes,
-                           target: Target, source: str | None, relay: str) -> Outcome:
+    async def _connect(self, target: Target, source: str | None, relay: str) -> Connection:
         client = CrlfSMTP(
             hostname=target.address,
             port=target.port,
@@ -133,39 +146,122 @@ class SmtpDeliverer:
             start_tls=None,
             tls_context=self.tls_context,
         )
-        outcome = Outcome(relay=relay)
         await client.connect()
+        return Connection(client, relay)
+
+    async def _use(self, connection: Connection, key: tuple, sender: str, recipients: list[str], body: bytes,
+                    fresh: bool = False) -> Outcome | None:
+        """Run one transaction on connection and keep the connection for reuse when it ended cleanly.
+
+        Returns None when a reused connection turns out to be closed before
+        the server replied to MAIL, so the caller opens a new one.
+        """
+        transaction = Transaction(connection.relay, recipients)
         try:
-            refused, final = await client.sendmail(sender, recipients, body, timeout=self.settings.data_timeout)
-        except aiosmtplib.SMTPRecipientsRefused as error:
-            for refusal in error.recipients:
-                outcome.add(refusal.recipient, Reply(refusal.code, refusal.message))
-            return outcome
-        except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPDataError, aiosmtplib.SMTPResponseException) as error:
-            outcome.add_all(recipients, Reply(error.code, error.message))
-            return outcome
-        except aiosmtplib.SMTPServerDisconnected as error:
+            await transaction.run(connection.client, sender, body, self.settings.data_timeout)
+        except StaleConnection:
+            self.cache.discard(connection)
+            if fresh:
+                transaction.lost("before MAIL")
+                return transaction.outcome
+            return None
+
+        if transaction.clean:
+            self.cache.put(key, connection)
+        else:
+            self.cache.discard(connection)
+        return transaction.outcome
+
+
+class StaleConnection(Exception):
+    """The connection closed before the server replied to the first command of a transaction."""
+
+
+class Transaction:
+    """One MAIL, its RCPTs and DATA, with each recipient's reply collected in an Outcome."""
+
+    def __init__(self, relay: str, recipients: list[str]):
+        self.recipients = recipients
+        self.accepted: list[str] = []
+        self.outcome = Outcome(relay=relay)
+        self.relay = relay
+        # Whether the connection ended in a state fit for another transaction.
+        self.clean = False
+
+    async def run(self, client: CrlfSMTP, sender: str, body: bytes, data_timeout: float) -> None:
+        options = self._mail_options(client, body)
+        if options is None:
+            self.clean = True
+            return
+
+        try:
+            await client.mail(sender, options=options, timeout=COMMAND_TIMEOUT)
+        except aiosmtplib.SMTPResponseException as error:
+            self.outcome.add_all(self.recipients, Reply(error.code, error.message))
+            await self._reset(client)
+            return
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, ConnectionError) as error:
+            raise StaleConnection(str(error)) from error
+
+        try:
+            await self._recipients(client)
+            if not self.accepted:
+                await self._reset(client)
+                return
+            final = await client.data(body, timeout=data_timeout)
+        except aiosmtplib.SMTPResponseException as error:
+            # Only DATA raises here: each refused RCPT was recorded with its own reply.
+            self._add(self.accepted, Reply(error.code, error.message))
+            await self._reset(client)
+            return
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, ConnectionError) as error:
             # A connection lost during or after DATA may or may not have
             # delivered: retry, never bounce (RFC 5321 section 6.1).
-            outcome.add_all(recipients, Reply(451, f"4.4.2 connection to {relay} lost: {error}"))
-            return outcome
-        finally:
-            await _quit(client)
+            self.lost(str(error))
+            return
 
-        accepted_reply = Reply(250, final)
-        for recipient in recipients:
-            if recipient in refused:
-                response = refused[recipient]
-                outcome.add(recipient, Reply(response.code, response.message))
+        self._add(self.accepted, Reply(250, final.message))
+        self.clean = True
+
+    def _mail_options(self, client: CrlfSMTP, body: bytes) -> list[str] | None:
+        """Return MAIL parameters, or None after failing every recipient for a body over the server's SIZE."""
+        options = []
+        if client.supports_extension("size"):
+            declared = client.esmtp_extensions.get("size", "")
+            # RFC 1870: SIZE with 0 or no number means no fixed limit.
+            if declared.isdigit() and 0 < int(declared) < len(body):
+                self.outcome.add_all(self.recipients, Reply(
+                    552, f"5.3.4 message size {len(body)} exceeds the limit {declared} of {self.relay}"))
+                return None
+            options.append(f"SIZE={len(body)}")
+        if client.supports_extension("8bitmime") and not body.isascii():
+            options.append("BODY=8BITMIME")
+        return options
+
+    async def _recipients(self, client: CrlfSMTP) -> None:
+        for recipient in self.recipients:
+            try:
+                await client.rcpt(recipient, timeout=COMMAND_TIMEOUT)
+            except aiosmtplib.SMTPRecipientRefused as error:
+                self.outcome.add(recipient, Reply(error.code, error.message))
             else:
-                outcome.add(recipient, accepted_reply)
-        return outcome
+                self.accepted.append(recipient)
 
+    def _add(self, recipients: list[str], reply: Reply) -> None:
+        for recipient in recipients:
+            self.outcome.add(recipient, reply)
 
-async def _quit(client: aiosmtplib.SMTP) -> None:
-    if not client.is_connected:
-        return
-    try:
-        await client.quit(timeout=10)
-    except (aiosmtplib.SMTPException, OSError):
-        client.close()
+    def lost(self, detail: str) -> None:
+        """Defer every recipient without a reply yet, because the connection was lost."""
+        answered = {recipient for recipient, _ in self.outcome.failed + self.outcome.deferred}
+        self._add([r for r in self.recipients if r not in answered],
+                  Reply(451, f"4.4.2 connection to {self.relay} lost: {detail}"))
+
+    async def _reset(self, client: CrlfSMTP) -> None:
+        # RSET leaves the connection fit for the next message, and a failed RSET does not.
+        try:
+            await client.rset(timeout=COMMAND_TIMEOUT)
+        except (aiosmtplib.SMTPException, OSError):
+            return
+        self.clean = True
+

@@ -1,0 +1,135 @@
+"""Delivery over reused SMTP connections, against aiosmtpd sinks on 127.0.0.2."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from tests.conftest import REMOTE_MX_ADDRESS
+from tests.mx import relay_config, send_mx, wait_until
+from tests.pgcluster import free_port
+from tests.sink import Sink
+
+RECIPIENT = "user@relay.example"
+
+
+@contextmanager
+def sink_on(port: int, **smtp_parameters) -> Iterator[Sink]:
+    server = Sink(REMOTE_MX_ADDRESS, port, **smtp_parameters)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def cached(sink_port: int, seconds: float, **delivery) -> dict:
+    return relay_config(sink_port, connection_cache_seconds=seconds, **delivery)
+
+
+def send_in_turn(mta, sink: Sink, count: int) -> list[int]:
+    """Send count messages one after another, each after the last arrived; return the sink's client ports."""
+    for number in range(1, count + 1):
+        code, text = send_mx(mta, "sender@example.net", RECIPIENT)
+        assert code == 250, text
+        assert len(sink.wait_for(number)) == number
+    return [message.peer_port for message in sink.messages]
+
+
+def test_messages_share_one_connection(make_mta, sink, sink_port):
+    mta = make_mta(cached(sink_port, 30.0))
+
+    ports = send_in_turn(mta, sink, 3)
+
+    assert len(set(ports)) == 1
+
+
+def test_reuse_limit_opens_new_connection(make_mta, sink, sink_port):
+    mta = make_mta(cached(sink_port, 30.0, connection_reuse_limit=2))
+
+    ports = send_in_turn(mta, sink, 3)
+
+    assert ports[0] == ports[1]
+    assert ports[2] != ports[1]
+
+
+def test_zero_cache_time_closes_each_connection(make_mta, sink, sink_port):
+    mta = make_mta(cached(sink_port, 0.0))
+
+    ports = send_in_turn(mta, sink, 2)
+
+    assert ports[0] != ports[1]
+    assert wait_until(lambda: sink.quits == 2, timeout=10)
+
+
+def test_idle_connection_quits_after_cache_time(make_mta, sink, sink_port):
+    mta = make_mta(cached(sink_port, 0.5))
+
+    send_in_turn(mta, sink, 1)
+
+    # Closed by the background pruner, which looks once a second.
+    assert wait_until(lambda: sink.quits == 1, timeout=10)
+
+
+def test_closed_cached_connection_is_replaced(make_mta):
+    port = free_port(REMOTE_MX_ADDRESS)
+    mta = make_mta(cached(port, 60.0))
+    # The remote MX restarts between the messages, which closes the connection idle in the cache.
+    with sink_on(port) as first:
+        send_in_turn(mta, first, 1)
+    with sink_on(port) as second:
+        send_in_turn(mta, second, 1)
+
+    assert first.messages[0].peer_port != second.messages[0].peer_port
+    assert "status=deferred" not in mta.log()
+
+
+def test_oversize_message_bounces_before_data(make_mta, sink_port):
+    small_port = free_port(REMOTE_MX_ADDRESS)
+    config = relay_config(sink_port)
+    config["domains"]["local"].append("small.example")
+    config["delivery"]["routes"]["small.example"] = f"{REMOTE_MX_ADDRESS}:{small_port}"
+    mta = make_mta(config)
+
+    with sink_on(small_port, data_size_limit=2000) as small:
+        code, text = send_mx(mta, "sender@example.net", "user@small.example",
+                             b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 60)
+        assert code == 250, text
+        log = wait_until(lambda: "status=bounced" in mta.log() and mta.log())
+
+    assert "dsn=5.3.4" in log
+    assert "exceeds the limit 2000" in log
+    assert small.messages == []
+
+
+@pytest.mark.parametrize("replies, delivered", [
+    (["550 5.1.1 no such user", "250 OK"], [["b@relay.example"]]),
+    (["550 5.1.1 no such user", "550 5.1.1 no such user"], []),
+])
+def test_refused_recipients_keep_their_replies(make_mta, sink, sink_port, replies, delivered):
+    mta = make_mta(cached(sink_port, 30.0))
+    sink.script.rcpt_replies.extend(replies)
+
+    with smtplib.SMTP("127.0.0.1", mta.mx_port, timeout=30) as client:
+        client.sendmail("<>", ["a@relay.example", "b@relay.example"], b"Subject: two\r\n\r\nhello\r\n")
+
+    log = wait_until(lambda: mta.log().count("status=") >= 2 and mta.log())
+    assert "to=<a@relay.example>" in log
+    assert "dsn=5.1.1, status=bounced (550 5.1.1 no such user)" in log
+    assert [message.recipients for message in sink.wait_for(len(delivered))] == delivered
+
+
+def test_connection_reused_after_refusals(make_mta, sink, sink_port):
+    mta = make_mta(cached(sink_port, 30.0))
+    sink.script.rcpt_replies.append("550 5.1.1 no such user")
+
+    code, text = send_mx(mta, "sender@example.net", RECIPIENT)
+    assert code == 250, text
+    assert wait_until(lambda: "status=bounced" in mta.log())
+    send_in_turn(mta, sink, 1)
+
+    # RSET after the refusal left the connection fit for the next message.
+    assert sink.ehlos == 1
