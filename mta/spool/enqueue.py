@@ -25,6 +25,7 @@ import asyncpg
 from mta import metrics
 from mta.addresses import group_by_domain
 from mta.ids import new_queue_id
+from mta.spool.batch import GroupCommit, StoppingError
 from mta.storage.crypto import BodyCipher
 from mta.storage.local import LocalStore, StoreError
 
@@ -73,12 +74,6 @@ class Prepared:
     inline_data: bytes | None
 
 
-@dataclass
-class _Pending:
-    prepared: Prepared
-    done: asyncio.Future
-
-
 _INSERT_BODIES = """
 INSERT INTO message_body (message_id, data) SELECT * FROM unnest($1::text[], $2::bytea[])
 """
@@ -106,31 +101,18 @@ class Spool:
         self.node_id = node_id
         self.lease_seconds = lease_seconds
         self.on_ready = on_ready
-        self._pending: list[_Pending] = []
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task | None = None
-        self._stopping = False
+        self._writer = GroupCommit("spool-writer", self._commit, MAX_BATCH, BATCH_WINDOW)
 
     def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name="spool-writer")
+        self._writer.start()
 
     @property
     def tasks(self) -> list[asyncio.Task]:
-        return [self._writer] if self._writer is not None else []
+        return self._writer.tasks
 
     async def stop(self, grace: float = 10.0) -> None:
         """Commit what sessions have handed over, then stop the writer."""
-        if self._writer is None:
-            return
-        self._stopping = True
-        self._wake.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._writer), timeout=grace)
-        except asyncio.TimeoutError:
-            log.warning("spool writer did not finish in %.0fs, %d messages get no reply",
-                        grace, len(self._pending))
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
+        await self._writer.stop(grace)
 
     async def prepare(self, message: NewMessage) -> Prepared:
         """Encrypt the body; write it to the body store unless it is small enough to go inline."""
@@ -148,12 +130,14 @@ class Spool:
 
     async def enqueue(self, message: NewMessage) -> str:
         """Make the message durable and return its queue id, or raise SpoolError."""
-        if self._stopping:
+        if self._writer.stopping:
             raise SpoolError("shutting down")
         prepared = await self.prepare(message)
-        done = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(prepared, done))
-        self._wake.set()
+        try:
+            done = self._writer.submit(prepared)
+        except StoppingError:
+            await self.discard(prepared)
+            raise SpoolError("shutting down") from None
 
         try:
             # Shielded: once handed to the writer the commit may still happen,
@@ -183,38 +167,20 @@ class Spool:
             # (never committed), so it leaks space but no data.
             log.warning("%s: failed to delete uncommitted body: %s", queue_id, error)
 
-    async def _write_loop(self) -> None:
-        while not (self._stopping and not self._pending):
-            await self._wake.wait()
-            if 0 < len(self._pending) < MAX_BATCH and not self._stopping:
-                await asyncio.sleep(BATCH_WINDOW)
-
-            batch = self._pending[:MAX_BATCH]
-            del self._pending[:MAX_BATCH]
-            if not self._pending and not self._stopping:
-                self._wake.clear()
-            if batch:
-                await self._commit(batch)
-
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[Prepared]) -> list[str]:
         try:
             async with self.pool.acquire(timeout=10) as connection:
                 async with connection.transaction():
-                    jobs = await self.insert(connection, [item.prepared for item in batch])
+                    jobs = await self.insert(connection, batch)
         except Exception as error:
             # Any failure here, expected (database down) or not, must reach
-            # every waiting session as a 451 and leave the writer running.
+            # every waiting session as a 451.
             log.error("queue commit of %d messages failed: %r", len(batch), error)
-            for item in batch:
-                if not item.done.done():
-                    item.done.set_exception(SpoolError("database unavailable"))
-            return
+            raise SpoolError("database unavailable") from error
 
         metrics.SPOOL_BATCH.observe(len(batch))
-        for item in batch:
-            if not item.done.done():
-                item.done.set_result(item.prepared.queue_id)
         self.on_ready(jobs)
+        return [item.queue_id for item in batch]
 
     async def insert(self, connection: asyncpg.Connection, batch: list[Prepared]) -> list[Job]:
         """Insert envelopes and leased delivery rows inside the caller's transaction."""
