@@ -68,6 +68,7 @@ class Worker:
         self.agent = DeliveryAgent(config, pool, store, cipher, resolver, smtp, settler)
 
         spool.start()
+        settler.start()
         connections.start()
         scheduler.start()
         servers = await self._start_listeners(Services(config, pool, spool, DkimSigner(self.prepared.dkim_keys)))
@@ -76,7 +77,7 @@ class Worker:
             runner = await http.serve(http.build_app(config, pool, str(store.root)), self.prepared.sockets["http"])
         log.info("worker %d started as node %s", self.index, self.node_id)
 
-        await self._wait_for_stop(spool, scheduler)
+        await self._wait_for_stop(spool.tasks + settler.tasks + scheduler.tasks)
 
         log.info("worker %d stopping: no new sessions, finishing work in flight", self.index)
         for server in servers:
@@ -84,6 +85,7 @@ class Worker:
         await asyncio.sleep(0)
         await scheduler.stop(grace=STOP_GRACE)
         await connections.close()
+        await settler.stop()
         await spool.stop()
         if runner is not None:
             await runner.cleanup()
@@ -102,13 +104,12 @@ class Worker:
                 servers.append(await listener.serve(kind, sock, services, tls_context))
         return servers
 
-    async def _wait_for_stop(self, spool: Spool, scheduler: Scheduler) -> None:
+    async def _wait_for_stop(self, watched: list[asyncio.Task]) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
 
-        watched = spool.tasks + scheduler.tasks
         stop_task = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stop_task, *watched], return_when=asyncio.FIRST_COMPLETED)
         for task in done:

@@ -1,5 +1,7 @@
-"""Record the outcome of a delivery attempt, in one transaction.
+"""Record the outcomes of delivery attempts, many in one transaction.
 
+Attempts hand their outcome to one writer task (group commit, as for new
+messages), which settles each batch with a few set-based statements.
 Delivered and failed recipients leave the work row; deferred ones stay with a
 new due time from the retry schedule, until the message is older than its
 maximum age, when they fail too. The row is updated only if this node still
@@ -11,40 +13,62 @@ neither lose it nor send it twice. Mail from the null sender never gets one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import asyncpg
 
 from mta.delivery.bounce import build_dsn
 from mta.delivery.outcome import Outcome, Reply
+from mta.spool.batch import GroupCommit, StoppingError
 from mta.spool.enqueue import Job, NewMessage, Prepared, Spool
 
 log = logging.getLogger("mta.settle")
 
+# Each statement below handles a whole batch of attempts. Rows are touched
+# only where this node still holds the lease for that attempt.
 _RESCHEDULE = """
-UPDATE delivery
-SET recipients = $4, due_at = now() + make_interval(secs => $5),
-    lease_owner = NULL, lease_until = NULL, last_reply = $6
-WHERE id = $1 AND lease_owner = $2 AND attempts = $3
+UPDATE delivery d
+SET recipients = string_to_array(f.r, chr(10)), due_at = now() + make_interval(secs => f.delay),
+    lease_owner = NULL, lease_until = NULL, last_reply = f.reply
+FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::text[]) AS f (id, attempts, r, delay, reply)
+WHERE d.id = f.id AND d.attempts = f.attempts AND d.lease_owner = $6
+RETURNING d.id
 """
 
-_FINISH = "DELETE FROM delivery WHERE id = $1 AND lease_owner = $2 AND attempts = $3"
+_FINISH = """
+DELETE FROM delivery d USING unnest($1::bigint[], $2::int[]) AS f (id, attempts)
+WHERE d.id = f.id AND d.attempts = f.attempts AND d.lease_owner = $3
+RETURNING d.id
+"""
 
 _EVENTS = """
 INSERT INTO delivery_event (message_id, recipient, status, reply, relay)
-SELECT $1, r, s, t, $5 FROM unnest($2::text[], $3::text[], $4::text[]) AS e (r, s, t)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
 """
 
-_DROP_INLINE_BODY = "DELETE FROM message_body WHERE message_id = $1"
+# Locked in id order, in a statement of its own: two nodes that finish the
+# last deliveries of one message wait for each other here. READ COMMITTED
+# takes a new snapshot per statement, so the second node's next statement
+# finds the first node's deletion committed, and exactly one of them
+# completes the message.
+_LOCK_MESSAGES = "SELECT id FROM message WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE"
 
 _COMPLETE = """
-UPDATE message SET completed_at = now()
-WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM delivery WHERE message_id = $1)
-RETURNING NOT EXISTS (SELECT 1 FROM mailbox_message WHERE message_id = $1) AS body_unused
+UPDATE message m SET completed_at = now()
+WHERE m.id = ANY($1::text[]) AND m.completed_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM delivery d WHERE d.message_id = m.id)
+RETURNING m.id, NOT EXISTS (SELECT 1 FROM mailbox_message b WHERE b.message_id = m.id) AS body_unused
 """
+
+_DROP_INLINE_BODIES = "DELETE FROM message_body WHERE message_id = ANY($1::text[])"
+
+# Attempts settled in one transaction, and how long the writer waits for more.
+MAX_BATCH = 100
+BATCH_WINDOW = 0.002
 
 
 @dataclass(frozen=True)
@@ -61,13 +85,22 @@ class Settlement:
     applied: bool
     body_unused: bool = False
     notification: Prepared | None = None
-    jobs: list[Job] = field(default_factory=list)
 
 
 def retry_delay(schedule: list[float], attempt: int) -> float:
     """Seconds until the next attempt; the last interval repeats, with 10 % jitter."""
     base = schedule[min(attempt - 1, len(schedule) - 1)]
     return base * random.uniform(0.9, 1.1)
+
+
+@dataclass
+class _Attempt:
+    """One attempt's outcome waiting in the settle batch."""
+
+    job: Job
+    message: MessageInfo
+    outcome: Outcome
+    notification: Prepared | None
 
 
 class Settler:
@@ -79,6 +112,18 @@ class Settler:
         self.hostname = hostname
         self.retry_schedule = retry_schedule
         self.max_age = max_age
+        self._writer = GroupCommit("settle-writer", self._apply, MAX_BATCH, BATCH_WINDOW)
+
+    def start(self) -> None:
+        self._writer.start()
+
+    @property
+    def tasks(self) -> list[asyncio.Task]:
+        return self._writer.tasks
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Settle the attempts handed over, then stop the writer."""
+        await self._writer.stop(grace)
 
     def expire_if_old(self, message: MessageInfo, outcome: Outcome) -> None:
         """Turn deferred recipients into failures once the message is too old."""
@@ -90,61 +135,109 @@ class Settler:
         outcome.deferred.clear()
 
     async def settle(self, job: Job, message: MessageInfo, outcome: Outcome, body: bytes) -> Settlement:
+        """Record the outcome together with other attempts' in one transaction; raise if it failed."""
         self.expire_if_old(message, outcome)
         notification = await self._prepare_notification(message, outcome, body)
+        try:
+            done = self._writer.submit(_Attempt(job, message, outcome, notification))
+        except StoppingError:
+            if notification is not None:
+                await self.spool.discard(notification)
+            raise
 
         try:
-            async with self.pool.acquire(timeout=30) as connection:
-                async with connection.transaction():
-                    settlement = await self._apply(connection, job, message, outcome, notification)
-        except BaseException:
+            # Shielded: once handed over the commit may still happen, so the
+            # notification's body stays unless the commit is known to have failed.
+            settlement = await asyncio.shield(done)
+        except asyncio.CancelledError:
+            done.add_done_callback(lambda future: self._discard_unused(notification, future))
+            raise
+        except Exception:
             if notification is not None:
                 await self.spool.discard(notification)
             raise
 
         if not settlement.applied and notification is not None:
             await self.spool.discard(notification)
-            return Settlement(applied=False)
-
-        # Handed to the ready queue only now that the rows are committed.
-        self.spool.on_ready(settlement.jobs)
         return settlement
 
-    async def _apply(self, connection: asyncpg.Connection, job: Job, message: MessageInfo,
-                     outcome: Outcome, notification: Prepared | None) -> Settlement:
-        if outcome.deferred:
-            recipients = [recipient for recipient, _ in outcome.deferred]
-            last_reply = str(outcome.deferred[0][1])
-            delay = retry_delay(self.retry_schedule, job.attempt)
-            status = await connection.execute(
-                _RESCHEDULE, job.delivery_id, self.node_id, job.attempt, recipients, delay, last_reply)
-        else:
-            status = await connection.execute(_FINISH, job.delivery_id, self.node_id, job.attempt)
+    def _discard_unused(self, notification: Prepared | None, future: asyncio.Future) -> None:
+        if notification is None:
+            return
+        if future.cancelled() or future.exception() is not None or not future.result().applied:
+            asyncio.create_task(self.spool.discard(notification))
 
-        if status.endswith(" 0"):
+    async def _apply(self, batch: list[_Attempt]) -> list[Settlement]:
+        async with self.pool.acquire(timeout=30) as connection:
+            async with connection.transaction():
+                applied = await self._release_rows(connection, batch)
+                done = [attempt for attempt in batch if attempt.job.delivery_id in applied]
+                await self._record_events(connection, done)
+                notifications = [attempt.notification for attempt in done if attempt.notification is not None]
+                jobs = await self.spool.insert(connection, notifications) if notifications else []
+                unused = await self._complete_messages(connection, done)
+
+        # Handed to the ready queue only now that the rows are committed.
+        self.spool.on_ready(jobs)
+        return [self._settlement(attempt, applied, unused) for attempt in batch]
+
+    def _settlement(self, attempt: _Attempt, applied: set[int], unused: set[str]) -> Settlement:
+        if attempt.job.delivery_id not in applied:
             # The lease passed to another node; its attempt settles the row.
             log.warning("%s: lease lost before settling attempt %d, outcome discarded",
-                        message.queue_id, job.attempt)
+                        attempt.message.queue_id, attempt.job.attempt)
             return Settlement(applied=False)
 
-        events = ([], [], [])
-        for status_name, pairs in (("delivered", outcome.delivered), ("deferred", outcome.deferred),
-                                   ("bounced", outcome.failed)):
-            for recipient, reply in pairs:
-                events[0].append(recipient)
-                events[1].append(status_name)
-                events[2].append(str(reply))
-        await connection.execute(_EVENTS, message.queue_id, *events, outcome.relay)
+        # Only one attempt per message reports the unused body, so it is removed once.
+        body_unused = attempt.message.queue_id in unused
+        unused.discard(attempt.message.queue_id)
+        return Settlement(applied=True, body_unused=body_unused, notification=attempt.notification)
 
-        jobs = []
-        if notification is not None:
-            jobs = await self.spool.insert(connection, [notification])
-        completed = await connection.fetchrow(_COMPLETE, message.queue_id)
-        if completed and completed["body_unused"]:
-            await connection.execute(_DROP_INLINE_BODY, message.queue_id)
+    async def _release_rows(self, connection: asyncpg.Connection, batch: list[_Attempt]) -> set[int]:
+        """Delete finished rows and reschedule deferred ones; return the ids this node still held."""
+        finished = [attempt.job for attempt in batch if not attempt.outcome.deferred]
+        deferred = [attempt for attempt in batch if attempt.outcome.deferred]
+        applied: set[int] = set()
+        if finished:
+            rows = await connection.fetch(_FINISH, [job.delivery_id for job in finished],
+                                          [job.attempt for job in finished], self.node_id)
+            applied.update(row["id"] for row in rows)
+        if deferred:
+            rows = await connection.fetch(
+                _RESCHEDULE,
+                [attempt.job.delivery_id for attempt in deferred],
+                [attempt.job.attempt for attempt in deferred],
+                ["\n".join(recipient for recipient, _ in attempt.outcome.deferred) for attempt in deferred],
+                [retry_delay(self.retry_schedule, attempt.job.attempt) for attempt in deferred],
+                [str(attempt.outcome.deferred[0][1]) for attempt in deferred],
+                self.node_id)
+            applied.update(row["id"] for row in rows)
+        return applied
 
-        return Settlement(applied=True, body_unused=bool(completed and completed["body_unused"]),
-                          notification=notification, jobs=jobs)
+    async def _record_events(self, connection: asyncpg.Connection, done: list[_Attempt]) -> None:
+        columns: tuple[list, list, list, list, list] = ([], [], [], [], [])
+        for attempt in done:
+            outcome = attempt.outcome
+            for status, pairs in (("delivered", outcome.delivered), ("deferred", outcome.deferred),
+                                  ("bounced", outcome.failed)):
+                for recipient, reply in pairs:
+                    for column, value in zip(columns, (attempt.message.queue_id, recipient, status, str(reply),
+                                                       outcome.relay)):
+                        column.append(value)
+        if columns[0]:
+            await connection.execute(_EVENTS, *columns)
+
+    async def _complete_messages(self, connection: asyncpg.Connection, done: list[_Attempt]) -> set[str]:
+        """Mark messages without delivery rows left as completed; return those whose body no mailbox keeps."""
+        queue_ids = sorted({attempt.message.queue_id for attempt in done if not attempt.outcome.deferred})
+        if not queue_ids:
+            return set()
+        await connection.execute(_LOCK_MESSAGES, queue_ids)
+        rows = await connection.fetch(_COMPLETE, queue_ids)
+        unused = {row["id"] for row in rows if row["body_unused"]}
+        if unused:
+            await connection.execute(_DROP_INLINE_BODIES, list(unused))
+        return unused
 
     async def _prepare_notification(self, message: MessageInfo, outcome: Outcome, body: bytes) -> Prepared | None:
         if not outcome.failed:

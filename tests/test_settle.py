@@ -1,0 +1,134 @@
+"""Batched settling against a real PostgreSQL: leases, completion and notifications."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import asyncpg
+
+from mta import db
+from mta.delivery.outcome import Outcome, Reply
+from mta.spool.enqueue import Job, Spool
+from mta.spool.settle import MessageInfo, Settler
+from mta.storage.crypto import BodyCipher
+from mta.storage.local import LocalStore
+from tests.conftest import create_database
+
+MESSAGES = 20
+ROUNDS = 10
+DELIVERED = Reply(250, "2.0.0 OK")
+
+
+async def _with_settlers(url: str, tmp_path: Path, nodes: list[str],
+                         body: Callable[[asyncpg.Pool, dict[str, Settler]], Awaitable[None]]) -> None:
+    connection = await asyncpg.connect(url)
+    await db.migrate(connection)
+    await connection.close()
+
+    pool = await asyncpg.create_pool(url, min_size=2, max_size=6)
+    cipher = BodyCipher(os.urandom(32))
+    settlers = {}
+    for node in nodes:
+        spool = Spool(pool, LocalStore(tmp_path / node), cipher, 65536, node, 30.0, on_ready=lambda jobs: None)
+        settlers[node] = Settler(pool, spool, node, "mta.test", [60.0], 86400.0)
+        settlers[node].start()
+    try:
+        await body(pool, settlers)
+    finally:
+        for settler in settlers.values():
+            await settler.stop()
+        await pool.close()
+
+
+async def _add_message(pool: asyncpg.Pool, queue_id: str, leases: dict[str, str]) -> dict[str, Job]:
+    """Insert a message with one delivery row per domain, leased to the given node; return the jobs."""
+    await pool.execute("INSERT INTO message (id, sender, size, body_key, wrapped_key, origin, session_id)"
+                       " VALUES ($1, 'sender@example.net', 10, NULL, '', 'test', 'test')", queue_id)
+    jobs = {}
+    for domain, node in leases.items():
+        delivery_id = await pool.fetchval(
+            "INSERT INTO delivery (message_id, domain, recipients, attempts, lease_owner, lease_until)"
+            " VALUES ($1, $2, $3, 1, $4, now() + interval '30 seconds') RETURNING id",
+            queue_id, domain, [f"user@{domain}"], node)
+        jobs[domain] = Job(delivery_id, queue_id, domain, [f"user@{domain}"], 1)
+    return jobs
+
+
+def _info(queue_id: str, sender: str = "sender@example.net") -> MessageInfo:
+    return MessageInfo(queue_id, sender, datetime.now(timezone.utc))
+
+
+def _outcome(recipients: list[str], reply: Reply) -> Outcome:
+    outcome = Outcome(relay="test")
+    outcome.add_all(recipients, reply)
+    return outcome
+
+
+def test_nodes_finishing_together_complete_message(pg, tmp_path):
+    async def body(pool: asyncpg.Pool, settlers: dict[str, Settler]) -> None:
+        # Whether the two batches overlap depends on timing, so several rounds
+        # make a missed completion show up reliably when the locking is wrong.
+        settlements = []
+        for round_number in range(ROUNDS):
+            attempts = []
+            for number in range(MESSAGES):
+                queue_id = f"Q{round_number:02d}{number:04d}"
+                jobs = await _add_message(pool, queue_id, {"one.example": "node-a", "two.example": "node-b"})
+                for domain, node in (("one.example", "node-a"), ("two.example", "node-b")):
+                    job = jobs[domain]
+                    attempts.append(settlers[node].settle(job, _info(queue_id), _outcome(job.recipients, DELIVERED),
+                                                          b""))
+            settlements += await asyncio.gather(*attempts)
+
+        assert all(settlement.applied for settlement in settlements)
+        assert sum(settlement.body_unused for settlement in settlements) == ROUNDS * MESSAGES
+        assert await pool.fetchval("SELECT count(*) FROM message WHERE completed_at IS NULL") == 0
+        assert await pool.fetchval("SELECT count(*) FROM delivery") == 0
+
+    asyncio.run(_with_settlers(create_database(pg), tmp_path, ["node-a", "node-b"], body))
+
+
+def test_lost_lease_leaves_row_and_records_nothing(pg, tmp_path):
+    async def body(pool: asyncpg.Pool, settlers: dict[str, Settler]) -> None:
+        held = await _add_message(pool, "QHELD", {"one.example": "node-a"})
+        lost = await _add_message(pool, "QLOST", {"one.example": "node-b"})
+
+        failed = Reply(550, "5.1.1 no such user")
+        settlements = await asyncio.gather(
+            settlers["node-a"].settle(held["one.example"], _info("QHELD"), _outcome(["user@one.example"], failed), b""),
+            settlers["node-a"].settle(lost["one.example"], _info("QLOST"), _outcome(["user@one.example"], failed), b""))
+
+        assert [settlement.applied for settlement in settlements] == [True, False]
+        assert settlements[0].notification is not None
+        assert await pool.fetchval("SELECT count(*) FROM delivery WHERE message_id = 'QLOST'") == 1
+        assert await pool.fetchval("SELECT count(*) FROM delivery_event WHERE message_id = 'QLOST'") == 0
+        # The bounce for the held attempt was queued in the same transaction, to the sender.
+        assert await pool.fetchval("SELECT count(*) FROM message WHERE origin = 'bounce'") == 1
+
+    asyncio.run(_with_settlers(create_database(pg), tmp_path, ["node-a", "node-b"], body))
+
+
+def test_deferred_and_finished_settle_in_one_batch(pg, tmp_path):
+    async def body(pool: asyncpg.Pool, settlers: dict[str, Settler]) -> None:
+        jobs = await _add_message(pool, "QMIXED", {"one.example": "node-a", "two.example": "node-a"})
+        greylisted = Reply(451, "4.7.1 try later")
+
+        await asyncio.gather(
+            settlers["node-a"].settle(jobs["one.example"], _info("QMIXED"),
+                                      _outcome(["user@one.example"], DELIVERED), b""),
+            settlers["node-a"].settle(jobs["two.example"], _info("QMIXED"),
+                                      _outcome(["user@two.example"], greylisted), b""))
+
+        row = await pool.fetchrow("SELECT domain, lease_owner, last_reply, due_at > now() AS later FROM delivery")
+        assert dict(row) == {"domain": "two.example", "lease_owner": None, "last_reply": "451 4.7.1 try later",
+                             "later": True}
+        assert await pool.fetchval("SELECT completed_at FROM message WHERE id = 'QMIXED'") is None
+        events = await pool.fetch("SELECT recipient, status FROM delivery_event ORDER BY recipient")
+        assert [tuple(event) for event in events] == [("user@one.example", "delivered"),
+                                                      ("user@two.example", "deferred")]
+
+    asyncio.run(_with_settlers(create_database(pg), tmp_path, ["node-a"], body))
