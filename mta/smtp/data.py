@@ -44,7 +44,8 @@ async def read_data(reader: asyncio.StreamReader, limit: int, on_chunk) -> DataR
             leftover = bytes(buffer[end + len(TERMINATOR):])
             if dropped or end > limit:
                 return DataResult(None, leftover)
-            return DataResult(unstuff(bytes(buffer[2:end + 2])), leftover)
+            # One copy out of the buffer: slicing a bytearray would copy once more.
+            return DataResult(unstuff(bytes(memoryview(buffer)[2:end + 2])), leftover)
 
         # The terminator may straddle two chunks: search again from its longest possible start.
         searched = max(0, len(buffer) - len(TERMINATOR) + 1)
