@@ -6,7 +6,9 @@ the same kind of sink, and both get the loss check. Submission is left out
 because Postfix would need a SASL server to authenticate; what is compared
 is receiving, queueing and relaying. Postfix runs as in the baseline
 benchmark, with its message size limit raised to this MTA's (25 MiB) so
-that attachments are accepted by both.
+that attachments are accepted by both. With ``--sign`` both DKIM-sign every
+message (this MTA for its relay network, Postfix through OpenDKIM), and a
+few arrived messages per relay have their signature checked.
 
 The run happens in a network namespace with loopback only (re-executed
 under ``unshare -n`` unless ``--no-unshare``), as Postfix is involved.
@@ -30,11 +32,16 @@ from loadtest import model as traffic
 from loadtest.clients import ClientPool, ClientSettings
 from loadtest.messages import build_message, unique_id
 from loadtest.results import Sent, content_digest, summarize, write_json
+from loadtest.signing import SELECTOR, SIGNING_DOMAIN, SigningError, check_signature, write_key
 from loadtest.sink import LoadSink
 from loadtest.target import LOOPBACK, MtaUnderTest
 
 RESULTS_DIR = baseline.RESULTS_DIR
 MESSAGE_SIZE_LIMIT = 25 * 1024 * 1024
+
+
+# Arrived messages whose signature is checked in a run with --sign.
+SIGNATURE_SAMPLES = 5
 
 
 class SizedPostfix(baseline.Postfix):
@@ -46,17 +53,24 @@ class SizedPostfix(baseline.Postfix):
             main_cf.write(f"message_size_limit = {MESSAGE_SIZE_LIMIT}\n")
 
 
-def relay_events(model: traffic.TrafficModel, count: int, seed: int) -> list[traffic.Event]:
-    """Return the model's messages as relay traffic: from outside, to remote recipients only."""
+def relay_events(model: traffic.TrafficModel, count: int, seed: int, sign: bool = False) -> list[traffic.Event]:
+    """Return the model's messages as relay traffic: from outside, to remote recipients only.
+
+    With sign, every message comes from the signing domain, as outbound
+    mail of the organisation handed to its relay.
+    """
     relay_model = replace(model, local_share=0.0)
     events = []
     for event in traffic.closed_loop_events(relay_model, count, seed):
         if event.kind == traffic.SUBMISSION:
-            events.append(replace(event, kind=traffic.MX, sender=f"sender@{model.remote_domains[0]}"))
+            event = replace(event, kind=traffic.MX, sender=f"sender@{model.remote_domains[0]}")
         else:
             recipients = tuple(f"user{index}@{model.remote_domains[index % len(model.remote_domains)]}"
                                for index, _ in enumerate(event.recipients))
-            events.append(replace(event, recipients=recipients))
+            event = replace(event, recipients=recipients)
+        if sign:
+            event = replace(event, sender=f"{event.sender.partition('@')[0]}@{SIGNING_DOMAIN}")
+        events.append(event)
     return events
 
 
@@ -95,19 +109,26 @@ async def drain(sent: list[Sent], sink: LoadSink, timeout: float) -> float:
 
 async def run_relay(kind: str, events: list[traffic.Event], model: traffic.TrafficModel,
                     args: argparse.Namespace, directory: Path) -> dict:
-    sink = LoadSink([LOOPBACK], 0)
+    sink = LoadSink([LOOPBACK], 0, sample_count=SIGNATURE_SAMPLES if args.sign else 0)
     await sink.start()
     if kind in ("mta", "before"):
         routes = {domain: f"{LOOPBACK}:{sink.port}" for domain in model.remote_domains}
+        signing = {"relay_networks": (f"{LOOPBACK}/32",), "dkim_selector": SELECTOR} if args.sign else {}
+        # The signing domain is local so that this MTA loads (and here finds) its key.
+        local_domains = (*model.remote_domains[1:], SIGNING_DOMAIN) if args.sign else model.remote_domains[1:]
         relay = MtaUnderTest(args.workers, model.remote_domains[0], routes, users=1, auth_users=1,
-                             extra_local_domains=model.remote_domains[1:], temp_root=directory,
-                             tree=args.before_tree if kind == "before" else None)
+                             extra_local_domains=local_domains, temp_root=directory,
+                             tree=args.before_tree if kind == "before" else None, **signing)
+        key_path = relay.directory / "var" / "dkim" / f"{SIGNING_DOMAIN}.{SELECTOR}.pem"
         port_of = lambda: relay.mx_port  # noqa: E731
-        await asyncio.to_thread(relay.start)
+        start = relay.start
     else:
-        relay = SizedPostfix(Path(tempfile.mkdtemp(prefix="compare-postfix-", dir=directory)))
+        relay = SizedPostfix(Path(tempfile.mkdtemp(prefix="compare-postfix-", dir=directory)), args.sign)
+        key_path = relay.signing_key_path
         port_of = lambda: relay.port  # noqa: E731
-        await asyncio.to_thread(relay.start, sink.port)
+        start = lambda: relay.start(sink.port)  # noqa: E731
+    key = write_key(key_path) if args.sign else None
+    await asyncio.to_thread(start)
 
     try:
         started = time.monotonic()
@@ -119,10 +140,24 @@ async def run_relay(kind: str, events: list[traffic.Event], model: traffic.Traff
 
     summary = summarize(sent, sink.arrivals, [], sending)
     summary["relay"] = kind
+    if key is not None:
+        summary["signature_check"] = check_samples(sink.samples, key)
     summary["until_arrival_s"] = arrived_at - started
     # Messages (not per-domain copies) that reached the sink, over the time until the last did.
     summary["arrived_per_s_end_to_end"] = summary["loss"]["arrived"] / (arrived_at - started)
     return summary
+
+
+def check_samples(samples: list[bytes], key) -> str:
+    """Return "passed" when every sampled message carries a valid signature, else the first error."""
+    if not samples:
+        return "no message arrived to check"
+    for message in samples:
+        try:
+            check_signature(message, key)
+        except SigningError as error:
+            return str(error)
+    return "passed"
 
 
 def print_comparison(summaries: dict[str, dict]) -> None:
@@ -139,13 +174,16 @@ def print_comparison(summaries: dict[str, dict]) -> None:
         print(f"{relay}: loss check {'passed' if loss['passed'] else 'FAILED'} "
               f"(missing {loss['missing_count']}, duplicates {loss['duplicate_count']}), "
               f"reply codes {summaries[relay]['reply_codes']}")
+        if "signature_check" in summaries[relay]:
+            print(f"{relay}: DKIM signature check of {SIGNATURE_SAMPLES} arrived messages: "
+                  f"{summaries[relay]['signature_check']}")
 
 
 async def compare(args: argparse.Namespace) -> dict:
     model = traffic.TrafficModel(users=args.users)
     if args.attachment_share is not None:
         model = replace(model, size=replace(model.size, attachment_share=args.attachment_share))
-    events = relay_events(model, args.count, args.seed)
+    events = relay_events(model, args.count, args.seed, args.sign)
     directory = Path(tempfile.mkdtemp(prefix="loadtest-compare-"))
     try:
         kinds = ("before", "mta", "postfix") if args.before_tree else ("mta", "postfix")
@@ -167,6 +205,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--before-tree", type=Path, metavar="DIR",
                         help="also run this MTA from another checkout (a git worktree of an earlier commit)"
                              " and print the ratios mta/before")
+    parser.add_argument("--sign", action="store_true",
+                        help="both relays DKIM-sign all mail from one domain with one RSA-2048 key: this MTA "
+                             "for its relay network, Postfix through OpenDKIM")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-unshare", action="store_true", help="already in a loopback-only namespace")
     args = parser.parse_args(argv)
@@ -193,7 +234,8 @@ def main(argv: list[str]) -> int:
     options = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
     write_json(path, {"summaries": summaries}, [], options)
     print(f"results written to {path}")
-    return 0 if all(summary["loss"]["passed"] for summary in summaries.values()) else 1
+    return 0 if all(summary["loss"]["passed"] and summary.get("signature_check", "passed") == "passed"
+                    for summary in summaries.values()) else 1
 
 
 if __name__ == "__main__":

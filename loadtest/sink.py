@@ -96,10 +96,12 @@ class LoadSink:
     552 at end of data, and input beyond that is discarded while it is read.
     The counters are connections, transactions (ends of data reached),
     tempfails, permfails (one per recipient), disconnects, drops and oversize.
+    The first ``sample_count`` recorded messages are also kept whole in
+    ``samples``, for checks of what a relay added, such as a DKIM signature.
     """
 
     def __init__(self, addresses: list[str], port: int = 0, behaviour: SinkBehaviour = SinkBehaviour(),
-                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE):
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, sample_count: int = 0):
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {port}")
         if max_message_size <= 0:
@@ -109,6 +111,8 @@ class LoadSink:
         self.behaviour = behaviour
         self.max_message_size = max_message_size
         self.arrivals: list[Arrival] = []
+        self.sample_count = sample_count
+        self.samples: list[bytes] = []
         self.counters: dict[str, int] = dict.fromkeys(
             ("connections", "transactions", "tempfails", "permfails", "disconnects", "drops", "oversize"), 0)
         self.random = random.Random(behaviour.seed)
@@ -459,4 +463,6 @@ class _SinkProtocol(asyncio.Protocol):
                     at=time.monotonic(),
                     sender=transaction.sender,
                 ))
+                if len(sink.samples) < sink.sample_count:
+                    sink.samples.append(message)
             self.reply_later(b"250 2.0.0 OK\r\n", record)

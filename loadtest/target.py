@@ -43,7 +43,8 @@ class TargetError(Exception):
 class MtaUnderTest:
     def __init__(self, workers: int, domain: str, routes: dict[str, str], users: int, auth_users: int,
                  lease_seconds: float = 30.0, temp_root: Path | None = None,
-                 extra_local_domains: tuple[str, ...] = (), tree: Path | None = None):
+                 extra_local_domains: tuple[str, ...] = (), tree: Path | None = None,
+                 relay_networks: tuple[str, ...] = (), dkim_selector: str = "mta"):
         # A short lease lets a killed node's messages be retried within a run;
         # production keeps the default of 300 s.
         self.lease_seconds = lease_seconds
@@ -55,6 +56,9 @@ class MtaUnderTest:
         # Another checkout to run instead of the installed package, for before/after figures.
         self.tree = tree
         self.routes = routes
+        # Clients that relay without AUTH, their mail signed with the selector's keys.
+        self.relay_networks = tuple(relay_networks)
+        self.dkim_selector = dkim_selector
         self.users = users
         self.auth_users = auth_users
         self.mx_port = free_port()
@@ -75,15 +79,21 @@ class MtaUnderTest:
 
     def write_config(self) -> None:
         routes = "\n".join(f'"{domain}" = "{target}"' for domain, target in self.routes.items())
-        self.config_path.write_text(
-            f'[server]\ndata_dir = "{self.directory / "var"}"\nhostname = "mta.loadtest.invalid"\n'
-            f"workers = {self.workers}\n\n"
-            f'[smtp.mx]\naddress = "{LOOPBACK}"\nport = {self.mx_port}\n\n'
-            f'[smtp.submission]\naddress = "{LOOPBACK}"\nport = {self.submission_port}\n\n'
-            f'[http]\naddress = "{LOOPBACK}"\nport = {self.http_port}\n\n'
-            f"[domains]\nlocal = {json.dumps([self.domain, *self.extra_local_domains])}\n\n"
-            f'[delivery]\nnameservers = ["{LOOPBACK}"]\nlease_seconds = {self.lease_seconds}\n\n'
-            f"[delivery.routes]\n{routes}\n")
+        sections = [
+            (f'[server]\ndata_dir = "{self.directory / "var"}"\nhostname = "mta.loadtest.invalid"\n'
+             f"workers = {self.workers}\n"),
+            f'[smtp.mx]\naddress = "{LOOPBACK}"\nport = {self.mx_port}\n',
+            f'[smtp.submission]\naddress = "{LOOPBACK}"\nport = {self.submission_port}\n',
+            f'[http]\naddress = "{LOOPBACK}"\nport = {self.http_port}\n',
+            (f"[domains]\nlocal = {json.dumps([self.domain, *self.extra_local_domains])}\n"
+             f'dkim_selector = "{self.dkim_selector}"\n'),
+            f'[delivery]\nnameservers = ["{LOOPBACK}"]\nlease_seconds = {self.lease_seconds}\n',
+            f"[delivery.routes]\n{routes}\n",
+        ]
+        if self.relay_networks:
+            # Only when set, so that earlier checkouts without the setting still start.
+            sections.append(f"[smtp]\nrelay_networks = {json.dumps(list(self.relay_networks))}\n")
+        self.config_path.write_text("\n".join(sections))
 
     def start(self) -> None:
         self.write_config()

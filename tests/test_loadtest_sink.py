@@ -136,6 +136,22 @@ async def test_sink_records_messages_over_one_connection(make_sink):
     assert sink.counters["transactions"] == 5
 
 
+async def test_sink_keeps_first_messages_as_samples():
+    sink = LoadSink(ADDRESSES, sample_count=2)
+    await sink.start()
+    try:
+        client = await smtp_client(sink)
+        messages = [build_message(f"sample-{i}") for i in range(3)]
+        for message in messages:
+            await client.sendmail(SENDER, ["a@example.net"], message)
+        await client.quit()
+    finally:
+        await sink.stop()
+
+    assert sink.samples == messages[:2]
+    assert len(sink.arrivals) == 3
+
+
 async def test_sink_listens_on_every_address(make_sink):
     sink = await make_sink()
 
