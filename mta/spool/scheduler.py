@@ -25,6 +25,9 @@ log = logging.getLogger("mta.scheduler")
 
 NOTIFY_CHANNEL = "mta_delivery"
 
+# Rows one claim takes at most.
+CLAIM_LIMIT = 500
+
 _CLAIM = """
 WITH ready AS (
     SELECT id FROM delivery
@@ -70,6 +73,9 @@ class Scheduler:
         self.held: set[int] = set()
         self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
+        # Set while the last claim came back full, so more rows are likely due:
+        # the poll then runs again as soon as work drains, not after poll_interval.
+        self._backlog = False
         self._tasks: list[asyncio.Task] = []
 
     def submit(self, jobs: list[Job]) -> None:
@@ -132,6 +138,8 @@ class Scheduler:
         finally:
             self.held.discard(job.delivery_id)
             self._slots.release()
+            if self._backlog and self.ready.qsize() < self.concurrency:
+                self._wake.set()
 
     async def _poll_loop(self) -> None:
         while True:
@@ -146,16 +154,14 @@ class Scheduler:
             if spare <= 0:
                 continue
             try:
-                jobs = await self.claim(min(spare, 500))
+                jobs = await self.claim(min(spare, CLAIM_LIMIT))
             except TRANSIENT_ERRORS as error:
                 log.warning("queue claim failed, retrying in %.0fs: %s", self.poll_interval, error)
                 continue
+            self._backlog = len(jobs) >= min(spare, CLAIM_LIMIT)
             if jobs:
                 log.debug("claimed %d deliveries", len(jobs))
                 self.submit(jobs)
-                # A full batch means more rows may be due right now.
-                if len(jobs) >= min(spare, 500):
-                    self._wake.set()
 
     async def _renew_loop(self) -> None:
         while True:
