@@ -7,6 +7,7 @@
     python -m loadtest compare --count 5000    # the model's relay mix, this MTA and Postfix
     python -m loadtest baseline ...      # smtp-source against this MTA and Postfix
     python -m loadtest sign-bench ...    # DKIM signing rate
+    python -m loadtest queue-bench ...   # the queue alone: enqueue, claim, settle
 
 Every target is on loopback: the harness starts the MTA and the sink itself.
 Exit status: 0 when the loss check passed, 1 when it failed, 2 for bad options.
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("compare", help="the model's relay workload against this MTA and Postfix (see --help there)",
                         add_help=False)
     commands.add_parser("sign-bench", help="DKIM signing rate (see --help there)", add_help=False)
+    commands.add_parser("queue-bench", help="the queue alone, without SMTP (see --help there)", add_help=False)
     return parser
 
 
@@ -93,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["sign-bench"]:
         from loadtest import sign_bench
         return sign_bench.main(argv[1:])
+    if argv[:1] == ["queue-bench"]:
+        from loadtest import queue_bench
+        return queue_bench.main(argv[1:])
 
     parser = build_parser()
     args = parser.parse_args(argv)

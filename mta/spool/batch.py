@@ -36,6 +36,9 @@ class GroupCommit(Generic[Item, Result]):
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopping = False
+        # Totals over the writer's life, for benchmarks: batches written and items in them.
+        self.batches = 0
+        self.items = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=self.name)
@@ -94,6 +97,8 @@ class GroupCommit(Generic[Item, Result]):
                     future.set_exception(error)
             return
 
+        self.batches += 1
+        self.items += len(batch)
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)

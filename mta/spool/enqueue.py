@@ -101,18 +101,18 @@ class Spool:
         self.node_id = node_id
         self.lease_seconds = lease_seconds
         self.on_ready = on_ready
-        self._writer = GroupCommit("spool-writer", self._commit, MAX_BATCH, BATCH_WINDOW)
+        self.writer = GroupCommit("spool-writer", self._commit, MAX_BATCH, BATCH_WINDOW)
 
     def start(self) -> None:
-        self._writer.start()
+        self.writer.start()
 
     @property
     def tasks(self) -> list[asyncio.Task]:
-        return self._writer.tasks
+        return self.writer.tasks
 
     async def stop(self, grace: float = 10.0) -> None:
         """Commit what sessions have handed over, then stop the writer."""
-        await self._writer.stop(grace)
+        await self.writer.stop(grace)
 
     async def prepare(self, message: NewMessage) -> Prepared:
         """Encrypt the body; write it to the body store unless it is small enough to go inline."""
@@ -130,11 +130,11 @@ class Spool:
 
     async def enqueue(self, message: NewMessage) -> str:
         """Make the message durable and return its queue id, or raise SpoolError."""
-        if self._writer.stopping:
+        if self.writer.stopping:
             raise SpoolError("shutting down")
         prepared = await self.prepare(message)
         try:
-            done = self._writer.submit(prepared)
+            done = self.writer.submit(prepared)
         except StoppingError:
             await self.discard(prepared)
             raise SpoolError("shutting down") from None

@@ -112,18 +112,18 @@ class Settler:
         self.hostname = hostname
         self.retry_schedule = retry_schedule
         self.max_age = max_age
-        self._writer = GroupCommit("settle-writer", self._apply, MAX_BATCH, BATCH_WINDOW)
+        self.writer = GroupCommit("settle-writer", self._apply, MAX_BATCH, BATCH_WINDOW)
 
     def start(self) -> None:
-        self._writer.start()
+        self.writer.start()
 
     @property
     def tasks(self) -> list[asyncio.Task]:
-        return self._writer.tasks
+        return self.writer.tasks
 
     async def stop(self, grace: float = 10.0) -> None:
         """Settle the attempts handed over, then stop the writer."""
-        await self._writer.stop(grace)
+        await self.writer.stop(grace)
 
     def expire_if_old(self, message: MessageInfo, outcome: Outcome) -> None:
         """Turn deferred recipients into failures once the message is too old."""
@@ -139,7 +139,7 @@ class Settler:
         self.expire_if_old(message, outcome)
         notification = await self._prepare_notification(message, outcome, body)
         try:
-            done = self._writer.submit(_Attempt(job, message, outcome, notification))
+            done = self.writer.submit(_Attempt(job, message, outcome, notification))
         except StoppingError:
             if notification is not None:
                 await self.spool.discard(notification)
