@@ -17,6 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from mta import queue_commands
 from mta.config import Config, ConfigError, load
 
 EXIT_FAILURE = 1
@@ -103,11 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           " a user without a password receives mail but cannot log in")
     user_import.set_defaults(run=cmd_user_import)
 
-    queue = commands.add_parser("queue", help="inspect and steer the queue").add_subparsers(metavar="ACTION")
-    queue_list = queue.add_parser("list", help="list queued deliveries")
-    queue_list.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
-    queue_list.set_defaults(run=cmd_queue_list)
-    queue.add_parser("flush", help="make every deferred delivery due now").set_defaults(run=cmd_queue_flush)
+    queue_commands.add_parser(commands)
 
     dkim = commands.add_parser("dkim", help="DKIM keys").add_subparsers(metavar="ACTION")
     dkim.add_parser("records", help="print the DNS TXT record of every signing key").set_defaults(run=cmd_dkim_records)
@@ -138,7 +135,7 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     from mta import db
 
     async def run() -> list[int]:
-        connection = await _connect(config)
+        connection = await connect_or_exit(config)
         try:
             return await db.migrate(connection)
         finally:
@@ -177,7 +174,7 @@ def cmd_user_add(config: Config, args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     async def run() -> None:
-        connection = await _connect(config)
+        connection = await connect_or_exit(config)
         try:
             await users.add_user(connection, args.address, password)
         finally:
@@ -212,68 +209,13 @@ def cmd_user_import(config: Config, args: argparse.Namespace) -> int:
         entries.append((address, password or None))
 
     async def run() -> int:
-        connection = await _connect(config)
+        connection = await connect_or_exit(config)
         try:
             return await users.import_users(connection, entries)
         finally:
             await connection.close()
 
     print(f"{asyncio.run(run())} users saved")
-    return 0
-
-
-_QUEUE_LIST = """
-SELECT d.message_id, m.sender, m.size, m.received_at, d.domain, d.recipients, d.due_at,
-       d.attempts, d.lease_owner, d.last_reply
-FROM delivery d JOIN message m ON m.id = d.message_id
-ORDER BY m.received_at, d.id
-"""
-
-
-def cmd_queue_list(config: Config, args: argparse.Namespace) -> int:
-    async def run() -> list:
-        connection = await _connect(config)
-        try:
-            return await connection.fetch(_QUEUE_LIST)
-        finally:
-            await connection.close()
-
-    rows = asyncio.run(run())
-    if args.json:
-        for row in rows:
-            record = {key: (value.isoformat() if hasattr(value, "isoformat") else value)
-                      for key, value in dict(row).items()}
-            print(json.dumps(record))
-        return 0
-
-    print(f"{'QUEUE ID':<15} {'SIZE':>8} {'ARRIVED':<20} {'STATE':<8} {'ATTEMPTS':>8}  SENDER -> RECIPIENTS")
-    for row in rows:
-        state = "active" if row["lease_owner"] else "deferred"
-        arrived = row["received_at"].strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{row['message_id']:<15} {row['size']:>8} {arrived:<20} {state:<8} {row['attempts']:>8}  "
-              f"<{row['sender']}> -> {', '.join(row['recipients'])}")
-        if row["last_reply"]:
-            print(f"{'':<15} last reply: {row['last_reply']}")
-    print(f"-- {_count(len(rows), 'delivery', 'deliveries')} in the queue")
-    return 0
-
-
-def cmd_queue_flush(config: Config, args: argparse.Namespace) -> int:
-    from mta.spool.scheduler import NOTIFY_CHANNEL
-
-    async def run() -> str:
-        connection = await _connect(config)
-        try:
-            async with connection.transaction():
-                status = await connection.execute("UPDATE delivery SET due_at = now() WHERE lease_owner IS NULL")
-                # One NOTIFY, delivered at commit, wakes the idle nodes.
-                await connection.execute(f"NOTIFY {NOTIFY_CHANNEL}")
-            return status
-        finally:
-            await connection.close()
-
-    status = asyncio.run(run())
-    print(f"{_count(int(status.split()[-1]), 'delivery', 'deliveries')} made due now")
     return 0
 
 
@@ -287,11 +229,7 @@ def cmd_dkim_records(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _count(number: int, singular: str, plural: str) -> str:
-    return f"{number} {singular if number == 1 else plural}"
-
-
-async def _connect(config: Config):
+async def connect_or_exit(config: Config):
     import asyncpg
 
     from mta import db

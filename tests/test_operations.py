@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REMOTE_MX_ADDRESS, query
 from tests.mtaprocess import REPOSITORY
-from tests.test_end_to_end import RELAY_DOMAIN, relay_config, send_mx, wait_until
+from tests.mx import RELAY_DOMAIN, relay_config, send_mx, wait_until
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
@@ -242,3 +242,11 @@ def test_password_change_ends_cached_login(make_mta):
     assert mta.cli("user", "add", "carol@example.com", "--password-stdin", input_text="second-password\n").returncode == 0
     assert not login("first-password")
     assert login("second-password")
+
+
+def test_cli_import_leaves_metrics_unloaded():
+    # mta serve sets up multiprocess metrics after parsing its arguments, so
+    # the command-line module must not load the metrics on import.
+    result = subprocess.run([sys.executable, "-c", "import sys, mta.cli; print('mta.metrics' in sys.modules)"],
+                            capture_output=True, text=True, cwd=REPOSITORY, timeout=60, check=True)
+    assert result.stdout.strip() == "False"

@@ -31,11 +31,11 @@ CLAIM_LIMIT = 500
 _CLAIM = """
 WITH ready AS (
     SELECT id FROM delivery
-    WHERE lease_owner IS NULL AND due_at <= now()
+    WHERE lease_owner IS NULL AND NOT held AND due_at <= now()
     ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED
 ), expired AS (
     SELECT id FROM delivery
-    WHERE lease_owner IS NOT NULL AND lease_until < now()
+    WHERE lease_owner IS NOT NULL AND NOT held AND lease_until < now()
     ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED
 )
 UPDATE delivery AS d

@@ -1,0 +1,134 @@
+"""``mta queue`` against a running MTA whose remote MX defers: list, show, hold, release, delete, bounce."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+
+import asyncpg
+import pytest
+
+from tests.conftest import query
+from tests.mx import RELAY_DOMAIN, relay_config, send_mx, wait_until
+
+GREYLISTED = "451 4.7.1 greylisted"
+
+
+def deferred_mta(make_mta, sink, sink_port, count: int = 1):
+    """Start an MTA, send count messages that the sink defers once each, and return it with their queue ids."""
+    mta = make_mta(relay_config(sink_port, retry_schedule=[3600.0]))
+    sink.script.rcpt_replies = deque([GREYLISTED] * count)
+    queue_ids = []
+    for number in range(count):
+        code, text = send_mx(mta, f"sender{number}@example.net", f"user{number}@{RELAY_DOMAIN}")
+        assert code == 250, text
+        queue_ids.append(text.decode().rsplit(" ", 1)[1])
+    assert wait_until(lambda: mta.log().count("status=deferred") == count)
+    return mta, queue_ids
+
+
+def queue(mta, *args: str) -> str:
+    result = mta.cli("queue", *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_list_filters_by_sender_state_and_age(make_mta, sink, sink_port):
+    mta, queue_ids = deferred_mta(make_mta, sink, sink_port, count=2)
+
+    by_sender = [json.loads(line) for line in queue(mta, "list", "--json", "--sender", "SENDER1@example.net")
+                 .splitlines()]
+    assert [row["message_id"] for row in by_sender] == [queue_ids[1]]
+    assert by_sender[0]["state"] == "deferred"
+    assert by_sender[0]["last_reply"] == GREYLISTED
+    assert queue_ids[0] in queue(mta, "list", "--state", "deferred", "--newer-than", "1h")
+    assert "0 deliveries in the queue" in queue(mta, "list", "--older-than", "1h")
+    assert "0 deliveries in the queue" in queue(mta, "list", "--state", "held")
+
+
+def test_show_gives_envelope_and_history(make_mta, sink, sink_port):
+    mta, (queue_id,) = deferred_mta(make_mta, sink, sink_port)
+
+    details = json.loads(queue(mta, "show", queue_id.lower(), "--json"))
+
+    assert details["message"]["sender"] == "sender0@example.net"
+    assert details["deliveries"][0]["recipients"] == [f"user0@{RELAY_DOMAIN}"]
+    assert [(event["status"], event["reply"]) for event in details["events"]] == [("deferred", GREYLISTED)]
+    assert "history:" in queue(mta, "show", queue_id)
+
+
+def test_held_message_waits_for_release(make_mta, sink, sink_port):
+    mta, (queue_id,) = deferred_mta(make_mta, sink, sink_port)
+
+    assert f"1 message held: {queue_id}" in queue(mta, "hold", queue_id)
+    assert "0 deliveries made due now" in queue(mta, "flush")
+    assert queue_id in queue(mta, "list", "--state", "held")
+
+    assert f"1 message released: {queue_id}" in queue(mta, "release", queue_id, "--actor", "alice")
+    assert len(sink.wait_for(1)) == 1
+    actions = query(mta.database_url, "SELECT actor, action FROM audit_log ORDER BY id")
+    assert [(row["actor"], row["action"]) for row in actions][-1] == ("alice", "queue release")
+    assert [row["action"] for row in actions] == ["queue hold", "queue flush", "queue release"]
+
+
+def test_delete_removes_and_records_it(make_mta, sink, sink_port):
+    mta, (queue_id,) = deferred_mta(make_mta, sink, sink_port)
+
+    assert f"1 message deleted: {queue_id}" in queue(mta, "delete", queue_id)
+
+    assert "0 deliveries in the queue" in queue(mta, "list")
+    events = json.loads(queue(mta, "show", queue_id, "--json"))["events"]
+    assert [event["status"] for event in events] == ["deferred", "deleted"]
+    assert json.loads(queue(mta, "show", queue_id, "--json"))["message"]["completed_at"] is not None
+
+
+def test_bounce_sends_one_notification(make_mta, sink, sink_port):
+    mta, (queue_id,) = deferred_mta(make_mta, sink, sink_port)
+
+    assert f"1 message bounced: {queue_id}" in queue(mta, "bounce", queue_id)
+
+    notification = sink.wait_for(1)[0]
+    assert notification.sender == "<>"
+    assert notification.recipients == ["sender0@example.net"]
+    assert b"5.0.0 returned to sender by the mail operator" in notification.data
+    assert b"Final-Recipient: rfc822; user0@relay.example" in notification.data
+    events = json.loads(queue(mta, "show", queue_id, "--json"))["events"]
+    assert [event["status"] for event in events] == ["deferred", "bounced"]
+
+
+def test_summary_counts_by_domain(make_mta, sink, sink_port):
+    mta, _ = deferred_mta(make_mta, sink, sink_port, count=2)
+
+    lines = queue(mta, "summary").splitlines()
+
+    assert lines[1].split()[:3] == ["TOTAL", "2", "2"]
+    assert lines[2].split()[:3] == [RELAY_DOMAIN, "2", "2"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["show", "NOT-A-QUEUE-ID"], "invalid queue id 'NOT-A-QUEUE-ID'"),
+    (["hold", "AAAAAAAAAAAAAAAA"], "queue id not found: AAAAAAAAAAAAAAAA"),
+    (["show", "AAAAAAAAAAAAAAAA"], "queue id AAAAAAAAAAAAAAAA not found"),
+    (["list", "--state", "sleeping"], "invalid choice: 'sleeping'"),
+    (["list", "--older-than", "5 weeks"], "invalid age '5 weeks'"),
+    (["summary", "--top", "0"], "--top must be at least 1"),
+])
+def test_bad_ids_and_filters_exit_2(shared_mta, args, message):
+    result = shared_mta.cli("queue", *args)
+
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_audit_log_refuses_changes(shared_mta):
+    async def change() -> None:
+        connection = await asyncpg.connect(shared_mta.database_url)
+        try:
+            await connection.execute("INSERT INTO audit_log (actor, action) VALUES ('test', 'queue test')")
+            await connection.execute("UPDATE audit_log SET actor = 'someone else'")
+        finally:
+            await connection.close()
+
+    with pytest.raises(asyncpg.RaiseError, match="audit_log is append-only: UPDATE is not allowed"):
+        asyncio.run(change())
