@@ -103,6 +103,9 @@ class DeliveryConfig:
     retry_schedule: list[float] = field(
         default_factory=lambda: [60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0])
     max_age: float = 5 * 86400.0
+    # Seconds after arrival when a sender whose message is still deferred is
+    # told so, once (Postfix: delay_warning_time). 0 sends no such notice.
+    delay_notice_after: float = 4 * 3600.0
     # Seconds between queue scans when no NOTIFY arrives.
     poll_interval: float = 5.0
     # Seconds an SMTP connection stays open after a message, waiting for the
@@ -233,6 +236,7 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("delivery", "data_timeout"): (1.0, 86400.0),
     ("delivery", "lease_seconds"): (1.0, 86400.0),
     ("delivery", "max_age"): (60.0, 365 * 86400.0),
+    ("delivery", "delay_notice_after"): (0.0, 365 * 86400.0),
     ("delivery", "poll_interval"): (0.05, 3600.0),
     ("delivery", "connection_cache_seconds"): (0.0, 300.0),
     ("delivery", "connection_reuse_limit"): (1, 100_000),

@@ -64,7 +64,7 @@ class Worker:
                               delivery.poll_interval, execute=self._deliver)
         spool = Spool(pool, store, cipher, config.storage.inline_max_size, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit)
         settler = Settler(pool, spool, self.node_id, config.server.hostname, delivery.retry_schedule,
-                          delivery.max_age)
+                          delivery.max_age, delivery.delay_notice_after)
         self.agent = DeliveryAgent(config, pool, store, cipher, resolver, smtp, settler)
 
         spool.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import asyncpg
@@ -34,7 +34,7 @@ async def _with_settlers(url: str, tmp_path: Path, nodes: list[str],
     settlers = {}
     for node in nodes:
         spool = Spool(pool, LocalStore(tmp_path / node), cipher, 65536, node, 30.0, on_ready=lambda jobs: None)
-        settlers[node] = Settler(pool, spool, node, "mta.test", [60.0], 86400.0)
+        settlers[node] = Settler(pool, spool, node, "mta.test", [60.0], 86400.0, delay_notice_after=3600.0)
         settlers[node].start()
     try:
         await body(pool, settlers)
@@ -58,8 +58,8 @@ async def _add_message(pool: asyncpg.Pool, queue_id: str, leases: dict[str, str]
     return jobs
 
 
-def _info(queue_id: str, sender: str = "sender@example.net") -> MessageInfo:
-    return MessageInfo(queue_id, sender, datetime.now(timezone.utc))
+def _info(queue_id: str, sender: str = "sender@example.net", age: float = 0.0) -> MessageInfo:
+    return MessageInfo(queue_id, sender, datetime.now(timezone.utc) - timedelta(seconds=age))
 
 
 def _outcome(recipients: list[str], reply: Reply) -> Outcome:
@@ -132,3 +132,22 @@ def test_deferred_and_finished_settle_in_one_batch(pg, tmp_path):
                                                       ("user@two.example", "deferred")]
 
     asyncio.run(_with_settlers(create_database(pg), tmp_path, ["node-a"], body))
+
+
+def test_deferred_message_gets_one_delay_notice(pg, tmp_path):
+    async def body(pool: asyncpg.Pool, settlers: dict[str, Settler]) -> None:
+        domains = {"one.example": "node-a", "two.example": "node-a", "three.example": "node-b"}
+        jobs = await _add_message(pool, "QDELAYED", domains)
+        greylisted = Reply(451, "4.7.1 try later")
+        two_hours = 7200.0
+
+        settlements = await asyncio.gather(*(
+            settlers[node].settle(jobs[domain], _info("QDELAYED", age=two_hours),
+                                  _outcome(jobs[domain].recipients, greylisted), b"Subject: hi\r\n\r\nbody\r\n")
+            for domain, node in domains.items()))
+
+        assert sum(settlement.notification is not None for settlement in settlements) == 1
+        assert await pool.fetchval("SELECT count(*) FROM message WHERE origin = 'bounce'") == 1
+        assert await pool.fetchval("SELECT delay_notified_at IS NOT NULL FROM message WHERE id = 'QDELAYED'")
+
+    asyncio.run(_with_settlers(create_database(pg), tmp_path, ["node-a", "node-b"], body))

@@ -28,7 +28,7 @@ from mta.storage.local import LocalStore
 log = logging.getLogger("mta.delivery")
 
 _LOAD = """
-SELECT m.sender, m.body_key, m.wrapped_key, m.received_at, b.data AS inline_data
+SELECT m.sender, m.body_key, m.wrapped_key, m.received_at, m.delay_notified_at, b.data AS inline_data
 FROM message m LEFT JOIN message_body b ON b.message_id = m.id
 WHERE m.id = $1
 """
@@ -52,7 +52,8 @@ class DeliveryAgent:
             log.warning("%s: message row missing, dropping delivery %d", job.message_id, job.delivery_id)
             return
 
-        message = MessageInfo(job.message_id, row["sender"], row["received_at"])
+        message = MessageInfo(job.message_id, row["sender"], row["received_at"],
+                              delay_notified=row["delay_notified_at"] is not None)
         data = row["inline_data"]
         if data is None:
             data = await self.store.get(row["body_key"])

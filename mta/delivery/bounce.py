@@ -1,8 +1,8 @@
-"""Delivery status notifications (RFC 3464) for recipients that failed.
+"""Delivery status notifications (RFC 3464) for recipients that failed or are delayed.
 
 A notification is a multipart/report with a human-readable part, a
-message/delivery-status part with one block per failed recipient, and the
-original message's header section. It is sent with the null reverse-path
+message/delivery-status part with one block per failed or delayed recipient
+(Action: failed or delayed), and the original message's header section. It is sent with the null reverse-path
 (RFC 5321 section 6.1), so a notification that fails is never answered by
 another one.
 """
@@ -20,14 +20,20 @@ _CRLF = b"\r\n"
 
 
 def build_dsn(hostname: str, queue_id: str, sender: str, arrival: datetime,
-              failures: list[tuple[str, Reply]], original: bytes) -> bytes:
-    """Return the notification to ``sender`` as CRLF-terminated bytes."""
+              failures: list[tuple[str, Reply]], original: bytes,
+              delays: list[tuple[str, Reply]] = (), retry_until: datetime | None = None) -> bytes:
+    """Return the notification to ``sender`` as CRLF-terminated bytes.
+
+    delays are recipients still being retried, reported with Action: delayed
+    and, when retry_until is given, the time the queue gives up on them.
+    """
     boundary = f"{queue_id}.{secrets.token_hex(8)}/{hostname}"
     now = email.utils.format_datetime(datetime.now(timezone.utc))
+    subject = "Undelivered Mail Returned to Sender" if failures else "Delayed Mail (still being retried)"
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
         f"To: <{sender}>",
-        "Subject: Undelivered Mail Returned to Sender",
+        f"Subject: {subject}",
         f"Date: {now}",
         f"Message-ID: <{queue_id}.{secrets.token_hex(6)}@{hostname}>",
         "Auto-Submitted: auto-replied",
@@ -39,11 +45,18 @@ def build_dsn(hostname: str, queue_id: str, sender: str, arrival: datetime,
         "",
         f"This is the mail system at host {hostname}.",
         "",
-        "Your message could not be delivered to one or more recipients.",
-        "",
     ]
-    for recipient, reply in failures:
-        lines.append(f"<{recipient}>: {_one_line(str(reply))}")
+    if failures:
+        lines += ["Your message could not be delivered to one or more recipients.", ""]
+        lines += [f"<{recipient}>: {_one_line(str(reply))}" for recipient, reply in failures]
+    if delays:
+        until = f" until {email.utils.format_datetime(retry_until)}" if retry_until else ""
+        if failures:
+            lines.append("")
+        else:
+            lines += ["This is a warning only: you do not need to send your message again.", ""]
+        lines += [f"Delivery to these recipients is delayed, and the mail system keeps trying{until}.", ""]
+        lines += [f"<{recipient}>: {_one_line(str(reply))}" for recipient, reply in delays]
 
     lines += [
         "",
@@ -54,14 +67,17 @@ def build_dsn(hostname: str, queue_id: str, sender: str, arrival: datetime,
         f"X-Queue-ID: {queue_id}",
         f"Arrival-Date: {email.utils.format_datetime(arrival)}",
     ]
-    for recipient, reply in failures:
-        lines += [
-            "",
-            f"Final-Recipient: rfc822; {recipient}",
-            "Action: failed",
-            f"Status: {reply.enhanced}",
-            f"Diagnostic-Code: smtp; {_one_line(str(reply))}",
-        ]
+    for action, pairs in (("failed", failures), ("delayed", delays)):
+        for recipient, reply in pairs:
+            lines += [
+                "",
+                f"Final-Recipient: rfc822; {recipient}",
+                f"Action: {action}",
+                f"Status: {reply.enhanced}",
+                f"Diagnostic-Code: smtp; {_one_line(str(reply))}",
+            ]
+            if action == "delayed" and retry_until is not None:
+                lines.append(f"Will-Retry-Until: {email.utils.format_datetime(retry_until)}")
 
     lines += ["", f"--{boundary}", "Content-Type: text/rfc822-headers", ""]
     text = _CRLF.join(line.encode() for line in lines) + _CRLF

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
@@ -76,6 +76,8 @@ class MessageInfo:
     queue_id: str
     sender: str
     received_at: datetime
+    # Whether the sender already got a notice that delivery is delayed.
+    delay_notified: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,12 +103,16 @@ class _Attempt:
     message: MessageInfo
     outcome: Outcome
     notification: Prepared | None
+    # The notification reports delayed recipients, so it goes out only if
+    # no other attempt of the message has sent a delay notice meanwhile.
+    delay_notice: bool = False
 
 
 class Settler:
     def __init__(self, pool: asyncpg.Pool, spool: Spool, node_id: str, hostname: str,
-                 retry_schedule: list[float], max_age: float):
+                 retry_schedule: list[float], max_age: float, delay_notice_after: float = 0.0):
         self.pool = pool
+        self.delay_notice_after = delay_notice_after
         self.spool = spool
         self.node_id = node_id
         self.hostname = hostname
@@ -137,9 +143,10 @@ class Settler:
     async def settle(self, job: Job, message: MessageInfo, outcome: Outcome, body: bytes) -> Settlement:
         """Record the outcome together with other attempts' in one transaction; raise if it failed."""
         self.expire_if_old(message, outcome)
-        notification = await self._prepare_notification(message, outcome, body)
+        delay_notice = self._delay_notice_due(message, outcome)
+        notification = await self._prepare_notification(message, outcome, body, delay_notice)
         try:
-            done = self.writer.submit(_Attempt(job, message, outcome, notification))
+            done = self.writer.submit(_Attempt(job, message, outcome, notification, delay_notice))
         except StoppingError:
             if notification is not None:
                 await self.spool.discard(notification)
@@ -157,14 +164,15 @@ class Settler:
                 await self.spool.discard(notification)
             raise
 
-        if not settlement.applied and notification is not None:
+        if notification is not None and settlement.notification is None:
+            # Not applied, or a delay notice that another attempt already sent.
             await self.spool.discard(notification)
         return settlement
 
     def _discard_unused(self, notification: Prepared | None, future: asyncio.Future) -> None:
         if notification is None:
             return
-        if future.cancelled() or future.exception() is not None or not future.result().applied:
+        if future.cancelled() or future.exception() is not None or future.result().notification is None:
             asyncio.create_task(self.spool.discard(notification))
 
     async def _apply(self, batch: list[_Attempt]) -> list[Settlement]:
@@ -173,6 +181,7 @@ class Settler:
                 applied = await self._release_rows(connection, batch)
                 done = [attempt for attempt in batch if attempt.job.delivery_id in applied]
                 await self._record_events(connection, done)
+                await self._claim_delay_notices(connection, done)
                 notifications = [attempt.notification for attempt in done if attempt.notification is not None]
                 jobs = await self.spool.insert(connection, notifications) if notifications else []
                 unused = await self._complete_messages(connection, done)
@@ -180,6 +189,27 @@ class Settler:
         # Handed to the ready queue only now that the rows are committed.
         self.spool.on_ready(jobs)
         return [self._settlement(attempt, applied, unused) for attempt in batch]
+
+    async def _claim_delay_notices(self, connection: asyncpg.Connection, done: list[_Attempt]) -> None:
+        """Mark the delay notices as sent, and drop those whose message already had one.
+
+        The update lets one attempt per message win, across nodes and within
+        this batch. A losing attempt keeps its notification only when it also
+        reports failed recipients.
+        """
+        queue_ids = sorted({attempt.message.queue_id for attempt in done if attempt.delay_notice})
+        if not queue_ids:
+            return
+        rows = await connection.fetch("UPDATE message SET delay_notified_at = now() WHERE id = ANY($1::text[])"
+                                      " AND delay_notified_at IS NULL RETURNING id", queue_ids)
+        winners = {row["id"] for row in rows}
+        for attempt in done:
+            if not attempt.delay_notice:
+                continue
+            if attempt.message.queue_id in winners:
+                winners.discard(attempt.message.queue_id)
+            elif not attempt.outcome.failed:
+                attempt.notification = None
 
     def _settlement(self, attempt: _Attempt, applied: set[int], unused: set[str]) -> Settlement:
         if attempt.job.delivery_id not in applied:
@@ -239,16 +269,25 @@ class Settler:
             await connection.execute(_DROP_INLINE_BODIES, list(unused))
         return unused
 
-    async def _prepare_notification(self, message: MessageInfo, outcome: Outcome, body: bytes) -> Prepared | None:
-        if not outcome.failed:
+    def _delay_notice_due(self, message: MessageInfo, outcome: Outcome) -> bool:
+        if not outcome.deferred or message.delay_notified or message.sender == "" or self.delay_notice_after <= 0:
+            return False
+        age = (datetime.now(timezone.utc) - message.received_at).total_seconds()
+        return age >= self.delay_notice_after
+
+    async def _prepare_notification(self, message: MessageInfo, outcome: Outcome, body: bytes,
+                                    delay_notice: bool) -> Prepared | None:
+        if not outcome.failed and not delay_notice:
             return None
         if message.sender == "":
             # RFC 5321 section 6.1: never send a notification about a notification.
             log.info("%s: no notification for failed recipients, the sender is null", message.queue_id)
             return None
 
+        delays = outcome.deferred if delay_notice else []
+        retry_until = message.received_at + timedelta(seconds=self.max_age)
         dsn = build_dsn(self.hostname, message.queue_id, message.sender, message.received_at,
-                        outcome.failed, body)
+                        outcome.failed, body, delays, retry_until)
         return await self.spool.prepare(NewMessage(
             sender="", recipients=[message.sender], body=dsn, origin="bounce",
             session_id=message.queue_id))
