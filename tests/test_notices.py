@@ -1,7 +1,9 @@
-"""Notices to the sender over a message's life in the queue: one delay notice, then one failure at expiry."""
+"""Notices to the sender and retries per recipient over a message's life in the queue."""
 
 from __future__ import annotations
 
+import json
+import smtplib
 import time
 from collections import deque
 
@@ -54,3 +56,26 @@ def test_delay_notice_once_then_failure_at_expiry(make_mta, sink, sink_port):
     assert b"Status: 4.4.7" in failed.data
     assert wait_until(lambda: query(mta.database_url, "SELECT id FROM delivery WHERE message_id = $1",
                                     queue_id) == [])
+
+
+def test_mixed_replies_retry_only_the_deferred(make_mta, sink, sink_port):
+    mta = make_mta(relay_config(sink_port, retry_schedule=[3600.0]))
+    ok, busy, unknown = (f"{name}@{RELAY_DOMAIN}" for name in ("ok", "busy", "unknown"))
+    sink.script.rcpt_replies = deque(["250 2.1.5 OK", "450 4.2.0 mailbox busy", "550 5.1.1 no such user"])
+    with smtplib.SMTP("127.0.0.1", mta.mx_port, timeout=30) as client:
+        client.sendmail("sender@example.net", [ok, busy, unknown], b"Subject: three\r\n\r\nhello\r\n")
+
+    first, notification = sink.wait_for(2)
+    assert first.recipients == [ok]
+    assert notification.recipients == ["sender@example.net"]
+    assert f"Final-Recipient: rfc822; {unknown}".encode() in notification.data
+    assert busy.encode() not in notification.data.split(b"message/delivery-status")[1]
+
+    listing = mta.cli("queue", "list", "--json").stdout
+    queue_id = json.loads(listing)["message_id"]
+    assert json.loads(listing)["recipients"] == [busy]
+    assert mta.cli("queue", "retry", queue_id).returncode == 0
+    retried = sink.wait_for(3)[2]
+    assert retried.recipients == [busy]
+    time.sleep(1)
+    assert len(sink.messages) == 3
