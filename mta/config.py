@@ -86,6 +86,14 @@ class DomainsConfig:
 
 
 @dataclass
+class SitesConfig:
+    # Consecutive connection failures after which the whole site is suspended,
+    # for all nodes, for suspend_seconds.
+    dead_after_failures: int = 5
+    suspend_seconds: float = 300.0
+
+
+@dataclass
 class DeliveryConfig:
     nameservers: list[str] = field(default_factory=lambda: ["127.0.0.1"])
     dns_port: int = 53
@@ -103,8 +111,8 @@ class DeliveryConfig:
     retry_schedule: list[float] = field(
         default_factory=lambda: [60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0])
     max_age: float = 5 * 86400.0
-    # Seconds after arrival when a sender whose message is still deferred is
-    # told so, once (Postfix: delay_warning_time). 0 sends no such notice.
+    # Seconds after arrival when the sender of a message still deferred gets
+    # one notice of the delay (Postfix: delay_warning_time). 0: no notice.
     delay_notice_after: float = 4 * 3600.0
     # Seconds between queue scans when no NOTIFY arrives.
     poll_interval: float = 5.0
@@ -114,6 +122,7 @@ class DeliveryConfig:
     connection_cache_seconds: float = 2.0
     # Messages one SMTP connection carries before it is closed.
     connection_reuse_limit: int = 100
+    sites: SitesConfig = field(default_factory=SitesConfig)
 
 
 @dataclass
@@ -207,6 +216,8 @@ def _coerce(key: str, hint: Any, default: Any, value: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a table, got {type(value).__name__}: {value!r}")
         _, element = get_args(hint)
+        if is_dataclass(element):
+            return {name: _build(element, item, f"{key}.{name}.") for name, item in value.items()}
         return {name: _scalar(f"{key}.{name}", element, item) for name, item in value.items()}
     return _scalar(key, type(default), value)
 
@@ -294,6 +305,15 @@ def check(config: Config) -> None:
         raise ConfigError(f"storage.kind must be 'local', got {config.storage.kind!r}")
     if not config.delivery.retry_schedule:
         raise ConfigError("delivery.retry_schedule must name at least one interval")
+    _check_sites(config.delivery.sites)
+
+
+def _check_sites(sites: SitesConfig) -> None:
+    if not 1 <= sites.dead_after_failures <= 1000:
+        raise ConfigError(f"delivery.sites.dead_after_failures must be between 1 and 1000, "
+                          f"got {sites.dead_after_failures}")
+    if not 1.0 <= sites.suspend_seconds <= 86400.0:
+        raise ConfigError(f"delivery.sites.suspend_seconds must be between 1 and 86400, got {sites.suspend_seconds}")
 
 
 def parse_route(key: str, target: str) -> tuple[str, int]:

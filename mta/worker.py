@@ -19,6 +19,7 @@ from mta.delivery.agent import DeliveryAgent
 from mta.delivery.connections import ConnectionCache
 from mta.dkim import DkimSigner
 from mta.delivery.resolve import Resolver
+from mta.delivery.sites import Sites
 from mta.delivery.smtp import ClientSettings, SmtpDeliverer
 from mta.smtp import listener
 from mta.smtp.session import Services
@@ -65,10 +66,12 @@ class Worker:
         spool = Spool(pool, store, cipher, config.storage.inline_max_size, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit)
         settler = Settler(pool, spool, self.node_id, config.server.hostname, delivery.retry_schedule,
                           delivery.max_age, delivery.delay_notice_after)
-        self.agent = DeliveryAgent(config, pool, store, cipher, resolver, smtp, settler)
+        sites = Sites(pool, delivery.sites)
+        self.agent = DeliveryAgent(config, pool, store, cipher, resolver, smtp, settler, sites)
 
         spool.start()
         settler.start()
+        sites.start()
         connections.start()
         scheduler.start()
         servers = await self._start_listeners(Services(config, pool, spool, DkimSigner(self.prepared.dkim_keys)))
@@ -77,7 +80,7 @@ class Worker:
             runner = await http.serve(http.build_app(config, pool, str(store.root)), self.prepared.sockets["http"])
         log.info("worker %d started as node %s", self.index, self.node_id)
 
-        await self._wait_for_stop(spool.tasks + settler.tasks + scheduler.tasks)
+        await self._wait_for_stop(spool.tasks + settler.tasks + scheduler.tasks + sites.tasks)
 
         log.info("worker %d stopping: no new sessions, finishing work in flight", self.index)
         for server in servers:
@@ -85,6 +88,7 @@ class Worker:
         await asyncio.sleep(0)
         await scheduler.stop(grace=STOP_GRACE)
         await connections.close()
+        await sites.stop()
         await settler.stop()
         await spool.stop()
         if runner is not None:

@@ -11,6 +11,8 @@ import asyncio
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from aiosmtpd.controller import Controller
@@ -107,3 +109,14 @@ class Sink:
             time.sleep(0.05)
         with self.lock:
             return list(self.messages)
+
+
+@contextmanager
+def sink_on(host: str, port: int, **smtp_parameters) -> Iterator[Sink]:
+    """Run a sink for the length of a with block."""
+    server = Sink(host, port, **smtp_parameters)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
 from tests.conftest import REMOTE_MX_ADDRESS
 from tests.mx import relay_config, send_mx, wait_until
 from tests.pgcluster import free_port
-from tests.sink import Sink
+from tests.sink import Sink, sink_on
 
 RECIPIENT = "user@relay.example"
-
-
-@contextmanager
-def sink_on(port: int, **smtp_parameters) -> Iterator[Sink]:
-    server = Sink(REMOTE_MX_ADDRESS, port, **smtp_parameters)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def cached(sink_port: int, seconds: float, **delivery) -> dict:
@@ -78,9 +66,9 @@ def test_closed_cached_connection_is_replaced(make_mta):
     port = free_port(REMOTE_MX_ADDRESS)
     mta = make_mta(cached(port, 60.0))
     # The remote MX restarts between the messages, which closes the connection idle in the cache.
-    with sink_on(port) as first:
+    with sink_on(REMOTE_MX_ADDRESS, port) as first:
         send_in_turn(mta, first, 1)
-    with sink_on(port) as second:
+    with sink_on(REMOTE_MX_ADDRESS, port) as second:
         send_in_turn(mta, second, 1)
 
     assert first.messages[0].peer_port != second.messages[0].peer_port
@@ -94,7 +82,7 @@ def test_oversize_message_bounces_before_data(make_mta, sink_port):
     config["delivery"]["routes"]["small.example"] = f"{REMOTE_MX_ADDRESS}:{small_port}"
     mta = make_mta(config)
 
-    with sink_on(small_port, data_size_limit=2000) as small:
+    with sink_on(REMOTE_MX_ADDRESS, small_port, data_size_limit=2000) as small:
         code, text = send_mx(mta, "sender@example.net", "user@small.example",
                              b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 60)
         assert code == 250, text

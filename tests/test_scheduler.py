@@ -56,3 +56,26 @@ def test_backlog_claimed_without_waiting_for_poll(pg):
         return executed
 
     assert len(asyncio.run(run())) == DUE_ROWS
+
+
+def test_claim_skips_suspended_site(pg):
+    url = create_database(pg)
+
+    async def claims() -> tuple[int, int]:
+        connection = await asyncpg.connect(url)
+        await db.migrate(connection)
+        await connection.close()
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+        try:
+            await _insert_due_rows(pool, 3)
+            await pool.execute("UPDATE delivery SET site = 'mx.example.org:25'")
+            await pool.execute("INSERT INTO site (key, suspended_until) VALUES ('mx.example.org:25', now() + interval '1 hour')")
+            scheduler = Scheduler(pool, url, "node-a", 10, 30.0, 60.0, execute=None)
+            while_suspended = len(await scheduler.claim(10))
+            await pool.execute("UPDATE site SET suspended_until = now() - interval '1 second'")
+            after = len(await scheduler.claim(10))
+        finally:
+            await pool.close()
+        return while_suspended, after
+
+    assert asyncio.run(claims()) == (0, 3)

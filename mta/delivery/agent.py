@@ -19,6 +19,7 @@ from mta.config import Config
 from mta.delivery.local import deliver_local
 from mta.delivery.outcome import Outcome, Reply
 from mta.delivery.resolve import ResolveError, Resolver
+from mta.delivery.sites import Sites, site_key
 from mta.delivery.smtp import SmtpDeliverer
 from mta.spool.enqueue import Job
 from mta.spool.settle import MessageInfo, Settler
@@ -36,7 +37,7 @@ WHERE m.id = $1
 
 class DeliveryAgent:
     def __init__(self, config: Config, pool: asyncpg.Pool, store: LocalStore, cipher: BodyCipher,
-                 resolver: Resolver, smtp: SmtpDeliverer, settler: Settler):
+                 resolver: Resolver, smtp: SmtpDeliverer, settler: Settler, sites: Sites):
         self.config = config
         self.pool = pool
         self.store = store
@@ -44,6 +45,7 @@ class DeliveryAgent:
         self.resolver = resolver
         self.smtp = smtp
         self.settler = settler
+        self.sites = sites
 
     async def run(self, job: Job) -> None:
         started = time.monotonic()
@@ -84,7 +86,17 @@ class DeliveryAgent:
             outcome = Outcome(relay="none")
             outcome.add_all(job.recipients, error.reply)
             return outcome
-        return await self.smtp.deliver(message.sender, job.recipients, body, targets)
+
+        key = site_key(targets)
+        suspended = self.sites.suspended_reply(key)
+        if suspended is not None:
+            outcome = Outcome(relay="none", site=key)
+            outcome.add_all(job.recipients, suspended)
+            return outcome
+        outcome = await self.smtp.deliver(message.sender, job.recipients, body, targets)
+        outcome.site = key
+        await self.sites.record(key, outcome)
+        return outcome
 
     def _log(self, job: Job, message: MessageInfo, outcome: Outcome, attempt_seconds: float) -> None:
         delay = (datetime.now(timezone.utc) - message.received_at).total_seconds()

@@ -31,6 +31,10 @@ class Outcome:
     delivered: list[tuple[str, Reply]] = field(default_factory=list)
     deferred: list[tuple[str, Reply]] = field(default_factory=list)
     failed: list[tuple[str, Reply]] = field(default_factory=list)
+    # The destination site tried, if any (mta.delivery.sites).
+    site: str | None = None
+    # No host of the site accepted a connection.
+    connection_failed: bool = False
 
     def add(self, recipient: str, reply: Reply) -> None:
         if 200 <= reply.code < 300:

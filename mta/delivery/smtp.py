@@ -133,7 +133,7 @@ class SmtpDeliverer:
                 continue
             return await self._use(connection, key, sender, recipients, body, fresh=True)
 
-        outcome = Outcome(relay="none")
+        outcome = Outcome(relay="none", connection_failed=True)
         outcome.add_all(recipients, last_error)
         return outcome
 

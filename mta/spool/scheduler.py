@@ -32,6 +32,7 @@ _CLAIM = """
 WITH ready AS (
     SELECT id FROM delivery
     WHERE lease_owner IS NULL AND NOT held AND due_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM site s WHERE s.key = delivery.site AND s.suspended_until > now())
     ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED
 ), expired AS (
     SELECT id FROM delivery

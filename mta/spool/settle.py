@@ -33,8 +33,9 @@ log = logging.getLogger("mta.settle")
 _RESCHEDULE = """
 UPDATE delivery d
 SET recipients = string_to_array(f.r, chr(10)), due_at = now() + make_interval(secs => f.delay),
-    lease_owner = NULL, lease_until = NULL, last_reply = f.reply
-FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::text[]) AS f (id, attempts, r, delay, reply)
+    lease_owner = NULL, lease_until = NULL, last_reply = f.reply, site = coalesce(f.site, d.site)
+FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::text[], $7::text[])
+    AS f (id, attempts, r, delay, reply, site)
 WHERE d.id = f.id AND d.attempts = f.attempts AND d.lease_owner = $6
 RETURNING d.id
 """
@@ -240,7 +241,8 @@ class Settler:
                 ["\n".join(recipient for recipient, _ in attempt.outcome.deferred) for attempt in deferred],
                 [retry_delay(self.retry_schedule, attempt.job.attempt) for attempt in deferred],
                 [str(attempt.outcome.deferred[0][1]) for attempt in deferred],
-                self.node_id)
+                self.node_id,
+                [attempt.outcome.site for attempt in deferred])
             applied.update(row["id"] for row in rows)
         return applied
 
