@@ -107,7 +107,7 @@ class Node:
             await spool.enqueue(NewMessage(sender="bench@example.net", recipients=["user@remote.example"],
                                            body=BODY, origin="bench", session_id="bench"))
 
-    async def _deliver(self, job: Job) -> None:
+    async def _deliver(self, job: Job, slot: object) -> None:
         outcome = Outcome(relay="bench")
         outcome.add_all(job.recipients, DELIVERED)
         message = MessageInfo(job.message_id, "bench@example.net", datetime.now(UTC))

@@ -86,11 +86,31 @@ class DomainsConfig:
 
 
 @dataclass
+class SiteLimits:
+    """Limits for one destination site (its MX set), given per destination domain."""
+
+    # Parallel connections one node opens to the site at most (Postfix:
+    # default_destination_concurrency_limit).
+    max_concurrency: int = 20
+    # Messages per second and per hour to the site, over all nodes. 0 is no limit.
+    rate_per_second: float = 0.0
+    rate_per_hour: float = 0.0
+
+
+@dataclass
 class SitesConfig:
+    # Parallel connections a node starts with for a site. Each success widens
+    # the window by 1/window, up to max_concurrency, and each failed
+    # connection narrows it by 1, down to 1 (Postfix's concurrency feedback).
+    initial_concurrency: int = 5
+    max_concurrency: int = 20
     # Consecutive connection failures after which the whole site is suspended,
     # for all nodes, for suspend_seconds.
     dead_after_failures: int = 5
     suspend_seconds: float = 300.0
+    # Limits for the site of a destination domain, for example lower ones for
+    # a large mailbox provider: "gmail.com" = { max_concurrency = 10, rate_per_second = 5 }.
+    overrides: dict[str, SiteLimits] = field(default_factory=dict)
 
 
 @dataclass
@@ -309,6 +329,18 @@ def check(config: Config) -> None:
 
 
 def _check_sites(sites: SitesConfig) -> None:
+    limits = [("delivery.sites", sites)] + [(f"delivery.sites.overrides.{domain}", limit)
+                                            for domain, limit in sites.overrides.items()]
+    for key, limit in limits:
+        if not 1 <= limit.max_concurrency <= 10_000:
+            raise ConfigError(f"{key}.max_concurrency must be between 1 and 10000, got {limit.max_concurrency}")
+    for key, limit in limits[1:]:
+        for name in ("rate_per_second", "rate_per_hour"):
+            if not 0 <= getattr(limit, name) <= 1_000_000:
+                raise ConfigError(f"{key}.{name} must be between 0 and 1000000, got {getattr(limit, name)}")
+    if not 1 <= sites.initial_concurrency <= sites.max_concurrency:
+        raise ConfigError(f"delivery.sites.initial_concurrency must be between 1 and max_concurrency "
+                          f"({sites.max_concurrency}), got {sites.initial_concurrency}")
     if not 1 <= sites.dead_after_failures <= 1000:
         raise ConfigError(f"delivery.sites.dead_after_failures must be between 1 and 1000, "
                           f"got {sites.dead_after_failures}")

@@ -61,12 +61,12 @@ class Worker:
             connect_timeout=delivery.connect_timeout,
             data_timeout=delivery.data_timeout), connections)
 
+        sites = Sites(pool, delivery.sites)
         scheduler = Scheduler(pool, self.prepared.url, self.node_id, delivery.concurrency, delivery.lease_seconds,
-                              delivery.poll_interval, execute=self._deliver)
+                              delivery.poll_interval, execute=self._deliver, busy_sites=sites.busy_keys)
         spool = Spool(pool, store, cipher, config.storage.inline_max_size, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit)
         settler = Settler(pool, spool, self.node_id, config.server.hostname, delivery.retry_schedule,
                           delivery.max_age, delivery.delay_notice_after)
-        sites = Sites(pool, delivery.sites)
         self.agent = DeliveryAgent(config, pool, store, cipher, resolver, smtp, settler, sites)
 
         spool.start()
@@ -96,8 +96,8 @@ class Worker:
         await pool.close()
         log.info("worker %d stopped", self.index)
 
-    async def _deliver(self, job) -> None:
-        await self.agent.run(job)
+    async def _deliver(self, job, slot) -> None:
+        await self.agent.run(job, slot)
 
     async def _start_listeners(self, services: Services) -> list[asyncio.base_events.Server]:
         tls_context = server_context(self.prepared.cert_file, self.prepared.key_file)

@@ -26,6 +26,7 @@ class Received:
     sender: str
     recipients: list[str]
     data: bytes
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -47,6 +48,9 @@ class _Handler:
         if not envelope.rcpt_tos:
             self.sink.rcpt_seen.set()
             with self.sink.lock:
+                self.sink.in_transaction += 1
+                self.sink.most_in_transaction = max(self.sink.most_in_transaction, self.sink.in_transaction)
+            with self.sink.lock:
                 delay = script.rcpt_delays.popleft() if script.rcpt_delays else 0.0
             await asyncio.sleep(delay)
         with self.sink.lock:
@@ -58,6 +62,7 @@ class _Handler:
 
     async def handle_DATA(self, server, session, envelope):
         with self.sink.lock:
+            self.sink.in_transaction -= 1
             reply = self.sink.script.data_replies.popleft() if self.sink.script.data_replies else None
             if reply is not None and not reply.startswith("2"):
                 return reply
@@ -87,6 +92,10 @@ class Sink:
         self.messages: list[Received] = []
         # Without TLS each connection sends EHLO once, so this counts connections.
         self.ehlos = 0
+        # Transactions between their first RCPT and DATA, now and at most: the
+        # parallel deliveries the client ran. Only DATA ends a transaction here.
+        self.in_transaction = 0
+        self.most_in_transaction = 0
         self.quits = 0
         self.lock = threading.Lock()
         self.arrived = threading.Event()

@@ -35,7 +35,7 @@ def test_backlog_claimed_without_waiting_for_poll(pg):
         await _insert_due_rows(pool, DUE_ROWS)
         executed: set[int] = set()
 
-        async def execute(job: Job) -> None:
+        async def execute(job: Job, slot: object) -> None:
             # Slow enough that every slot is busy when the claim loop looks again.
             await asyncio.sleep(0.05)
             # Finished as a settle would: the row leaves the table.

@@ -22,6 +22,7 @@ from mta.delivery.resolve import ResolveError, Resolver
 from mta.delivery.sites import Sites, site_key
 from mta.delivery.smtp import SmtpDeliverer
 from mta.spool.enqueue import Job
+from mta.spool.scheduler import Slot
 from mta.spool.settle import MessageInfo, Settler
 from mta.storage.crypto import BodyCipher
 from mta.storage.local import LocalStore
@@ -47,7 +48,7 @@ class DeliveryAgent:
         self.settler = settler
         self.sites = sites
 
-    async def run(self, job: Job) -> None:
+    async def run(self, job: Job, slot: Slot) -> None:
         started = time.monotonic()
         row = await self.pool.fetchrow(_LOAD, job.message_id)
         if row is None:
@@ -61,7 +62,7 @@ class DeliveryAgent:
             data = await self.store.get(row["body_key"])
         body = self.cipher.decrypt(job.message_id, data, row["wrapped_key"])
 
-        outcome = await self._attempt(job, message, body)
+        outcome = await self._attempt(job, message, body, slot)
         settlement = await self.settler.settle(job, message, outcome, body)
         if not settlement.applied:
             return
@@ -75,7 +76,7 @@ class DeliveryAgent:
                 await self.store.delete(row["body_key"])
             log.info("%s: removed", message.queue_id)
 
-    async def _attempt(self, job: Job, message: MessageInfo, body: bytes) -> Outcome:
+    async def _attempt(self, job: Job, message: MessageInfo, body: bytes, slot: Slot) -> Outcome:
         local = self.config.is_local_domain(job.domain) and self.resolver.route_for(job.domain) is None
         if local:
             return await deliver_local(self.pool, job.message_id, job.recipients)
@@ -88,12 +89,19 @@ class DeliveryAgent:
             return outcome
 
         key = site_key(targets)
-        suspended = self.sites.suspended_reply(key)
-        if suspended is not None:
-            outcome = Outcome(relay="none", site=key)
-            outcome.add_all(job.recipients, suspended)
-            return outcome
-        outcome = await self.smtp.deliver(message.sender, job.recipients, body, targets)
+        limits = self.sites.limits(job.domain)
+        window = self.sites.window(key, limits)
+        await window.acquire(slot)
+        try:
+            # Checked once there is room, as a suspension may have begun during the wait.
+            reply = self.sites.suspended_reply(key) or await self.sites.take_rate(key, limits)
+            if reply is not None:
+                outcome = Outcome(relay="none", site=key)
+                outcome.add_all(job.recipients, reply)
+                return outcome
+            outcome = await self.smtp.deliver(message.sender, job.recipients, body, targets)
+        finally:
+            window.release()
         outcome.site = key
         await self.sites.record(key, outcome)
         return outcome

@@ -33,6 +33,7 @@ WITH ready AS (
     SELECT id FROM delivery
     WHERE lease_owner IS NULL AND NOT held AND due_at <= now()
       AND NOT EXISTS (SELECT 1 FROM site s WHERE s.key = delivery.site AND s.suspended_until > now())
+      AND (delivery.site IS NULL OR delivery.site <> ALL ($4::text[]))
     ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED
 ), expired AS (
     SELECT id FROM delivery
@@ -56,10 +57,41 @@ WHERE lease_owner = $1 AND id = ANY($2::bigint[])
 """
 
 
+class Slot:
+    """A delivery's place among the node's ``concurrency``, which it can give back before it ends.
+
+    A delivery that waits for its destination site to have room gives the
+    place back, so deliveries to other sites go on meanwhile. Its row stays
+    leased to this node, and its lease renewed, until the delivery ends.
+    """
+
+    def __init__(self, scheduler: "Scheduler"):
+        self._scheduler = scheduler
+        self._held = True
+
+    def give_back(self) -> None:
+        """Free the place while waiting for the site; call waited() when the wait ends."""
+        if self._held:
+            self._held = False
+            self._scheduler._slots.release()
+            self._scheduler._waiting += 1
+            # A place is free: a claim may find work for it.
+            self._scheduler._wake.set()
+
+    def waited(self) -> None:
+        self._scheduler._waiting -= 1
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._scheduler._slots.release()
+
+
 class Scheduler:
     def __init__(self, pool: asyncpg.Pool, url: str, node_id: str, concurrency: int,
                  lease_seconds: float, poll_interval: float,
-                 execute: Callable[[Job], Awaitable[None]]):
+                 execute: Callable[[Job, Slot], Awaitable[None]],
+                 busy_sites: Callable[[], list[str]] = list):
         self.pool = pool
         self.url = url
         self.node_id = node_id
@@ -67,6 +99,8 @@ class Scheduler:
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
         self.execute = execute
+        # Sites with deliveries of this node waiting for room: claims leave their rows to other nodes.
+        self.busy_sites = busy_sites
         self.ready: asyncio.Queue[Job] = asyncio.Queue()
         self.running: set[asyncio.Task] = set()
         # Rows this node is working on or about to: only their leases are
@@ -77,6 +111,7 @@ class Scheduler:
         # Set while the last claim came back full, so more rows are likely due:
         # the poll then runs again as soon as work drains, not after poll_interval.
         self._backlog = False
+        self._waiting = 0
         self._tasks: list[asyncio.Task] = []
 
     def submit(self, jobs: list[Job]) -> None:
@@ -86,6 +121,8 @@ class Scheduler:
 
     def wake(self) -> None:
         self._wake.set()
+
+
 
     def start(self) -> None:
         for name, loop in (("dispatch", self._dispatch_loop), ("poll", self._poll_loop),
@@ -115,7 +152,7 @@ class Scheduler:
                             len(waiting), error)
 
     async def claim(self, limit: int) -> list[Job]:
-        rows = await self.pool.fetch(_CLAIM, self.node_id, self.lease_seconds, limit)
+        rows = await self.pool.fetch(_CLAIM, self.node_id, self.lease_seconds, limit, self.busy_sites())
         return [Job(row["id"], row["message_id"], row["domain"], list(row["recipients"]), row["attempts"])
                 for row in rows]
 
@@ -129,8 +166,9 @@ class Scheduler:
 
     async def _run(self, job: Job) -> None:
         # On failure the lease is left to expire, and a later claim retries the row.
+        slot = Slot(self)
         try:
-            await self.execute(job)
+            await self.execute(job, slot)
         except (*TRANSIENT_ERRORS, StoreError) as error:
             log.warning("%s: delivery attempt %d failed, retried when its lease expires: %r",
                         job.message_id, job.attempt, error)
@@ -138,7 +176,7 @@ class Scheduler:
             log.exception("%s: delivery attempt %d failed unexpectedly", job.message_id, job.attempt)
         finally:
             self.held.discard(job.delivery_id)
-            self._slots.release()
+            slot.release()
             if self._backlog and self.ready.qsize() < self.concurrency:
                 self._wake.set()
 
@@ -151,7 +189,8 @@ class Scheduler:
             self._wake.clear()
 
             # Claim only what this node can start soon, so idle nodes get the rest.
-            spare = 2 * self.concurrency - self.ready.qsize() - len(self.running)
+            # Deliveries waiting for their site gave their place back and do not count.
+            spare = 2 * self.concurrency - self.ready.qsize() - len(self.running) + self._waiting
             if spare <= 0:
                 continue
             try:
