@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     queue_commands.add_parser(commands)
 
+    nodes = commands.add_parser("nodes", help="list the nodes that use this database, alive or lost")
+    nodes.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    nodes.set_defaults(run=cmd_nodes)
+
     dkim = commands.add_parser("dkim", help="DKIM keys").add_subparsers(metavar="ACTION")
     dkim.add_parser("records", help="print the DNS TXT record of every signing key").set_defaults(run=cmd_dkim_records)
     return parser
@@ -216,6 +220,34 @@ def cmd_user_import(config: Config, args: argparse.Namespace) -> int:
             await connection.close()
 
     print(f"{asyncio.run(run())} users saved")
+    return 0
+
+
+# A node that has not updated its heartbeat for this many seconds is reported lost.
+NODE_LOST_AFTER = 30.0
+
+
+def cmd_nodes(config: Config, args: argparse.Namespace) -> int:
+    async def run() -> list:
+        connection = await connect_or_exit(config)
+        try:
+            return await connection.fetch(
+                "SELECT id, hostname, pid, started_at, seen_at, extract(epoch FROM now() - seen_at) AS silent"
+                " FROM node ORDER BY seen_at DESC")
+        finally:
+            await connection.close()
+
+    rows = asyncio.run(run())
+    if args.json:
+        for row in rows:
+            print(json.dumps({"id": row["id"], "hostname": row["hostname"], "pid": row["pid"],
+                              "started_at": row["started_at"].isoformat(), "seen_at": row["seen_at"].isoformat(),
+                              "alive": float(row["silent"]) < NODE_LOST_AFTER}))
+        return 0
+    print(f"{'NODE':<40} {'STATE':<6} {'LAST SEEN':>10}  STARTED")
+    for row in rows:
+        state = "alive" if float(row["silent"]) < NODE_LOST_AFTER else "lost"
+        print(f"{row['id']:<40} {state:<6} {float(row['silent']):>8.0f} s  {row['started_at']:%Y-%m-%d %H:%M:%S %Z}")
     return 0
 
 

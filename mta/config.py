@@ -134,6 +134,8 @@ class DeliveryConfig:
     # Seconds after arrival when the sender of a message still deferred gets
     # one notice of the delay (Postfix: delay_warning_time). 0: no notice.
     delay_notice_after: float = 4 * 3600.0
+    # Days of delivery history (attempts and their replies) kept, in daily partitions.
+    history_days: int = 30
     # Seconds between queue scans when no NOTIFY arrives.
     poll_interval: float = 5.0
     # Seconds an SMTP connection stays open after a message, waiting for the
@@ -268,6 +270,7 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("delivery", "lease_seconds"): (1.0, 86400.0),
     ("delivery", "max_age"): (60.0, 365 * 86400.0),
     ("delivery", "delay_notice_after"): (0.0, 365 * 86400.0),
+    ("delivery", "history_days"): (1, 3650),
     ("delivery", "poll_interval"): (0.05, 3600.0),
     ("delivery", "connection_cache_seconds"): (0.0, 300.0),
     ("delivery", "connection_reuse_limit"): (1, 100_000),

@@ -25,6 +25,7 @@ from mta.smtp import listener
 from mta.smtp.session import Services
 from mta.smtp.tls import server_context
 from mta.spool.enqueue import Spool
+from mta.spool.housekeeping import Housekeeper
 from mta.spool.scheduler import Scheduler
 from mta.spool.settle import Settler
 from mta.storage.crypto import BodyCipher
@@ -62,6 +63,7 @@ class Worker:
             data_timeout=delivery.data_timeout), connections)
 
         sites = Sites(pool, delivery.sites)
+        housekeeper = Housekeeper(pool, self.node_id, delivery.history_days)
         scheduler = Scheduler(pool, self.prepared.url, self.node_id, delivery.concurrency, delivery.lease_seconds,
                               delivery.poll_interval, execute=self._deliver, busy_sites=sites.busy_keys)
         spool = Spool(pool, store, cipher, config.storage.inline_max_size, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit)
@@ -72,6 +74,7 @@ class Worker:
         spool.start()
         settler.start()
         sites.start()
+        housekeeper.start()
         connections.start()
         scheduler.start()
         servers = await self._start_listeners(Services(config, pool, spool, DkimSigner(self.prepared.dkim_keys)))
@@ -80,7 +83,7 @@ class Worker:
             runner = await http.serve(http.build_app(config, pool, str(store.root)), self.prepared.sockets["http"])
         log.info("worker %d started as node %s", self.index, self.node_id)
 
-        await self._wait_for_stop(spool.tasks + settler.tasks + scheduler.tasks + sites.tasks)
+        await self._wait_for_stop(spool.tasks + settler.tasks + scheduler.tasks + sites.tasks + housekeeper.tasks)
 
         log.info("worker %d stopping: no new sessions, finishing work in flight", self.index)
         for server in servers:
@@ -89,6 +92,7 @@ class Worker:
         await scheduler.stop(grace=STOP_GRACE)
         await connections.close()
         await sites.stop()
+        await housekeeper.stop()
         await settler.stop()
         await spool.stop()
         if runner is not None:
