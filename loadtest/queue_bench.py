@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -252,6 +253,16 @@ def tree_cpu(process: psutil.Process | None) -> float:
     return total
 
 
+def stop_postmaster(postmaster: psutil.Process) -> None:
+    """Stop the private PostgreSQL before its directory is removed, which pgserver's own clean-up needs."""
+    # SIGINT is PostgreSQL's fast shutdown.
+    postmaster.send_signal(signal.SIGINT)
+    try:
+        postmaster.wait(30)
+    except psutil.TimeoutExpired:
+        postmaster.kill()
+
+
 def start_embedded(directory: Path) -> tuple[str, psutil.Process]:
     config = Config()
     config.server.data_dir = str(directory)
@@ -300,11 +311,15 @@ def main(argv: list[str] | None = None) -> int:
         if not url:
             url, postmaster = start_embedded(Path(temp))
         summaries = []
-        for phase in args.phases:
-            asyncio.run(prepare_database(url))
-            summary = run_phase(phase, url, args.nodes, args.messages, args, postmaster)
-            summaries.append(summary)
-            print(json.dumps(summary), flush=True)
+        try:
+            for phase in args.phases:
+                asyncio.run(prepare_database(url))
+                summary = run_phase(phase, url, args.nodes, args.messages, args, postmaster)
+                summaries.append(summary)
+                print(json.dumps(summary), flush=True)
+        finally:
+            if postmaster is not None:
+                stop_postmaster(postmaster)
     print(f"\n{'phase':<8}{'nodes':>6}{'msg/s':>10}{'node CPU s':>12}{'PG CPU s':>10}{'commit batch':>14}"
           f"{'settle batch':>14}")
     for summary in summaries:
