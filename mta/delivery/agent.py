@@ -8,6 +8,7 @@ the row leased: the lease expires and another attempt starts later.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import datetime, timezone
@@ -30,7 +31,7 @@ from mta.storage.local import LocalStore
 log = logging.getLogger("mta.delivery")
 
 _LOAD = """
-SELECT m.sender, m.body_key, m.wrapped_key, m.received_at, m.delay_notified_at, b.data AS inline_data
+SELECT m.sender, m.body_key, m.wrapped_key, m.received_at, m.delay_notified_at, m.dsn, b.data AS inline_data
 FROM message m LEFT JOIN message_body b ON b.message_id = m.id
 WHERE m.id = $1
 """
@@ -56,7 +57,8 @@ class DeliveryAgent:
             return
 
         message = MessageInfo(job.message_id, row["sender"], row["received_at"],
-                              delay_notified=row["delay_notified_at"] is not None)
+                              delay_notified=row["delay_notified_at"] is not None,
+                              dsn=json.loads(row["dsn"]) if row["dsn"] else None)
         data = row["inline_data"]
         if data is None:
             data = await self.store.get(row["body_key"])

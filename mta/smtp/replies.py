@@ -52,6 +52,8 @@ START_DATA = SmtpReply(354, "", "End data with <CR><LF>.<CR><LF>")
 NEED_RECIPIENT = SmtpReply(503, "5.5.1", "need RCPT command")
 DATA_SYNTAX = SmtpReply(501, "5.5.4", "Syntax: DATA")
 MESSAGE_TOO_BIG = SmtpReply(552, "5.3.4", "message exceeds the size limit of {limit} octets")
+DSN_SYNTAX = SmtpReply(501, "5.5.4", "invalid DSN parameter: {detail}")
+PARAMETER_NOT_HERE = SmtpReply(555, "5.5.4", "parameter not allowed in this command: {parameters}")
 
 # Enhanced codes for aiosmtpd's own replies, which mostly lack them
 # (RFC 2034, RFC 3463). Replies our handlers send already carry one.

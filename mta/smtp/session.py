@@ -26,8 +26,9 @@ from mta.config import Config
 from mta.db import TRANSIENT_ERRORS
 from mta.dkim import DkimSigner, DuplicateFromError
 from mta.ids import new_queue_id, new_session_id
-from mta.smtp import policy, replies
+from mta.smtp import dsn, policy, replies
 from mta.smtp.data import read_data
+from mta.smtp.dsn import DsnError, take_dsn_parameters
 from mta.smtp.policy import Listener
 from mta.smtp.stamp import Arrival, add_missing_fields, author_address, author_domain, received_field
 from mta.spool.enqueue import NewMessage, Spool, SpoolError
@@ -114,9 +115,22 @@ class MtaSmtp(SMTP):
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # aiosmtpd's parser rejects valid forms such as a trailing dot in the
         # domain; syntax is judged by our policy in the MAIL and RCPT hooks.
+        # The DSN parameters are kept aside with their case for those hooks,
+        # as aiosmtpd would upper-case them and refuse them.
+        self._dsn_parameters: dict[str, str] | DsnError = {}
         if not arg:
             return "", ""
-        return policy.parse_path(arg)
+        path, params = policy.parse_path(arg)
+        params, self._dsn_parameters = take_dsn_parameters(params)
+        return path, params
+
+    def take_dsn_parameters(self) -> dict[str, str]:
+        """Return the DSN parameters of the command being handled, or raise DsnError."""
+        found = getattr(self, "_dsn_parameters", {})
+        self._dsn_parameters = {}
+        if isinstance(found, DsnError):
+            raise found
+        return found
 
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
         if len(args) == 1:
@@ -236,6 +250,7 @@ class Handler:
             # The MX listener has no users to authenticate.
             responses = [line for line in responses if not line[4:].startswith("AUTH")]
         responses.insert(-1, "250-PIPELINING")
+        responses.insert(-1, "250-DSN")
         return responses
 
     async def handle_MAIL(self, server: MtaSmtp, session: Session, envelope: Envelope,
@@ -243,6 +258,13 @@ class Handler:
         sender = "" if address == "<>" else address
         login = session.auth_data if session.authenticated else None
         reply = policy.check_sender(self.listener, sender, login)
+        if reply is None:
+            try:
+                parameters = server.take_dsn_parameters()
+                dsn.check_for_command(parameters, dsn.MAIL_PARAMETERS)
+                envelope.dsn_ret, envelope.dsn_envid = dsn.parse_mail(parameters)
+            except DsnError as error:
+                reply = error.reply
         if reply is not None:
             log.info("%s: reject MAIL from [%s]: %s; from=<%s>", session.id, _peer(session)[0], reply, sender)
             return str(reply)
@@ -258,6 +280,14 @@ class Handler:
         may_relay = session.authenticated or session.relay_client
         reply = policy.check_recipient(self.listener, address, may_relay, local,
                                        len(envelope.rcpt_tos), self.config.smtp.max_recipients)
+        recipient_dsn = None
+        if reply is None:
+            try:
+                parameters = server.take_dsn_parameters()
+                dsn.check_for_command(parameters, dsn.RCPT_PARAMETERS)
+                recipient_dsn = dsn.parse_rcpt(parameters) if parameters else None
+            except DsnError as error:
+                reply = error.reply
         if reply is None and local and self._is_mailbox_domain(domain):
             known = await users.existing_users(self.services.pool, [address])
             if not known:
@@ -270,6 +300,10 @@ class Handler:
 
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
+        if recipient_dsn is not None:
+            if not hasattr(envelope, "dsn_recipients"):
+                envelope.dsn_recipients = {}
+            envelope.dsn_recipients[address] = recipient_dsn
         return str(replies.RECIPIENT_OK)
 
     def _is_mailbox_domain(self, domain: str) -> bool:
@@ -297,7 +331,8 @@ class Handler:
         data = received_field(self._arrival(server, session, envelope, queue_id)) + data
         sender = "" if envelope.mail_from == "<>" else envelope.mail_from
         message = NewMessage(sender=sender, recipients=list(envelope.rcpt_tos), body=data,
-                             origin=self.listener.name, session_id=session.id, queue_id=queue_id)
+                             origin=self.listener.name, session_id=session.id, queue_id=queue_id,
+                             dsn=_dsn_request(envelope))
         try:
             await self.services.spool.enqueue(message)
         except SpoolError as error:
@@ -335,6 +370,17 @@ class Handler:
         return Arrival(helo=session.host_name or "", peer_address=_peer(session)[0],
                        hostname=self.config.server.hostname, protocol=protocol, tls=tls,
                        queue_id=queue_id, recipient=recipient)
+
+
+def _dsn_request(envelope: Envelope) -> dict | None:
+    """Return what the client asked of delivery status notifications, or None when it asked nothing."""
+    ret, envid = getattr(envelope, "dsn_ret", ""), getattr(envelope, "dsn_envid", "")
+    recipients = getattr(envelope, "dsn_recipients", {})
+    if not ret and not envid and not recipients:
+        return None
+    return {"ret": ret, "envid": envid,
+            "recipients": {address: {"notify": list(request.notify), "orcpt": request.orcpt}
+                           for address, request in recipients.items()}}
 
 
 def _peer(session: Session) -> tuple[str, Any]:

@@ -16,6 +16,7 @@ bodies written for it are deleted: nothing is half-stored.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ class NewMessage:
     session_id: str
     # Chosen by the caller when it must appear in the body (Received field).
     queue_id: str = ""
+    # The client's DSN parameters (mta.smtp.session._dsn_request), or None.
+    dsn: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,9 @@ INSERT INTO message_body (message_id, data) SELECT * FROM unnest($1::text[], $2:
 """
 
 _INSERT_MESSAGES = """
-INSERT INTO message (id, sender, size, body_key, wrapped_key, origin, session_id)
-SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bytea[], $6::text[], $7::text[])
+INSERT INTO message (id, sender, size, body_key, wrapped_key, origin, session_id, dsn)
+SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bytea[], $6::text[], $7::text[],
+                     $8::jsonb[])
 """
 
 _INSERT_DELIVERIES = """
@@ -200,7 +204,8 @@ class Spool:
             [None if item.inline_data is not None else item.queue_id for item in batch],
             [item.wrapped_key for item in batch],
             [m.origin for m in messages],
-            [m.session_id for m in messages])
+            [m.session_id for m in messages],
+            [None if m.dsn is None else json.dumps(m.dsn) for m in messages])
         inline = [item for item in batch if item.inline_data is not None]
         if inline:
             await connection.execute(

@@ -23,6 +23,7 @@ import asyncpg
 
 from mta.delivery.bounce import build_dsn
 from mta.delivery.outcome import Outcome, Reply
+from mta.smtp.dsn import DEFAULT_NOTIFY
 from mta.spool.batch import GroupCommit, StoppingError
 from mta.spool.enqueue import Job, NewMessage, Prepared, Spool
 
@@ -79,6 +80,8 @@ class MessageInfo:
     received_at: datetime
     # Whether the sender already got a notice that delivery is delayed.
     delay_notified: bool = False
+    # The client's DSN parameters, or None (mta.smtp.session._dsn_request).
+    dsn: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,13 @@ class Settlement:
     applied: bool
     body_unused: bool = False
     notification: Prepared | None = None
+
+
+def _wanted(message: MessageInfo, pairs: list[tuple[str, Reply]], event: str) -> list[tuple[str, Reply]]:
+    """Keep the recipients whose client asked to hear of event (NOTIFY). Without NOTIFY: failures and delays."""
+    requests = (message.dsn or {}).get("recipients", {})
+    return [(recipient, reply) for recipient, reply in pairs
+            if event in requests.get(recipient, {}).get("notify", DEFAULT_NOTIFY)]
 
 
 def retry_delay(schedule: list[float], attempt: int) -> float:
@@ -209,7 +219,8 @@ class Settler:
                 continue
             if attempt.message.queue_id in winners:
                 winners.discard(attempt.message.queue_id)
-            elif not attempt.outcome.failed:
+            elif not _wanted(attempt.message, attempt.outcome.failed, "FAILURE") and \
+                    not _wanted(attempt.message, attempt.outcome.delivered, "SUCCESS"):
                 attempt.notification = None
 
     def _settlement(self, attempt: _Attempt, applied: set[int], unused: set[str]) -> Settlement:
@@ -272,24 +283,32 @@ class Settler:
         return unused
 
     def _delay_notice_due(self, message: MessageInfo, outcome: Outcome) -> bool:
-        if not outcome.deferred or message.delay_notified or message.sender == "" or self.delay_notice_after <= 0:
+        if message.delay_notified or message.sender == "" or self.delay_notice_after <= 0:
+            return False
+        if not _wanted(message, outcome.deferred, "DELAY"):
             return False
         age = (datetime.now(timezone.utc) - message.received_at).total_seconds()
         return age >= self.delay_notice_after
 
     async def _prepare_notification(self, message: MessageInfo, outcome: Outcome, body: bytes,
                                     delay_notice: bool) -> Prepared | None:
-        if not outcome.failed and not delay_notice:
+        failures = _wanted(message, outcome.failed, "FAILURE")
+        successes = _wanted(message, outcome.delivered, "SUCCESS")
+        if not failures and not successes and not delay_notice:
             return None
         if message.sender == "":
             # RFC 5321 section 6.1: never send a notification about a notification.
             log.info("%s: no notification for failed recipients, the sender is null", message.queue_id)
             return None
 
-        delays = outcome.deferred if delay_notice else []
+        request = message.dsn or {}
+        delays = _wanted(message, outcome.deferred, "DELAY") if delay_notice else []
         retry_until = message.received_at + timedelta(seconds=self.max_age)
+        orcpts = {address: wish["orcpt"] for address, wish in request.get("recipients", {}).items() if wish["orcpt"]}
         dsn = build_dsn(self.hostname, message.queue_id, message.sender, message.received_at,
-                        outcome.failed, body, delays, retry_until)
+                        failures, body, delays, retry_until, successes=successes,
+                        success_action="delivered" if outcome.relay == "local" else "relayed",
+                        envid=request.get("envid", ""), orcpts=orcpts, full=request.get("ret") == "FULL")
         return await self.spool.prepare(NewMessage(
             sender="", recipients=[message.sender], body=dsn, origin="bounce",
             session_id=message.queue_id))
