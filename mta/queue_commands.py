@@ -21,6 +21,13 @@ from mta.config import Config
 
 EXIT_USAGE = 2
 STATES = ("active", "deferred", "held")
+UNCHANGED_REASON = {
+    "hold": "already held or with no delivery left in the queue",
+    "release": "not held",
+    "retry": "held, being delivered, or with no delivery left in the queue",
+    "delete": "with no delivery left in the queue",
+    "bounce": "with no delivery left in the queue",
+}
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -163,7 +170,7 @@ def cmd_summary(config: Config, args: argparse.Namespace) -> int:
     print(f"{'TOTAL':<32}" + "".join(f"{total:>7}" for total in totals))
     for row in rows[:args.top]:
         print(f"{row['domain']:<32}" + "".join(f"{row[column]:>7}" for column in ["total", *columns]))
-    print("-- columns: deliveries by minutes since arrival, each up to the number details")
+    print("-- columns: deliveries by minutes since arrival, each up to the number shown")
     return 0
 
 
@@ -183,6 +190,9 @@ def cmd_action(config: Config, args: argparse.Namespace) -> int:
             "bounce": "bounced"}[args.action]
     print(f"{_count(len(result.done), 'message', 'messages')} {past}" + (f": {' '.join(result.done)}"
                                                                          if result.done else ""))
+    unchanged = sorted(set(queue_ids) - set(result.done) - set(result.busy))
+    if unchanged:
+        print(f"unchanged, as {UNCHANGED_REASON[args.action]}: {' '.join(unchanged)}")
     if result.busy:
         print(f"being delivered now, not changed: {' '.join(result.busy)} (repeat once the attempt is over)")
     return 0

@@ -62,6 +62,8 @@ def test_held_message_waits_for_release(make_mta, sink, sink_port):
     mta, (queue_id,) = deferred_mta(make_mta, sink, sink_port)
 
     assert f"1 message held: {queue_id}" in queue(mta, "hold", queue_id)
+    assert f"unchanged, as already held or with no delivery left in the queue: {queue_id}" in queue(
+        mta, "hold", queue_id)
     assert "0 deliveries made due now" in queue(mta, "flush")
     assert queue_id in queue(mta, "list", "--state", "held")
 
@@ -69,7 +71,7 @@ def test_held_message_waits_for_release(make_mta, sink, sink_port):
     assert len(sink.wait_for(1)) == 1
     actions = query(mta.database_url, "SELECT actor, action FROM audit_log ORDER BY id")
     assert [(row["actor"], row["action"]) for row in actions][-1] == ("alice", "queue release")
-    assert [row["action"] for row in actions] == ["queue hold", "queue flush", "queue release"]
+    assert [row["action"] for row in actions] == ["queue hold", "queue hold", "queue flush", "queue release"]
 
 
 def test_delete_removes_and_records_it(make_mta, sink, sink_port):
@@ -109,7 +111,7 @@ def test_summary_counts_by_domain(make_mta, sink, sink_port):
 @pytest.mark.parametrize("args, message", [
     (["show", "NOT-A-QUEUE-ID"], "invalid queue id 'NOT-A-QUEUE-ID'"),
     (["hold", "AAAAAAAAAAAAAAAA"], "queue id not found: AAAAAAAAAAAAAAAA"),
-    (["show", "AAAAAAAAAAAAAAAA"], "queue id AAAAAAAAAAAAAAAA not found"),
+    (["show", "AAAAAAAAAAAAAAAA"], "queue id not found: AAAAAAAAAAAAAAAA"),
     (["list", "--state", "sleeping"], "invalid choice: 'sleeping'"),
     (["list", "--older-than", "5 weeks"], "invalid age '5 weeks'"),
     (["summary", "--top", "0"], "--top must be at least 1"),

@@ -91,7 +91,7 @@ async def show(connection: asyncpg.Connection, queue_id: str) -> dict:
         "SELECT id, sender, size, origin, session_id, received_at, completed_at FROM message WHERE id = $1",
         queue_id)
     if message is None:
-        raise AdminError(f"queue id {queue_id} not found")
+        raise AdminError(f"queue id not found: {queue_id}")
     deliveries = await connection.fetch(
         f"SELECT d.domain, d.recipients, {_STATE_SQL} AS state, d.due_at, d.attempts, d.last_reply"
         " FROM delivery d WHERE d.message_id = $1 ORDER BY d.domain", queue_id)
