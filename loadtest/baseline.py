@@ -300,29 +300,21 @@ class OurMta:
     def write_config(self, sink_port: int) -> Path:
         path = self.directory / "mta.toml"
         local_domains = f'"{RELAY_DOMAIN}", "{SIGNING_DOMAIN}"' if self.sign else f'"{RELAY_DOMAIN}"'
-        path.write_text(
-            "[server]\n"
-            f'data_dir = "{self.directory}"\n'
-            'hostname = "mta.bench.invalid"\n'
-            f"workers = {self.workers}\n"
-            "\n[smtp.mx]\n"
-            f'address = "{LOOPBACK}"\n'
-            f"port = {self.port}\n"
-            + (f'\n[smtp]\nrelay_networks = ["{LOOPBACK}/32"]\n' if self.sign else "")
-            + "\n[smtp.submission]\n"
-            f'address = "{LOOPBACK}"\n'
-            f"port = {self.submission_port}\n"
-            "\n[http]\n"
-            f'address = "{LOOPBACK}"\n'
-            f"port = {self.http_port}\n"
-            "\n[domains]\n"
-            f"local = [{local_domains}]\n"
-            f'dkim_selector = "{SELECTOR}"\n'
-            "\n[delivery]\n"
-            f'nameservers = ["{LOOPBACK}"]\n'
-            "\n[delivery.routes]\n"
-            f'"{RELAY_DOMAIN}" = "{LOOPBACK}:{sink_port}"\n'
-        )
+        sections = [
+            f'[server]\ndata_dir = "{self.directory}"\nhostname = "mta.bench.invalid"\nworkers = {self.workers}\n',
+            f'[smtp.mx]\naddress = "{LOOPBACK}"\nport = {self.port}\n',
+            f'[smtp.submission]\naddress = "{LOOPBACK}"\nport = {self.submission_port}\n',
+            f'[http]\naddress = "{LOOPBACK}"\nport = {self.http_port}\n',
+            f'[domains]\nlocal = [{local_domains}]\ndkim_selector = "{SELECTOR}"\n',
+            f'[delivery]\nnameservers = ["{LOOPBACK}"]\n',
+            f'[delivery.routes]\n"{RELAY_DOMAIN}" = "{LOOPBACK}:{sink_port}"\n',
+        ]
+        if self.sign:
+            sections.append(f'[smtp]\nrelay_networks = ["{LOOPBACK}/32"]\n')
+        if self.tree is None:
+            # Earlier checkouts may not know this listener; this one gets a free port like the others.
+            sections.append(f'[smtp.submissions]\naddress = "{LOOPBACK}"\nport = {free_port()}\n')
+        path.write_text("\n".join(sections))
         return path
 
     def start(self, sink_port: int) -> None:

@@ -90,6 +90,9 @@ class MtaUnderTest:
             f'[delivery]\nnameservers = ["{LOOPBACK}"]\nlease_seconds = {self.lease_seconds}\n',
             f"[delivery.routes]\n{routes}\n",
         ]
+        if self.tree is None:
+            # Earlier checkouts may not know this listener; this one gets a free port like the others.
+            sections.append(f'[smtp.submissions]\naddress = "{LOOPBACK}"\nport = {free_port()}\n')
         if self.relay_networks:
             # Only when set, so that earlier checkouts without the setting still start.
             sections.append(f"[smtp]\nrelay_networks = {json.dumps(list(self.relay_networks))}\n")

@@ -74,6 +74,8 @@ class SmtpConfig:
     relay_networks: list[str] = field(default_factory=list)
     mx: ListenerConfig = field(default_factory=lambda: ListenerConfig(port=2525))
     submission: ListenerConfig = field(default_factory=lambda: ListenerConfig(port=5870))
+    # Submission over implicit TLS (RFC 8314), as on port 465.
+    submissions: ListenerConfig = field(default_factory=lambda: ListenerConfig(port=4650))
 
 
 @dataclass
@@ -279,6 +281,7 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LISTENERS = ("mx", "submission", "submissions")
 
 
 def _check_bounds(config: "Config") -> None:
@@ -303,7 +306,7 @@ def check(config: Config) -> None:
             raise ConfigError(f"delivery.retry_schedule[{index}] must be between 1 and 604800 seconds, "
                               f"got {interval!r}")
 
-    for name in ("mx", "submission"):
+    for name in LISTENERS:
         listener = getattr(config.smtp, name)
         if not 0 < listener.port < 65536:
             raise ConfigError(f"smtp.{name}.port must be between 1 and 65535, got {listener.port}")

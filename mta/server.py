@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 
 from mta import db
-from mta.config import Config, ListenerConfig
+from mta.config import LISTENERS, Config, ListenerConfig
 from mta.dkim import DkimKey, dns_txt_value, load_or_create_key
 from mta.smtp.tls import ensure_self_signed, server_context
 from mta.storage.crypto import load_or_create_master_key
@@ -74,7 +74,7 @@ def bind_sockets(config: Config) -> dict[str, socket.socket]:
     from mta.smtp.listener import bind
 
     sockets = {}
-    for name in ("mx", "submission"):
+    for name in LISTENERS:
         listener = getattr(config.smtp, name)
         if listener.enabled:
             sockets[name] = bind(listener)

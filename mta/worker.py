@@ -106,7 +106,8 @@ class Worker:
     async def _start_listeners(self, services: Services) -> list[asyncio.base_events.Server]:
         tls_context = server_context(self.prepared.cert_file, self.prepared.key_file)
         servers = []
-        for name, kind in (("mx", listener.MX), ("submission", listener.SUBMISSION)):
+        for name, kind in (("mx", listener.MX), ("submission", listener.SUBMISSION),
+                           ("submissions", listener.SUBMISSIONS)):
             sock = self.prepared.sockets.get(name)
             if sock is not None:
                 servers.append(await listener.serve(kind, sock, services, tls_context))

@@ -62,12 +62,14 @@ class MtaProcess:
         self.workdir = workdir
         self.mx_port = free_port()
         self.submission_port = free_port()
+        self.submissions_port = free_port()
         self.http_port = free_port()
         self.database_url = database_url
         base = {
             "server": {"hostname": "mta.example.com", "data_dir": str(workdir / "var")},
             "database": {"url": database_url},
-            "smtp": {"mx": {"port": self.mx_port}, "submission": {"port": self.submission_port}},
+            "smtp": {"mx": {"port": self.mx_port}, "submission": {"port": self.submission_port},
+                     "submissions": {"port": self.submissions_port}},
             "domains": {"local": ["example.com"]},
             "delivery": {"nameservers": ["127.0.0.1"], "dns_port": dns_port, "smtp_port": smtp_port,
                          "source_addresses": ["127.0.0.3"], "poll_interval": 0.5},

@@ -13,6 +13,7 @@ from mta.smtp.session import Handler, MtaSmtp, Services
 
 MX = Listener(name="mx", requires_auth=False)
 SUBMISSION = Listener(name="submission", requires_auth=True)
+SUBMISSIONS = Listener(name="submissions", requires_auth=True, implicit_tls=True)
 
 
 def bind(listener: ListenerConfig) -> socket.socket:
@@ -32,20 +33,24 @@ async def serve(listener: Listener, sock: socket.socket, services: Services,
     config: Config = services.config
     handler = Handler(listener, services)
     submission = listener.requires_auth
+    implicit = listener.implicit_tls
 
     def make() -> MtaSmtp:
+        # With implicit TLS the connection is encrypted before the greeting:
+        # no STARTTLS to offer, and AUTH needs no further TLS.
         return MtaSmtp(
             handler,
             hostname=config.server.hostname,
             ident="ESMTP",
             data_size_limit=config.smtp.max_message_size,
             enable_SMTPUTF8=True,
-            tls_context=tls_context,
-            require_starttls=submission,
+            tls_context=None if implicit else tls_context,
+            require_starttls=submission and not implicit,
             auth_required=submission,
-            auth_require_tls=True,
+            auth_require_tls=not implicit,
             timeout=config.smtp.idle_timeout,
             loop=asyncio.get_running_loop(),
         )
 
-    return await asyncio.get_running_loop().create_server(ProtocolFactory(make), sock=sock, backlog=1024)
+    return await asyncio.get_running_loop().create_server(
+        ProtocolFactory(make), sock=sock, backlog=1024, ssl=tls_context if implicit else None)

@@ -32,6 +32,8 @@ class Listener:
 
     name: str
     requires_auth: bool
+    # TLS from the first octet (RFC 8314), instead of STARTTLS.
+    implicit_tls: bool = False
 
 
 def parse_path(argument: str) -> tuple[str | None, str]:

@@ -66,6 +66,9 @@ class MtaSmtp(SMTP):
         assert self.session is not None
         # STARTTLS starts a new session, so this is set again after it.
         self.session.relay_client = self.handler.in_relay_network(self.session.peer)
+        if first and transport.get_extra_info("ssl_object") is not None:
+            # Implicit TLS: record it as aiosmtpd does after STARTTLS, for Received and EOF handling.
+            self.session.ssl = {"cipher": transport.get_extra_info("cipher")}
         if first:
             log.info("%s: connect from [%s]:%s to %s%s", self.session.id, *_peer(self.session),
                      self.handler.listener.name, " (relay network)" if self.session.relay_client else "")
