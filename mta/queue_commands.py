@@ -111,7 +111,7 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
     rows = _run(config, lambda connection: admin.list_deliveries(connection, filters))
     if args.json:
         for row in rows:
-            print(json.dumps(admin.as_json(dict(row))))
+            print(json.dumps(admin.as_json(row)))
         return 0
 
     print(f"{'QUEUE ID':<16} {'SIZE':>8} {'ARRIVED':<19} {'STATE':<8} {'ATTEMPTS':>8}  SENDER -> RECIPIENTS")
@@ -145,9 +145,9 @@ def cmd_show(config: Config, args: argparse.Namespace) -> int:
     for delivery in details["deliveries"]:
         print(f"\n{delivery['domain']}: {delivery['state']}, {delivery['attempts']} attempt(s), "
               f"due {delivery['due_at']:%Y-%m-%d %H:%M:%S %Z}")
-        print(f"  recipients: {', '.join(delivery['recipients'])}")
-        if delivery["last_reply"]:
-            print(f"  last reply: {delivery['last_reply']}")
+        for recipient in delivery["recipients"]:
+            reply = delivery["replies"].get(recipient, "")
+            print(f"  <{recipient}>" + (f": {reply}" if reply else ""))
     if details["events"]:
         print("\nhistory:")
     for event in details["events"]:

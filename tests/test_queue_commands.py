@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import smtplib
 from collections import deque
 
 import asyncpg
@@ -42,6 +43,7 @@ def test_list_filters_by_sender_state_and_age(make_mta, sink, sink_port):
     assert [row["message_id"] for row in by_sender] == [queue_ids[1]]
     assert by_sender[0]["state"] == "deferred"
     assert by_sender[0]["last_reply"] == GREYLISTED
+    assert by_sender[0]["replies"] == {f"user1@{RELAY_DOMAIN}": GREYLISTED}
     assert queue_ids[0] in queue(mta, "list", "--state", "deferred", "--newer-than", "1h")
     assert "0 deliveries in the queue" in queue(mta, "list", "--older-than", "1h")
     assert "0 deliveries in the queue" in queue(mta, "list", "--state", "held")
@@ -55,6 +57,7 @@ def test_show_gives_envelope_and_history(make_mta, sink, sink_port):
     assert details["message"]["sender"] == "sender0@example.net"
     assert details["deliveries"][0]["recipients"] == [f"user0@{RELAY_DOMAIN}"]
     assert [(event["status"], event["reply"]) for event in details["events"]] == [("deferred", GREYLISTED)]
+    assert details["deliveries"][0]["replies"] == {f"user0@{RELAY_DOMAIN}": GREYLISTED}
     assert "history:" in queue(mta, "show", queue_id)
 
 
@@ -134,3 +137,18 @@ def test_audit_log_refuses_changes(shared_mta):
 
     with pytest.raises(asyncpg.RaiseError, match="audit_log is append-only: UPDATE is not allowed"):
         asyncio.run(change())
+
+
+def test_show_keeps_each_recipients_reply(make_mta, sink, sink_port):
+    mta = make_mta(relay_config(sink_port, retry_schedule=[3600.0]))
+    first, second = f"one@{RELAY_DOMAIN}", f"two@{RELAY_DOMAIN}"
+    sink.script.rcpt_replies = deque([GREYLISTED, "452 4.2.2 mailbox full"])
+    with smtplib.SMTP("127.0.0.1", mta.mx_port, timeout=30) as client:
+        client.sendmail("sender@example.net", [first, second], b"Subject: two\r\n\r\nhello\r\n")
+    assert wait_until(lambda: mta.log().count("status=deferred") == 2)
+
+    (row,) = [json.loads(line) for line in queue(mta, "list", "--json").splitlines()]
+    details = queue(mta, "show", row["message_id"])
+
+    assert row["replies"] == {first: GREYLISTED, second: "452 4.2.2 mailbox full"}
+    assert f"<{second}>: 452 4.2.2 mailbox full" in details

@@ -68,7 +68,7 @@ _STATE_SQL = """CASE WHEN d.held THEN 'held' WHEN d.lease_owner IS NOT NULL THEN
 
 _LIST = f"""
 SELECT d.message_id, m.sender, m.size, m.received_at, d.domain, d.recipients, d.due_at,
-       d.attempts, {_STATE_SQL} AS state, d.last_reply
+       d.attempts, {_STATE_SQL} AS state, d.last_reply, d.replies
 FROM delivery d JOIN message m ON m.id = d.message_id
 WHERE ($1::text IS NULL OR lower(m.sender) = lower($1))
   AND ($2::text IS NULL OR lower($2) = ANY (SELECT lower(r) FROM unnest(d.recipients) AS r))
@@ -80,9 +80,10 @@ ORDER BY m.received_at, d.id
 """
 
 
-async def list_deliveries(connection: asyncpg.Connection, filters: Filters) -> list[asyncpg.Record]:
-    return await connection.fetch(_LIST, filters.sender, filters.recipient, filters.domain, filters.state,
+async def list_deliveries(connection: asyncpg.Connection, filters: Filters) -> list[dict]:
+    rows = await connection.fetch(_LIST, filters.sender, filters.recipient, filters.domain, filters.state,
                                   filters.older_than, filters.newer_than)
+    return [_with_replies(row) for row in rows]
 
 
 async def show(connection: asyncpg.Connection, queue_id: str) -> dict:
@@ -93,13 +94,20 @@ async def show(connection: asyncpg.Connection, queue_id: str) -> dict:
     if message is None:
         raise AdminError(f"queue id not found: {queue_id}")
     deliveries = await connection.fetch(
-        f"SELECT d.domain, d.recipients, {_STATE_SQL} AS state, d.due_at, d.attempts, d.last_reply"
+        f"SELECT d.domain, d.recipients, {_STATE_SQL} AS state, d.due_at, d.attempts, d.last_reply, d.replies"
         " FROM delivery d WHERE d.message_id = $1 ORDER BY d.domain", queue_id)
     events = await connection.fetch(
         "SELECT at, recipient, status, reply, relay FROM delivery_event WHERE message_id = $1 ORDER BY at, id",
         queue_id)
-    return {"message": dict(message), "deliveries": [dict(row) for row in deliveries],
+    return {"message": dict(message), "deliveries": [_with_replies(row) for row in deliveries],
             "events": [dict(row) for row in events]}
+
+
+def _with_replies(row: asyncpg.Record) -> dict:
+    """Return the row with its per-recipient replies decoded from JSON, {} when none was recorded."""
+    decoded = dict(row)
+    decoded["replies"] = json.loads(row["replies"]) if row["replies"] else {}
+    return decoded
 
 
 async def summary(connection: asyncpg.Connection) -> list[asyncpg.Record]:

@@ -14,6 +14,7 @@ neither lose it nor send it twice. Mail from the null sender never gets one.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from dataclasses import dataclass
@@ -34,9 +35,10 @@ log = logging.getLogger("mta.settle")
 _RESCHEDULE = """
 UPDATE delivery d
 SET recipients = string_to_array(f.r, chr(10)), due_at = now() + make_interval(secs => f.delay),
-    lease_owner = NULL, lease_until = NULL, last_reply = f.reply, site = coalesce(f.site, d.site)
-FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::text[], $7::text[])
-    AS f (id, attempts, r, delay, reply, site)
+    lease_owner = NULL, lease_until = NULL, last_reply = f.reply, site = coalesce(f.site, d.site),
+    replies = f.replies::jsonb
+FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::text[], $7::text[], $8::text[])
+    AS f (id, attempts, r, delay, reply, site, replies)
 WHERE d.id = f.id AND d.attempts = f.attempts AND d.lease_owner = $6
 RETURNING d.id
 """
@@ -253,7 +255,9 @@ class Settler:
                 [retry_delay(self.retry_schedule, attempt.job.attempt) for attempt in deferred],
                 [str(attempt.outcome.deferred[0][1]) for attempt in deferred],
                 self.node_id,
-                [attempt.outcome.site for attempt in deferred])
+                [attempt.outcome.site for attempt in deferred],
+                [json.dumps({recipient: str(reply) for recipient, reply in attempt.outcome.deferred})
+                 for attempt in deferred])
             applied.update(row["id"] for row in rows)
         return applied
 
