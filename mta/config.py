@@ -67,6 +67,11 @@ class SmtpConfig:
     max_recipients: int = 100
     # Seconds a client may stay silent before the session is closed.
     idle_timeout: float = 300.0
+    # Sessions one client address may hold at once on one listener of one
+    # worker process; the next gets 421 instead of the greeting.
+    max_connections_per_client: int = 50
+    # Error replies (4xx and 5xx) a session may get before it is closed with 421.
+    max_errors: int = 20
     # Client networks (CIDR) that may relay through the MX listener without
     # AUTH, like Postfix's mynetworks. Their mail is treated as outbound:
     # missing Date and Message-ID are added and it is DKIM-signed when the
@@ -263,6 +268,8 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("smtp", "max_message_size"): (1024, 2 ** 31 - 1),
     ("smtp", "max_recipients"): (1, 100_000),
     ("smtp", "idle_timeout"): (1.0, 86400.0),
+    ("smtp", "max_connections_per_client"): (1, 100_000),
+    ("smtp", "max_errors"): (1, 10_000),
     ("storage", "inline_max_size"): (0, 16 * 1024 * 1024),
     ("delivery", "dns_port"): (1, 65535),
     ("delivery", "smtp_port"): (1, 65535),

@@ -64,6 +64,9 @@ class MtaSmtp(SMTP):
         first = self.transport is None
         super().connection_made(transport)
         assert self.session is not None
+        if first:
+            self._errors = 0
+            self._counted_address = self.handler.client_connected(self.session.peer)
         # STARTTLS starts a new session, so this is set again after it.
         self.session.relay_client = self.handler.in_relay_network(self.session.peer)
         if first and transport.get_extra_info("ssl_object") is not None:
@@ -79,12 +82,32 @@ class MtaSmtp(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         if self.session is not None:
             log.info("%s: disconnect from [%s]:%s", self.session.id, *_peer(self.session))
+        self.handler.client_disconnected(getattr(self, "_counted_address", None))
+        self._counted_address = None
         super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self._counted_address is None:
+            log.info("%s: reject connection from [%s]: %s", self.session.id, _peer(self.session)[0],
+                     replies.TOO_MANY_CONNECTIONS)
+            await super().push(str(replies.TOO_MANY_CONNECTIONS))
+            self.transport.close()
+            return
+        await super()._handle_client()
 
     async def push(self, status: str | bytes) -> None:
         if isinstance(status, str):
             status = replies.with_enhanced_code(status, self.hostname)
         await super().push(status)
+
+        text = status.decode("ascii", "replace") if isinstance(status, bytes) else status
+        if text[:1] in ("4", "5") and not text.startswith("421"):
+            self._errors = getattr(self, "_errors", 0) + 1
+            if self._errors >= self.handler.config.smtp.max_errors and self.transport is not None:
+                log.info("%s: disconnect [%s] after %d errors", self.session.id, _peer(self.session)[0],
+                         self._errors)
+                await super().push(str(replies.TOO_MANY_ERRORS))
+                self.transport.close()
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -220,6 +243,25 @@ class Handler:
         self.config = services.config
         self.relay_networks = tuple(ipaddress.ip_network(network, strict=False)
                                     for network in self.config.smtp.relay_networks)
+        # Open sessions per client address, on this listener of this worker.
+        self._connections: dict[str, int] = {}
+
+    def client_connected(self, peer: Any) -> str | None:
+        """Count a session of the client's address; return the address, or None when over the limit."""
+        address = _peer_address(peer)
+        if self._connections.get(address, 0) >= self.config.smtp.max_connections_per_client:
+            return None
+        self._connections[address] = self._connections.get(address, 0) + 1
+        return address
+
+    def client_disconnected(self, address: str | None) -> None:
+        if address is None:
+            return
+        remaining = self._connections.get(address, 0) - 1
+        if remaining > 0:
+            self._connections[address] = remaining
+        else:
+            self._connections.pop(address, None)
 
     def in_relay_network(self, peer: Any) -> bool:
         """Return whether the client's address is in one of smtp.relay_networks."""
@@ -384,6 +426,10 @@ def _dsn_request(envelope: Envelope) -> dict | None:
     return {"ret": ret, "envid": envid,
             "recipients": {address: {"notify": list(request.notify), "orcpt": request.orcpt}
                            for address, request in recipients.items()}}
+
+
+def _peer_address(peer: Any) -> str:
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
 
 
 def _peer(session: Session) -> tuple[str, Any]:
