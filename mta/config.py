@@ -266,7 +266,8 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("database", "pool_min"): (1, 1000),
     ("database", "pool_max"): (1, 1000),
     ("smtp", "max_message_size"): (1024, 2 ** 31 - 1),
-    ("smtp", "max_recipients"): (1, 100_000),
+    # RFC 5321 section 4.5.3.1.8: a server must take at least 100 recipients.
+    ("smtp", "max_recipients"): (100, 100_000),
     ("smtp", "idle_timeout"): (1.0, 86400.0),
     ("smtp", "max_connections_per_client"): (1, 100_000),
     ("smtp", "max_errors"): (1, 10_000),

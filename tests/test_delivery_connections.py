@@ -7,7 +7,7 @@ import smtplib
 import pytest
 
 from tests.conftest import REMOTE_MX_ADDRESS
-from tests.mx import relay_config, send_mx, wait_until
+from tests.mx import RELAY_DOMAIN, relay_config, send_mx, wait_until
 from tests.pgcluster import free_port
 from tests.sink import Sink, sink_on
 
@@ -121,3 +121,35 @@ def test_connection_reused_after_refusals(make_mta, sink, sink_port):
 
     # RSET after the refusal left the connection fit for the next message.
     assert sink.ehlos == 1
+
+
+@pytest.mark.parametrize("limit_reply", ["452 4.5.3 Too many recipients", "552 5.5.3 Too many recipients"])
+def test_recipients_over_remote_limit_go_in_next_transaction(make_mta, sink, sink_port, limit_reply):
+    mta = make_mta(cached(sink_port, 30.0) | {"smtp": {"max_recipients": 200}})
+    sink.script.rcpt_replies.extend(["250 2.1.5 OK"] * 100 + [limit_reply])
+    recipients = [f"r{number:03d}@{RELAY_DOMAIN}" for number in range(1, 151)]
+
+    with smtplib.SMTP("127.0.0.1", mta.mx_port, timeout=30) as client:
+        assert client.sendmail("sender@example.net", recipients, b"Subject: many\r\n\r\nhello\r\n") == {}
+
+    first, second = sink.wait_for(2)
+    assert len(first.recipients) == 100
+    assert sorted(first.recipients + second.recipients) == recipients
+    assert wait_until(lambda: mta.log().count("status=sent") == 150)
+    assert "status=deferred" not in mta.log()
+    assert sink.ehlos == 1
+
+
+def test_recipient_over_inbound_limit_gets_452(make_mta, sink, sink_port):
+    mta = make_mta(relay_config(sink_port))
+
+    with smtplib.SMTP("127.0.0.1", mta.mx_port, timeout=30) as client:
+        client.ehlo("client.example.net")
+        client.mail("sender@example.net")
+        for number in range(1, 101):
+            assert client.rcpt(f"u{number:03d}@{RELAY_DOMAIN}")[0] == 250
+        code, text = client.rcpt(f"u101@{RELAY_DOMAIN}")
+        assert (code, text[:5]) == (452, b"4.5.3")
+        assert client.data(b"Subject: hundred\r\n\r\nhello\r\n")[0] == 250
+
+    assert len(sink.wait_for(1)[0].recipients) == 100

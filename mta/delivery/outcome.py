@@ -47,3 +47,9 @@ class Outcome:
     def add_all(self, recipients: list[str], reply: Reply) -> None:
         for recipient in recipients:
             self.add(recipient, reply)
+
+    def merge(self, other: "Outcome") -> None:
+        """Add the replies of another transaction with the same server."""
+        self.delivered.extend(other.delivered)
+        self.deferred.extend(other.deferred)
+        self.failed.extend(other.failed)

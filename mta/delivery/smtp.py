@@ -152,26 +152,40 @@ class SmtpDeliverer:
 
     async def _use(self, connection: Connection, key: tuple, sender: str, recipients: list[str], body: bytes,
                     fresh: bool = False) -> Outcome | None:
-        """Run one transaction on connection and keep the connection for reuse when it ended cleanly.
+        """Run the transactions for recipients on connection; keep the connection for reuse when they ended cleanly.
 
         Returns None when a reused connection turns out to be closed before
         the server replied to MAIL, so the caller opens a new one.
         """
-        transaction = Transaction(connection.relay, recipients)
-        try:
-            await transaction.run(connection.client, sender, body, self.settings.data_timeout)
-        except StaleConnection:
-            self.cache.discard(connection)
-            if fresh:
+        outcome = Outcome(relay=connection.relay)
+        pending = recipients
+        while pending:
+            transaction = Transaction(connection.relay, pending)
+            try:
+                await transaction.run(connection.client, sender, body, self.settings.data_timeout)
+            except StaleConnection:
+                self.cache.discard(connection)
+                if pending is recipients and not fresh:
+                    return None
                 transaction.lost("before MAIL")
-                return transaction.outcome
-            return None
+                outcome.merge(transaction.outcome)
+                return outcome
 
-        if transaction.clean:
-            self.cache.put(key, connection)
-        else:
-            self.cache.discard(connection)
-        return transaction.outcome
+            outcome.merge(transaction.outcome)
+            if not transaction.clean:
+                self.cache.discard(connection)
+                return outcome
+            # Recipients beyond the server's limit per transaction go in the next one at once
+            # (RFC 5321 section 4.5.3.1.10), not after a retry interval.
+            pending = transaction.postponed
+        self.cache.put(key, connection)
+        return outcome
+
+
+def _too_many_recipients(reply: Reply) -> bool:
+    """Return whether a RCPT refusal is about the number of recipients (X.5.3), not about the recipient."""
+    return reply.enhanced in ("4.5.3", "5.5.3") or (
+        reply.code in (452, 552) and "too many recipients" in reply.text.lower())
 
 
 class StaleConnection(Exception):
@@ -184,6 +198,8 @@ class Transaction:
     def __init__(self, relay: str, recipients: list[str]):
         self.recipients = recipients
         self.accepted: list[str] = []
+        # Recipients not tried because the server allows no more in this transaction.
+        self.postponed: list[str] = []
         self.outcome = Outcome(relay=relay)
         self.relay = relay
         # Whether the connection ended in a state fit for another transaction.
@@ -240,11 +256,20 @@ class Transaction:
         return options
 
     async def _recipients(self, client: CrlfSMTP) -> None:
-        for recipient in self.recipients:
+        for index, recipient in enumerate(self.recipients):
             try:
                 await client.rcpt(recipient, timeout=COMMAND_TIMEOUT)
             except aiosmtplib.SMTPRecipientRefused as error:
-                self.outcome.add(recipient, Reply(error.code, error.message))
+                reply = Reply(error.code, error.message)
+                if not _too_many_recipients(reply):
+                    self.outcome.add(recipient, reply)
+                    continue
+                if self.accepted:
+                    self.postponed = self.recipients[index:]
+                    return
+                # Not even one recipient was taken: a temporary condition, even when the reply was 552.
+                self.outcome.add_all(self.recipients[index:], Reply(452, error.message))
+                return
             else:
                 self.accepted.append(recipient)
 
