@@ -49,7 +49,7 @@ class _Handler:
             self.sink.rcpt_seen.set()
             with self.sink.lock:
                 self.sink.in_transaction += 1
-                self.sink.most_in_transaction = max(self.sink.most_in_transaction, self.sink.in_transaction)
+                self.sink.max_in_transaction = max(self.sink.max_in_transaction, self.sink.in_transaction)
             with self.sink.lock:
                 delay = script.rcpt_delays.popleft() if script.rcpt_delays else 0.0
             await asyncio.sleep(delay)
@@ -95,7 +95,7 @@ class Sink:
         # Transactions between their first RCPT and DATA, now and at most: the
         # parallel deliveries the client ran. Only DATA ends a transaction here.
         self.in_transaction = 0
-        self.most_in_transaction = 0
+        self.max_in_transaction = 0
         self.quits = 0
         self.lock = threading.Lock()
         self.arrived = threading.Event()

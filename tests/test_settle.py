@@ -94,19 +94,19 @@ def test_nodes_finishing_together_complete_message(pg, tmp_path):
 
 def test_lost_lease_leaves_row_and_records_nothing(pg, tmp_path):
     async def body(pool: asyncpg.Pool, settlers: dict[str, Settler]) -> None:
-        held = await _add_message(pool, "QHELD", {"one.example": "node-a"})
+        owned = await _add_message(pool, "QOWNED", {"one.example": "node-a"})
         lost = await _add_message(pool, "QLOST", {"one.example": "node-b"})
 
         failed = Reply(550, "5.1.1 no such user")
         settlements = await asyncio.gather(
-            settlers["node-a"].settle(held["one.example"], _info("QHELD"), _outcome(["user@one.example"], failed), b""),
+            settlers["node-a"].settle(owned["one.example"], _info("QOWNED"), _outcome(["user@one.example"], failed), b""),
             settlers["node-a"].settle(lost["one.example"], _info("QLOST"), _outcome(["user@one.example"], failed), b""))
 
         assert [settlement.applied for settlement in settlements] == [True, False]
         assert settlements[0].notification is not None
         assert await pool.fetchval("SELECT count(*) FROM delivery WHERE message_id = 'QLOST'") == 1
         assert await pool.fetchval("SELECT count(*) FROM delivery_event WHERE message_id = 'QLOST'") == 0
-        # The bounce for the held attempt was queued in the same transaction, to the sender.
+        # The bounce for the owned attempt was queued in the same transaction, to the sender.
         assert await pool.fetchval("SELECT count(*) FROM message WHERE origin = 'bounce'") == 1
 
     asyncio.run(_with_settlers(create_database(pg), tmp_path, ["node-a", "node-b"], body))

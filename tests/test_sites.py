@@ -57,7 +57,7 @@ def test_site_window_caps_parallel_deliveries(make_mta, sink, sink_port):
     send_many(mta, 6)
 
     assert len(sink.wait_for(6)) == 6
-    assert sink.most_in_transaction == 2
+    assert sink.max_in_transaction == 2
 
 
 def test_busy_site_leaves_room_for_others(make_mta, sink, sink_port):
@@ -79,7 +79,7 @@ def test_busy_site_leaves_room_for_others(make_mta, sink, sink_port):
 
     assert waited < 3.0
     assert len(sink.wait_for(4)) == 4
-    assert sink.most_in_transaction == 1
+    assert sink.max_in_transaction == 1
 
 
 def test_site_rate_spaces_messages(make_mta, sink, sink_port):

@@ -52,7 +52,7 @@ def test_plain_text_client_gets_no_greeting(make_mta):
 
     with socket.create_connection(("127.0.0.1", mta.submissions_port), timeout=10) as sock:
         sock.sendall(b"EHLO client.example.net\r\n")
-        # The server waits for a TLS handshake: it answers with a TLS alert or closes, never with SMTP.
+        # The server waits for a TLS handshake: it replies with a TLS alert or closes, never with SMTP.
         answer = sock.recv(1024)
     assert not answer.startswith(b"220")
 

@@ -131,6 +131,7 @@ class Sites:
         self.pool = pool
         self.config = config
         self._overrides = {domain.lower().rstrip("."): limits for domain, limits in config.overrides.items()}
+        self._default_limits = SiteLimits(max_concurrency=config.max_concurrency)
         self._windows: dict[str, SiteWindow] = {}
         # Site key -> time.monotonic() when its suspension ends.
         self._suspended: dict[str, float] = {}
@@ -151,7 +152,7 @@ class Sites:
 
     def limits(self, domain: str) -> SiteLimits:
         """Return the limits for the site of domain: its override, or the defaults."""
-        return self._overrides.get(domain.lower().rstrip("."), SiteLimits(max_concurrency=self.config.max_concurrency))
+        return self._overrides.get(domain.lower().rstrip("."), self._default_limits)
 
     def window(self, key: str, limits: SiteLimits) -> SiteWindow:
         window = self._windows.get(key)

@@ -1,8 +1,8 @@
 """The DSN extension's parameters (RFC 3461): RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT.
 
-aiosmtpd upper-cases every parameter and refuses those it does not know, so
+aiosmtpd upper-cases every parameter and rejects those it does not know, so
 the session takes the DSN parameters out of the command line first, with
-their case kept, and checks them here. ENVID and ORCPT are xtext (RFC 3461
+their case others, and checks them here. ENVID and ORCPT are xtext (RFC 3461
 section 4): "+" and two upper-case hex digits stand for one octet.
 """
 
@@ -44,17 +44,17 @@ def take_dsn_parameters(params: str) -> tuple[str, dict[str, str] | DsnError]:
 
     A keyword given twice makes the second item a DsnError instead.
     """
-    kept, dsn = [], {}
+    others, dsn = [], {}
     repeated = None
     for param in params.split():
         keyword, _, value = param.partition("=")
         if keyword.upper() not in MAIL_PARAMETERS + RCPT_PARAMETERS:
-            kept.append(param)
+            others.append(param)
         elif keyword.upper() in dsn:
             repeated = DsnError(replies.DSN_SYNTAX.format(detail=f"{keyword.upper()} given twice"))
         else:
             dsn[keyword.upper()] = value
-    return " ".join(kept), repeated or dsn
+    return " ".join(others), repeated or dsn
 
 
 def check_for_command(dsn: dict[str, str], allowed: tuple[str, ...]) -> None:

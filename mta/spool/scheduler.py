@@ -34,6 +34,7 @@ WITH ready AS (
     WHERE lease_owner IS NULL AND NOT held AND due_at <= now()
       AND NOT EXISTS (SELECT 1 FROM site s WHERE s.key = delivery.site AND s.suspended_until > now())
       AND (delivery.site IS NULL OR delivery.site <> ALL ($4::text[]))
+    -- NOTE: a row learns its site at its first attempt, so rows never tried are claimed whatever their site.
     ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED
 ), expired AS (
     SELECT id FROM delivery
@@ -67,12 +68,12 @@ class Slot:
 
     def __init__(self, scheduler: "Scheduler"):
         self._scheduler = scheduler
-        self._held = True
+        self._occupied = True
 
     def give_back(self) -> None:
         """Free the place while waiting for the site; call waited() when the wait ends."""
-        if self._held:
-            self._held = False
+        if self._occupied:
+            self._occupied = False
             self._scheduler._slots.release()
             self._scheduler._waiting += 1
             # A place is free: a claim may find work for it.
@@ -82,8 +83,8 @@ class Slot:
         self._scheduler._waiting -= 1
 
     def release(self) -> None:
-        if self._held:
-            self._held = False
+        if self._occupied:
+            self._occupied = False
             self._scheduler._slots.release()
 
 

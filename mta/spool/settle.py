@@ -95,8 +95,8 @@ class Settlement:
     notification: Prepared | None = None
 
 
-def _wanted(message: MessageInfo, pairs: list[tuple[str, Reply]], event: str) -> list[tuple[str, Reply]]:
-    """Keep the recipients whose client asked to hear of event (NOTIFY). Without NOTIFY: failures and delays."""
+def _to_notify(message: MessageInfo, pairs: list[tuple[str, Reply]], event: str) -> list[tuple[str, Reply]]:
+    """Return the recipients whose client requested a notice of event (NOTIFY), by default of failures and delays."""
     requests = (message.dsn or {}).get("recipients", {})
     return [(recipient, reply) for recipient, reply in pairs
             if event in requests.get(recipient, {}).get("notify", DEFAULT_NOTIFY)]
@@ -208,7 +208,7 @@ class Settler:
 
         The update lets one attempt per message win, across nodes and within
         this batch. A losing attempt keeps its notification only when it also
-        reports failed recipients.
+        reports failed recipients or requested successes.
         """
         queue_ids = sorted({attempt.message.queue_id for attempt in done if attempt.delay_notice})
         if not queue_ids:
@@ -221,8 +221,8 @@ class Settler:
                 continue
             if attempt.message.queue_id in winners:
                 winners.discard(attempt.message.queue_id)
-            elif not _wanted(attempt.message, attempt.outcome.failed, "FAILURE") and \
-                    not _wanted(attempt.message, attempt.outcome.delivered, "SUCCESS"):
+            elif not _to_notify(attempt.message, attempt.outcome.failed, "FAILURE") and \
+                    not _to_notify(attempt.message, attempt.outcome.delivered, "SUCCESS"):
                 attempt.notification = None
 
     def _settlement(self, attempt: _Attempt, applied: set[int], unused: set[str]) -> Settlement:
@@ -289,15 +289,15 @@ class Settler:
     def _delay_notice_due(self, message: MessageInfo, outcome: Outcome) -> bool:
         if message.delay_notified or message.sender == "" or self.delay_notice_after <= 0:
             return False
-        if not _wanted(message, outcome.deferred, "DELAY"):
+        if not _to_notify(message, outcome.deferred, "DELAY"):
             return False
         age = (datetime.now(timezone.utc) - message.received_at).total_seconds()
         return age >= self.delay_notice_after
 
     async def _prepare_notification(self, message: MessageInfo, outcome: Outcome, body: bytes,
                                     delay_notice: bool) -> Prepared | None:
-        failures = _wanted(message, outcome.failed, "FAILURE")
-        successes = _wanted(message, outcome.delivered, "SUCCESS")
+        failures = _to_notify(message, outcome.failed, "FAILURE")
+        successes = _to_notify(message, outcome.delivered, "SUCCESS")
         if not failures and not successes and not delay_notice:
             return None
         if message.sender == "":
@@ -306,7 +306,7 @@ class Settler:
             return None
 
         request = message.dsn or {}
-        delays = _wanted(message, outcome.deferred, "DELAY") if delay_notice else []
+        delays = _to_notify(message, outcome.deferred, "DELAY") if delay_notice else []
         retry_until = message.received_at + timedelta(seconds=self.max_age)
         orcpts = {address: wish["orcpt"] for address, wish in request.get("recipients", {}).items() if wish["orcpt"]}
         dsn = build_dsn(self.hostname, message.queue_id, message.sender, message.received_at,
