@@ -21,3 +21,9 @@ QUEUE_DEPTH = Gauge(
 SPOOL_BATCH = Histogram(
     "mta_spool_commit_batch_messages", "Messages per group commit.",
     buckets=(1, 2, 5, 10, 20, 50, 100))
+SITES_SUSPENDED = Gauge(
+    "mta_sites_suspended", "Destination sites suspended after failed connections, as all nodes see them.",
+    multiprocess_mode="max")
+SITES_WAITING = Gauge(
+    "mta_sites_waiting", "Destination sites with deliveries waiting for room in this worker's window.",
+    multiprocess_mode="sum")

@@ -18,8 +18,7 @@ from tests.mx import RELAY_DOMAIN, relay_config, send_mx, wait_until
 LEASE_SECONDS = 2.0
 
 
-@pytest.fixture
-def two_nodes(pg, dns, sink_port, tmp_path: Path) -> Iterator[tuple[MtaProcess, MtaProcess]]:
+def start_nodes(pg, dns, sink_port: int, tmp_path: Path, config: dict) -> list[MtaProcess]:
     """Start nodes a and b on one database, with one master key and one body store, as a cluster shares them."""
     url = create_database(pg)
     shared = {"storage": {"path": str(tmp_path / "blobs"), "master_key_file": str(tmp_path / "master.key")}}
@@ -27,10 +26,15 @@ def two_nodes(pg, dns, sink_port, tmp_path: Path) -> Iterator[tuple[MtaProcess, 
     for name in ("a", "b"):
         workdir = tmp_path / name
         workdir.mkdir()
-        extra = relay_config(sink_port, lease_seconds=LEASE_SECONDS) | shared
-        nodes.append(MtaProcess(workdir, url, dns.port, sink_port, extra))
+        nodes.append(MtaProcess(workdir, url, dns.port, sink_port, config | shared))
     for node in nodes:
         node.start()
+    return nodes
+
+
+@pytest.fixture
+def two_nodes(pg, dns, sink_port, tmp_path: Path) -> Iterator[tuple[MtaProcess, MtaProcess]]:
+    nodes = start_nodes(pg, dns, sink_port, tmp_path, relay_config(sink_port, lease_seconds=LEASE_SECONDS))
     yield nodes[0], nodes[1]
     stop_and_check(nodes)
 
@@ -82,3 +86,23 @@ def test_stalled_node_cannot_settle_after_takeover(two_nodes, sink):
     assert wait_until(lambda: "lease lost before settling attempt 1" in a.log())
     assert delivered_events(b) == [f"user@{RELAY_DOMAIN}"]
     assert query(b.database_url, "SELECT id FROM delivery") == []
+
+
+def test_nodes_share_a_sites_concurrency_cap(pg, dns, sink, sink_port, tmp_path):
+    config = relay_config(sink_port)
+    config["delivery"]["sites"] = {"initial_concurrency": 2, "overrides": {RELAY_DOMAIN: {"max_concurrency": 2}}}
+    nodes = start_nodes(pg, dns, sink_port, tmp_path, config)
+    try:
+        for node in nodes:
+            assert wait_until(lambda node=node: "2 live nodes" in node.log())
+        sink.script.rcpt_delays = deque([0.5] * 8)
+
+        for number in range(8):
+            code, text = send_mx(nodes[number % 2], "sender@example.net", f"user{number}@{RELAY_DOMAIN}")
+            assert code == 250, text
+
+        assert len(sink.wait_for(8)) == 8
+        # Each node's share of the cap is 1. Without sharing, each node would open 2.
+        assert sink.max_in_transaction <= 2
+    finally:
+        stop_and_check(nodes)

@@ -6,7 +6,10 @@ its static route. Domains hosted by one provider share one site.
 - Each node keeps a concurrency window per site, as Postfix does: it starts
   at ``initial_concurrency`` parallel deliveries, widens by 1/window with
   each delivery that connected and narrows by 1 with each failed connection,
-  between 1 and the site's ``max_concurrency``. A delivery that finds the
+  between 1 and the node's share of the site's ``max_concurrency``. The
+  share is the cap divided by the nodes whose heartbeat is recent, so all
+  nodes together stay within the cap. With more nodes than the cap, each
+  node still takes 1. A delivery that finds the
   window full gives its place among the node's ``concurrency`` back while it
   waits, so other sites are served meanwhile, and claims leave that site's
   rows to other nodes.
@@ -31,6 +34,7 @@ from collections import deque
 
 import asyncpg
 
+from mta import metrics
 from mta.config import SiteLimits, SitesConfig
 from mta.db import TRANSIENT_ERRORS
 from mta.delivery.outcome import Outcome, Reply
@@ -68,6 +72,9 @@ SET suspended_until = EXCLUDED.suspended_until, last_reply = EXCLUDED.last_reply
 
 _SUSPENDED = "SELECT key, extract(epoch FROM suspended_until - now()) AS remaining FROM site WHERE suspended_until > now()"
 
+# A node whose heartbeat is older than three intervals no longer counts in the shares.
+_LIVE_NODES = "SELECT count(*) FROM node WHERE seen_at > now() - interval '30 seconds'"
+
 
 def site_key(targets: list[Target]) -> str:
     """Name the site of a destination by its hosts and ports, in a stable order."""
@@ -82,6 +89,12 @@ class SiteWindow:
         self.limit = float(min(initial, cap))
         self.active = 0
         self._waiters: deque[asyncio.Future] = deque()
+
+    def set_cap(self, cap: int) -> None:
+        """Set the max parallel deliveries. Deliveries already running over a lower cap finish."""
+        self.cap = cap
+        self.limit = min(self.limit, float(cap))
+        self._wake()
 
     @property
     def busy(self) -> bool:
@@ -132,7 +145,8 @@ class Sites:
         self.config = config
         self._overrides = {domain.lower().rstrip("."): limits for domain, limits in config.overrides.items()}
         self._default_limits = SiteLimits(max_concurrency=config.max_concurrency)
-        self._windows: dict[str, SiteWindow] = {}
+        self._windows: dict[str, tuple[SiteWindow, SiteLimits]] = {}
+        self._live_nodes = 1
         # Site key -> time.monotonic() when its suspension ends.
         self._suspended: dict[str, float] = {}
         self._failures: dict[str, int] = {}
@@ -155,14 +169,27 @@ class Sites:
         return self._overrides.get(domain.lower().rstrip("."), self._default_limits)
 
     def window(self, key: str, limits: SiteLimits) -> SiteWindow:
-        window = self._windows.get(key)
-        if window is None:
-            window = self._windows[key] = SiteWindow(self.config.initial_concurrency, limits.max_concurrency)
-        return window
+        entry = self._windows.get(key)
+        if entry is None:
+            window = SiteWindow(self.config.initial_concurrency, self._share(limits))
+            entry = self._windows[key] = (window, limits)
+        return entry[0]
 
     def busy_keys(self) -> list[str]:
         """Return the sites with deliveries waiting for room in their window."""
-        return [key for key, window in self._windows.items() if window.busy]
+        return [key for key, (window, _) in self._windows.items() if window.busy]
+
+    def _share(self, limits: SiteLimits) -> int:
+        return max(1, limits.max_concurrency // self._live_nodes)
+
+    def _set_live_nodes(self, count: int) -> None:
+        count = max(1, count)
+        if count == self._live_nodes:
+            return
+        self._live_nodes = count
+        log.info("%d live nodes: each takes 1/%d of every site's max_concurrency", count, count)
+        for window, limits in self._windows.values():
+            window.set_cap(self._share(limits))
 
     async def take_rate(self, key: str, limits: SiteLimits) -> Reply | None:
         """Wait for the site's rate limit; return a deferral when the wait would be too long."""
@@ -189,7 +216,7 @@ class Sites:
 
     async def record(self, key: str, outcome: Outcome) -> None:
         """Count a failed connection to the site, or clear the count after a connection."""
-        window = self._windows.get(key)
+        window = self._windows.get(key, (None, None))[0]
         if not outcome.connection_failed:
             self._failures.pop(key, None)
             if window is not None:
@@ -218,9 +245,13 @@ class Sites:
         while True:
             try:
                 rows = await self.pool.fetch(_SUSPENDED)
+                live_nodes = await self.pool.fetchval(_LIVE_NODES)
             except TRANSIENT_ERRORS as error:
                 log.warning("reading suspended sites failed: %r", error)
             else:
                 now = time.monotonic()
                 self._suspended = {row["key"]: now + float(row["remaining"]) for row in rows}
+                self._set_live_nodes(live_nodes)
+                metrics.SITES_SUSPENDED.set(len(rows))
+                metrics.SITES_WAITING.set(len(self.busy_keys()))
             await asyncio.sleep(REFRESH_INTERVAL)
