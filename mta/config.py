@@ -65,8 +65,16 @@ class ListenerConfig:
 class SmtpConfig:
     max_message_size: int = 25 * 1024 * 1024
     max_recipients: int = 100
-    # Seconds a client may stay silent before the session is closed.
+    # Seconds a client may stay silent before the session is closed with
+    # 421 4.4.2 (RFC 5321 section 4.5.3.2.7 asks for at least 300).
     idle_timeout: float = 300.0
+    # Seconds from 354 to the end of data, however slowly the octets arrive.
+    data_timeout: float = 600.0
+    # Seconds a whole session may last, for clients that never go idle.
+    session_timeout: float = 1800.0
+    # NOOP, RSET, VRFY, EXPN and HELP commands a session may send since its
+    # last message before it is closed with 421 (Postfix's junk command limit).
+    max_junk_commands: int = 100
     # Sessions one client address may hold at once on one listener of one
     # worker process; the next gets 421 instead of the greeting.
     max_connections_per_client: int = 50
@@ -269,6 +277,9 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     # RFC 5321 section 4.5.3.1.8: a server must take at least 100 recipients.
     ("smtp", "max_recipients"): (100, 100_000),
     ("smtp", "idle_timeout"): (1.0, 86400.0),
+    ("smtp", "data_timeout"): (1.0, 86400.0),
+    ("smtp", "session_timeout"): (1.0, 86400.0),
+    ("smtp", "max_junk_commands"): (1, 100_000),
     ("smtp", "max_connections_per_client"): (1, 100_000),
     ("smtp", "max_errors"): (1, 10_000),
     ("storage", "inline_max_size"): (0, 16 * 1024 * 1024),

@@ -9,6 +9,7 @@ of aiosmtpd's default, which sends the exception text to the client.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import ipaddress
@@ -66,7 +67,12 @@ class MtaSmtp(SMTP):
         assert self.session is not None
         if first:
             self._errors = 0
+            self._junk_commands = 0
+            self._in_data_hook = False
+            self._close_after_reply = False
             self._counted_address = self.handler.client_connected(self.session.peer)
+            self._session_timer = self.loop.call_later(self.handler.config.smtp.session_timeout,
+                                                       self._session_expired)
         # STARTTLS starts a new session, so this is set again after it.
         self.session.relay_client = self.handler.in_relay_network(self.session.peer)
         if first and transport.get_extra_info("ssl_object") is not None:
@@ -84,7 +90,31 @@ class MtaSmtp(SMTP):
             log.info("%s: disconnect from [%s]:%s", self.session.id, *_peer(self.session))
         self.handler.client_disconnected(getattr(self, "_counted_address", None))
         self._counted_address = None
+        timer = getattr(self, "_session_timer", None)
+        if timer is not None:
+            timer.cancel()
         super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes without a reply. A 421 first tells the client why (RFC 5321 section 3.8).
+        seconds = f"{self.handler.config.smtp.idle_timeout:g}"
+        self._close_with(replies.IDLE_TIMEOUT.format(seconds=seconds), "idle timeout")
+
+    def _session_expired(self) -> None:
+        if self._in_data_hook:
+            # The message is being queued: its reply goes out first, so the client never resends it.
+            self._close_after_reply = True
+            return
+        seconds = f"{self.handler.config.smtp.session_timeout:g}"
+        self._close_with(replies.SESSION_TIMEOUT.format(seconds=seconds), "session time limit")
+
+    def _close_with(self, reply: str, reason: str) -> None:
+        """Write a last reply without waiting for the client to read it, and close."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        log.info("%s: disconnect [%s] after %s: %s", self.session.id, _peer(self.session)[0], reason, reply)
+        self.transport.write(reply.encode("ascii") + b"\r\n")
+        self.transport.close()
 
     async def _handle_client(self) -> None:
         if self._counted_address is None:
@@ -124,7 +154,16 @@ class MtaSmtp(SMTP):
             return
 
         await self.push(str(replies.START_DATA))
-        result = await read_data(self._reader, self.data_size_limit, self._reset_timeout)
+        data_timeout = self.handler.config.smtp.data_timeout
+        try:
+            async with asyncio.timeout(data_timeout):
+                result = await read_data(self._reader, self.data_size_limit, self._reset_timeout)
+        except TimeoutError:
+            # The rest of a late message must never be read as commands, so the session ends here.
+            self._close_with(replies.DATA_TIMEOUT.format(seconds=f"{data_timeout:g}"), "DATA timeout")
+            return
+
+        self._junk_commands = 0
         if result.leftover:
             # Commands pipelined behind the final dot go back to the command reader.
             self._reader._buffer[0:0] = result.leftover
@@ -134,9 +173,51 @@ class MtaSmtp(SMTP):
             return
 
         self.envelope.content = self.envelope.original_content = result.content
-        status = await self._call_handler_hook("DATA")
+        self._in_data_hook = True
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self._in_data_hook = False
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
+        if self._close_after_reply:
+            self._session_expired()
+
+    async def _over_junk_limit(self) -> bool:
+        """Count a command that moves no mail; close the session with 421 past the limit."""
+        self._junk_commands += 1
+        limit = self.handler.config.smtp.max_junk_commands
+        if self._junk_commands <= limit:
+            return False
+        log.info("%s: disconnect [%s] after %d commands without a message", self.session.id,
+                 _peer(self.session)[0], limit)
+        await super().push(str(replies.TOO_MANY_COMMANDS))
+        self.transport.close()
+        return True
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not await self._over_junk_limit():
+            await super().smtp_NOOP(arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        if not await self._over_junk_limit():
+            await super().smtp_RSET(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        if not await self._over_junk_limit():
+            await super().smtp_VRFY(arg)
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        if not await self._over_junk_limit():
+            await super().smtp_EXPN(arg)
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:
+        if not await self._over_junk_limit():
+            await super().smtp_HELP(arg)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # aiosmtpd's parser rejects valid forms such as a trailing dot in the
