@@ -16,6 +16,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+
+
+class _LongLineSmtp(SMTP):
+    # A receiver that takes lines over 998 octets, as RFC 5322 section 2.1.1 recommends.
+    line_length_limit = 1024 * 1024
+
+
+class _LongLineController(Controller):
+    def factory(self) -> SMTP:
+        return _LongLineSmtp(self.handler, **self.SMTP_kwargs)
 
 
 @dataclass
@@ -85,7 +96,7 @@ class _Handler:
 
 
 class Sink:
-    def __init__(self, host: str, port: int, **smtp_parameters):
+    def __init__(self, host: str, port: int, accept_long_lines: bool = False, **smtp_parameters):
         self.host = host
         self.port = port
         self.script = Script()
@@ -100,7 +111,8 @@ class Sink:
         self.lock = threading.Lock()
         self.arrived = threading.Event()
         self.rcpt_seen = threading.Event()
-        self._controller = Controller(_Handler(self), hostname=host, port=port, ready_timeout=10, **smtp_parameters)
+        controller = _LongLineController if accept_long_lines else Controller
+        self._controller = controller(_Handler(self), hostname=host, port=port, ready_timeout=10, **smtp_parameters)
 
     def start(self) -> None:
         self._controller.start()
@@ -121,9 +133,9 @@ class Sink:
 
 
 @contextmanager
-def sink_on(host: str, port: int, **smtp_parameters) -> Iterator[Sink]:
+def sink_on(host: str, port: int, accept_long_lines: bool = False, **smtp_parameters) -> Iterator[Sink]:
     """Run a sink for the length of a with block."""
-    server = Sink(host, port, **smtp_parameters)
+    server = Sink(host, port, accept_long_lines, **smtp_parameters)
     server.start()
     try:
         yield server

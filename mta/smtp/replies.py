@@ -42,6 +42,7 @@ AUTHOR_NOT_OWNED = SmtpReply(553, "5.7.1", "From header address not owned by the
 NUL_IN_DATA = SmtpReply(554, "5.6.0", "message contains NUL characters")
 ONE_FROM_REQUIRED = SmtpReply(554, "5.6.0", "message must have exactly one From header field")
 HEADER_MISSING = SmtpReply(554, "5.6.0", "message has no header section")
+LINE_TOO_LONG = SmtpReply(554, "5.6.0", "{detail}; fold or encode it before sending")
 
 AUTH_SUCCEEDED = SmtpReply(235, "2.7.0", "authentication succeeded")
 AUTH_FAILED = SmtpReply(535, "5.7.8", "authentication credentials invalid")

@@ -30,6 +30,7 @@ from mta.ids import new_queue_id, new_session_id
 from mta.smtp import dsn, policy, replies
 from mta.smtp.data import read_data
 from mta.smtp.dsn import DsnError, take_dsn_parameters
+from mta.smtp.longlines import LineTooLong, shorten_lines
 from mta.smtp.policy import Listener
 from mta.smtp.stamp import Arrival, add_missing_fields, author_address, author_domain, received_field
 from mta.spool.enqueue import NewMessage, Spool, SpoolError
@@ -448,6 +449,10 @@ class Handler:
 
         queue_id = new_queue_id()
         if submission or session.relay_client:
+            try:
+                data = shorten_lines(data)
+            except LineTooLong as error:
+                return self._reject_data(session, envelope, replies.LINE_TOO_LONG.format(detail=str(error)))
             data = add_missing_fields(data, self.config.server.hostname, queue_id)
             try:
                 data = self._sign(data) + data
@@ -476,10 +481,10 @@ class Handler:
             return b""
         return self.services.signer.sign(data, domain)
 
-    def _reject_data(self, session: Session, envelope: Envelope, reply: replies.SmtpReply) -> str:
+    def _reject_data(self, session: Session, envelope: Envelope, reply: replies.SmtpReply | str) -> str:
         log.info("%s: reject DATA from [%s]: %s; from=<%s>", session.id, _peer(session)[0], reply,
                  envelope.mail_from)
-        metrics.MESSAGES_REJECTED.labels(listener=self.listener.name, reply_class=f"{reply.code // 100}xx").inc()
+        metrics.MESSAGES_REJECTED.labels(listener=self.listener.name, reply_class=f"{str(reply)[0]}xx").inc()
         return str(reply)
 
     def _arrival(self, server: MtaSmtp, session: Session, envelope: Envelope, queue_id: str) -> Arrival:
