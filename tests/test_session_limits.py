@@ -18,6 +18,8 @@ def test_connection_over_limit_gets_421(make_mta):
         assert second.greeting[0] == 220
         with RawClient(mta.mx_port) as third:
             assert third.greeting == (421, "4.7.0 too many connections from your address, try again later")
+        with RawClient(mta.mx_port, source="127.0.0.51") as other_address:
+            assert other_address.greeting[0] == 220
     finally:
         first.close()
     # A place is free again once the server has seen the session end.
