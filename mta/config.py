@@ -80,6 +80,14 @@ class SmtpConfig:
     max_connections_per_client: int = 50
     # Error replies (4xx and 5xx) a session may get before it is closed with 421.
     max_errors: int = 20
+    # Failed AUTH attempts from one client address (IPv6: its /64), and for
+    # one login name, within auth_failure_window seconds, shared by all
+    # nodes. Past either, AUTH gets 454 4.7.0 until the window ends.
+    auth_max_failures_per_client: int = 10
+    auth_max_failures_per_account: int = 30
+    auth_failure_window: float = 900.0
+    # Seconds before a failed AUTH is answered.
+    auth_failure_delay: float = 1.0
     # Client networks (CIDR) that may relay through the MX listener without
     # AUTH, like Postfix's mynetworks. Their mail is treated as outbound:
     # missing Date and Message-ID are added and it is DKIM-signed when the
@@ -282,6 +290,10 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("smtp", "max_junk_commands"): (1, 100_000),
     ("smtp", "max_connections_per_client"): (1, 100_000),
     ("smtp", "max_errors"): (1, 10_000),
+    ("smtp", "auth_max_failures_per_client"): (2, 100_000),
+    ("smtp", "auth_max_failures_per_account"): (2, 100_000),
+    ("smtp", "auth_failure_window"): (1.0, 86400.0),
+    ("smtp", "auth_failure_delay"): (0.0, 30.0),
     ("storage", "inline_max_size"): (0, 16 * 1024 * 1024),
     ("delivery", "dns_port"): (1, 65535),
     ("delivery", "smtp_port"): (1, 65535),

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from mta import db
 from mta.api import http
+from mta.auth.throttle import AuthThrottle
 from mta.config import Config
 from mta.delivery.agent import DeliveryAgent
 from mta.delivery.connections import ConnectionCache
@@ -63,7 +64,7 @@ class Worker:
             data_timeout=delivery.data_timeout), connections)
 
         sites = Sites(pool, delivery.sites)
-        housekeeper = Housekeeper(pool, self.node_id, delivery.history_days)
+        housekeeper = Housekeeper(pool, self.node_id, delivery.history_days, config.smtp.auth_failure_window)
         scheduler = Scheduler(pool, self.prepared.url, self.node_id, delivery.concurrency, delivery.lease_seconds,
                               delivery.poll_interval, execute=self._deliver, busy_sites=sites.busy_keys)
         spool = Spool(pool, store, cipher, config.storage.inline_max_size, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit)
@@ -77,7 +78,8 @@ class Worker:
         housekeeper.start()
         connections.start()
         scheduler.start()
-        servers = await self._start_listeners(Services(config, pool, spool, DkimSigner(self.prepared.dkim_keys)))
+        servers = await self._start_listeners(Services(config, pool, spool, DkimSigner(self.prepared.dkim_keys),
+                                                          AuthThrottle(pool, config.smtp)))
         runner = None
         if self.index == 0 and "http" in self.prepared.sockets:
             runner = await http.serve(http.build_app(config, pool, str(store.root)), self.prepared.sockets["http"])

@@ -14,7 +14,7 @@ from mta.smtp.session import Handler, MtaSmtp, Services
 
 def _maker() -> Callable[[], MtaSmtp]:
     """Return a constructor of submission protocols that share one handler, as a listener's do."""
-    handler = Handler(SUBMISSION, Services(config=Config(), pool=None, spool=None, signer=None))
+    handler = Handler(SUBMISSION, Services(config=Config(), pool=None, spool=None, signer=None, auth_throttle=None))
     tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
 
     def make() -> MtaSmtp:

@@ -23,6 +23,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetup
 
 from mta import metrics
 from mta.auth import users
+from mta.auth.throttle import AuthThrottle
 from mta.config import Config
 from mta.db import TRANSIENT_ERRORS
 from mta.dkim import DkimSigner, DuplicateFromError
@@ -46,6 +47,7 @@ class Services:
     pool: asyncpg.Pool
     spool: Spool
     signer: DkimSigner
+    auth_throttle: AuthThrottle
 
 
 class MtaSmtp(SMTP):
@@ -308,10 +310,16 @@ class MtaSmtp(SMTP):
         except UnicodeDecodeError:
             return await self._auth_reply(replies.AUTH_MALFORMED)
 
+        client = _peer(self.session)[0]
+        throttle = self.handler.services.auth_throttle
+        if await throttle.blocked(client, login):
+            log.warning("%s: AUTH %s throttled for user=<%s> from [%s]", self.session.id, mechanism, login, client)
+            return await self._auth_reply(replies.AUTH_THROTTLED)
+
         valid = password is not None and await users.authenticate(self.handler.services.pool, login, password)
         if not valid:
-            log.warning("%s: AUTH %s failed for user=<%s> from [%s]", self.session.id, mechanism,
-                        login, _peer(self.session)[0])
+            log.warning("%s: AUTH %s failed for user=<%s> from [%s]", self.session.id, mechanism, login, client)
+            await throttle.failed(client, login)
             return AuthResult(success=False, handled=False, message=str(replies.AUTH_FAILED))
 
         log.info("%s: AUTH %s user=<%s>", self.session.id, mechanism, login)

@@ -4,7 +4,8 @@ Every ``HEARTBEAT_INTERVAL`` seconds the node updates its row in ``node``,
 so operators and alerts see which nodes are alive (``mta nodes``). About once
 an hour one node, whichever takes the advisory lock, creates the history
 partitions of the next days and drops those older than
-``delivery.history_days``. A failure is logged and tried again next time.
+``delivery.history_days``. Each node also deletes the AUTH failure counts
+that have expired. A failure is logged and tried again next time.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
+from mta.auth import throttle
 from mta.db import TRANSIENT_ERRORS
 
 log = logging.getLogger("mta.housekeeping")
@@ -78,10 +80,11 @@ async def maintain_partitions(connection: asyncpg.Connection, today: date, histo
 
 
 class Housekeeper:
-    def __init__(self, pool: asyncpg.Pool, node_id: str, history_days: int):
+    def __init__(self, pool: asyncpg.Pool, node_id: str, history_days: int, auth_failure_window: float):
         self.pool = pool
         self.node_id = node_id
         self.history_days = history_days
+        self.auth_failure_window = auth_failure_window
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -105,7 +108,10 @@ class Housekeeper:
                     async with self.pool.acquire(timeout=30) as connection:
                         created, dropped = await maintain_partitions(connection, datetime.now(UTC).date(),
                                                                      self.history_days)
+                    swept = await throttle.sweep(self.pool, self.auth_failure_window)
                     next_partitions = time.monotonic() + PARTITION_INTERVAL
+                    if swept:
+                        log.info("expired AUTH failure counts deleted: %d", swept)
                     if created or dropped:
                         log.info("history partitions created: %s; dropped: %s", ", ".join(created) or "none",
                                  ", ".join(dropped) or "none")
