@@ -171,6 +171,18 @@ class DeliveryConfig:
 
 
 @dataclass
+class InboundConfig:
+    """Authentication of mail arriving on MX from hosts outside relay_networks."""
+
+    spf: bool = True
+    dkim: bool = True
+    dmarc: bool = True
+    # Mail that fails DMARC for a domain publishing p=reject: "reject" (550
+    # 5.7.1), "quarantine" (accept with the quarantine flag), or "accept".
+    dmarc_reject_action: str = "reject"
+
+
+@dataclass
 class HttpConfig:
     address: str = "127.0.0.1"
     port: int = 8025
@@ -188,6 +200,7 @@ class Config:
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     domains: DomainsConfig = field(default_factory=DomainsConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
 
     @property
@@ -322,6 +335,9 @@ def _check_bounds(config: "Config") -> None:
             raise ConfigError(f"{table}.{name} must be between {minimum:g} and {maximum:g}, got {value!r}")
 
 
+DMARC_REJECT_ACTIONS = ("reject", "quarantine", "accept")
+
+
 def check(config: Config) -> None:
     """Check bounds and cross-field rules that types alone do not catch."""
     _check_bounds(config)
@@ -345,6 +361,10 @@ def check(config: Config) -> None:
 
     for network in config.smtp.relay_networks:
         _check_relay_network(network)
+
+    if config.inbound.dmarc_reject_action not in DMARC_REJECT_ACTIONS:
+        raise ConfigError(f"inbound.dmarc_reject_action must be one of {', '.join(DMARC_REJECT_ACTIONS)}, "
+                          f"got {config.inbound.dmarc_reject_action!r}")
 
     if not config.domains.local:
         raise ConfigError("domains.local must name at least one domain")

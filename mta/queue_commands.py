@@ -142,6 +142,8 @@ def cmd_show(config: Config, args: argparse.Namespace) -> int:
           f"session {message['session_id']}")
     print(f"completed: {message['completed_at']:%Y-%m-%d %H:%M:%S %Z}" if message["completed_at"] else
           "completed: no")
+    if message["quarantine"]:
+        print(f"quarantine: {message['quarantine']}")
     for delivery in details["deliveries"]:
         print(f"\n{delivery['domain']}: {delivery['state']}, {delivery['attempts']} attempt(s), "
               f"due {delivery['due_at']:%Y-%m-%d %H:%M:%S %Z}")

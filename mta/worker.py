@@ -19,6 +19,7 @@ from mta.config import Config
 from mta.delivery.agent import DeliveryAgent
 from mta.delivery.connections import ConnectionCache
 from mta.dkim import DkimSigner
+from mta.inbound.check import InboundChecker
 from mta.delivery.resolve import Resolver
 from mta.delivery.sites import Sites
 from mta.delivery.smtp import ClientSettings, SmtpDeliverer
@@ -78,8 +79,10 @@ class Worker:
         housekeeper.start()
         connections.start()
         scheduler.start()
-        servers = await self._start_listeners(Services(config, pool, spool, DkimSigner(self.prepared.dkim_keys),
-                                                          AuthThrottle(pool, config.smtp)))
+        inbound = InboundChecker(config.inbound, config.server.hostname, delivery.nameservers, delivery.dns_port)
+        services = Services(config, pool, spool, DkimSigner(self.prepared.dkim_keys), AuthThrottle(pool, config.smtp),
+                            inbound)
+        servers = await self._start_listeners(services)
         runner = None
         if self.index == 0 and "http" in self.prepared.sockets:
             runner = await http.serve(http.build_app(config, pool, str(store.root)), self.prepared.sockets["http"])

@@ -34,6 +34,7 @@ TOO_MANY_RECIPIENTS = SmtpReply(452, "4.5.3", "too many recipients")
 BAD_SENDER_SYNTAX = SmtpReply(501, "5.1.7", "invalid sender address")
 BAD_RECIPIENT_SYNTAX = SmtpReply(501, "5.1.3", "invalid recipient address")
 RELAY_DENIED = SmtpReply(550, "5.7.1", "relay access denied")
+DMARC_REJECTED = SmtpReply(550, "5.7.1", "message rejected by the DMARC policy of {domain}")
 UNKNOWN_USER = SmtpReply(550, "5.1.1", "mailbox unknown")
 BARE_LINE_ENDING = SmtpReply(
     550, "5.5.2", "message contains a bare CR or LF; lines must end with CRLF (RFC 5321 section 2.3.8)")

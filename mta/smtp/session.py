@@ -28,6 +28,7 @@ from mta.config import Config
 from mta.db import TRANSIENT_ERRORS
 from mta.dkim import DkimSigner, DuplicateFromError
 from mta.ids import new_queue_id, new_session_id
+from mta.inbound.check import InboundChecker
 from mta.smtp import dsn, policy, replies
 from mta.smtp.data import read_data
 from mta.smtp.dsn import DsnError, take_dsn_parameters
@@ -48,6 +49,7 @@ class Services:
     spool: Spool
     signer: DkimSigner
     auth_throttle: AuthThrottle
+    inbound: InboundChecker | None = None
 
 
 class MtaSmtp(SMTP):
@@ -467,11 +469,21 @@ class Handler:
             except DuplicateFromError:
                 return self._reject_data(session, envelope, replies.ONE_FROM_REQUIRED)
 
-        data = received_field(self._arrival(server, session, envelope, queue_id)) + data
         sender = "" if envelope.mail_from == "<>" else envelope.mail_from
+        quarantine = None
+        inbound = self.services.inbound
+        if not submission and not session.relay_client and inbound is not None and inbound.enabled:
+            verdict = await inbound.check(data, _peer(session)[0], sender, session.host_name or "", author_domain(data))
+            log.info("%s: %s; from=<%s> header.from=%s%s", session.id, verdict.summary, sender,
+                     author_domain(data) or "none", " (quarantine)" if verdict.quarantine else "")
+            if verdict.reject:
+                return self._reject_data(session, envelope, replies.DMARC_REJECTED.format(domain=author_domain(data)))
+            data, quarantine = verdict.message, verdict.quarantine
+
+        data = received_field(self._arrival(server, session, envelope, queue_id)) + data
         message = NewMessage(sender=sender, recipients=list(envelope.rcpt_tos), body=data,
                              origin=self.listener.name, session_id=session.id, queue_id=queue_id,
-                             dsn=_dsn_request(envelope))
+                             dsn=_dsn_request(envelope), quarantine=quarantine)
         try:
             await self.services.spool.enqueue(message)
         except SpoolError as error:

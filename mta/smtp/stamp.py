@@ -17,7 +17,7 @@ from mta.rfc5322 import header_section
 
 _DATE_FIELD = re.compile(rb"^date[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _MESSAGE_ID_FIELD = re.compile(rb"^message-id[ \t]*:", re.IGNORECASE | re.MULTILINE)
-_FROM_VALUE = re.compile(rb"^from[ \t]*:(.*(?:\r\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_FROM_VALUE = re.compile(rb"^from[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ async def list_deliveries(connection: asyncpg.Connection, filters: Filters) -> l
 async def show(connection: asyncpg.Connection, queue_id: str) -> dict:
     """Return the envelope, the deliveries still queued and the history of one message."""
     message = await connection.fetchrow(
-        "SELECT id, sender, size, origin, session_id, received_at, completed_at FROM message WHERE id = $1",
+        "SELECT id, sender, size, origin, session_id, received_at, completed_at, quarantine FROM message WHERE id = $1",
         queue_id)
     if message is None:
         raise AdminError(f"queue id not found: {queue_id}")

@@ -52,6 +52,8 @@ class NewMessage:
     queue_id: str = ""
     # The client's DSN parameters (mta.smtp.session._dsn_request), or None.
     dsn: dict | None = None
+    # Why the message is quarantined, or None.
+    quarantine: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,9 @@ INSERT INTO message_body (message_id, data) SELECT * FROM unnest($1::text[], $2:
 """
 
 _INSERT_MESSAGES = """
-INSERT INTO message (id, sender, size, body_key, wrapped_key, origin, session_id, dsn)
+INSERT INTO message (id, sender, size, body_key, wrapped_key, origin, session_id, dsn, quarantine)
 SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bytea[], $6::text[], $7::text[],
-                     $8::jsonb[])
+                     $8::jsonb[], $9::text[])
 """
 
 _INSERT_DELIVERIES = """
@@ -205,7 +207,8 @@ class Spool:
             [item.wrapped_key for item in batch],
             [m.origin for m in messages],
             [m.session_id for m in messages],
-            [None if m.dsn is None else json.dumps(m.dsn) for m in messages])
+            [None if m.dsn is None else json.dumps(m.dsn) for m in messages],
+            [m.quarantine for m in messages])
         inline = [item for item in batch if item.inline_data is not None]
         if inline:
             await connection.execute(

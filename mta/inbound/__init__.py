@@ -1,0 +1,1 @@
+"""Authentication of mail arriving on MX: SPF, DKIM verification and DMARC."""
