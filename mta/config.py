@@ -59,6 +59,10 @@ class ListenerConfig:
     address: str = "127.0.0.1"
     port: int = 2525
     enabled: bool = True
+    # Expect a PROXY protocol header (v1 or v2) from a load balancer before
+    # the greeting; the client address in it is used for policy and logs.
+    # Only for listeners that nothing but the load balancer can reach.
+    proxy_protocol: bool = False
 
 
 @dataclass
@@ -75,6 +79,8 @@ class SmtpConfig:
     # NOOP, RSET, VRFY, EXPN and HELP commands a session may send since its
     # last message before it is closed with 421 (Postfix's junk command limit).
     max_junk_commands: int = 100
+    # Seconds to wait for the PROXY header on listeners with proxy_protocol.
+    proxy_timeout: float = 10.0
     # Sessions one client address may hold at once on one listener of one
     # worker process; the next gets 421 instead of the greeting.
     max_connections_per_client: int = 50
@@ -301,6 +307,7 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("smtp", "data_timeout"): (1.0, 86400.0),
     ("smtp", "session_timeout"): (1.0, 86400.0),
     ("smtp", "max_junk_commands"): (1, 100_000),
+    ("smtp", "proxy_timeout"): (1.0, 3600.0),
     ("smtp", "max_connections_per_client"): (1, 100_000),
     ("smtp", "max_errors"): (1, 10_000),
     ("smtp", "auth_max_failures_per_client"): (2, 100_000),
@@ -358,6 +365,10 @@ def check(config: Config) -> None:
         if not 0 < listener.port < 65536:
             raise ConfigError(f"smtp.{name}.port must be between 1 and 65535, got {listener.port}")
         _check_address(f"smtp.{name}.address", listener.address)
+
+    if config.smtp.submissions.proxy_protocol:
+        raise ConfigError("smtp.submissions.proxy_protocol is not supported: with implicit TLS the PROXY header "
+                          "would have to come before the TLS handshake; use it on mx or submission")
 
     for network in config.smtp.relay_networks:
         _check_relay_network(network)

@@ -1,6 +1,6 @@
 """Random command lines and random message data against a live MX session.
 
-Whatever arrives, the server answers each line with well-formed replies or
+Whatever arrives, the server replies to each line with well-formed lines or
 closes the session, never crashes, and serves the next normal session.
 """
 

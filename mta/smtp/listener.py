@@ -32,6 +32,7 @@ async def serve(listener: Listener, sock: socket.socket, services: Services,
                 tls_context: ssl.SSLContext) -> asyncio.base_events.Server:
     config: Config = services.config
     handler = Handler(listener, services)
+    listener_config: ListenerConfig = getattr(config.smtp, listener.name)
     submission = listener.requires_auth
     implicit = listener.implicit_tls
 
@@ -49,6 +50,7 @@ async def serve(listener: Listener, sock: socket.socket, services: Services,
             auth_required=submission,
             auth_require_tls=not implicit,
             timeout=config.smtp.idle_timeout,
+            proxy_protocol_timeout=config.smtp.proxy_timeout if listener_config.proxy_protocol else None,
             loop=asyncio.get_running_loop(),
         )
 

@@ -70,25 +70,44 @@ class MtaSmtp(SMTP):
         first = self.transport is None
         super().connection_made(transport)
         assert self.session is not None
-        if first:
-            self._errors = 0
-            self._junk_commands = 0
-            self._in_data_hook = False
-            self._close_after_reply = False
-            self._counted_address = self.handler.client_connected(self.session.peer)
-            self._session_timer = self.loop.call_later(self.handler.config.smtp.session_timeout,
-                                                       self._session_expired)
-        # STARTTLS starts a new session, so this is set again after it.
-        self.session.relay_client = self.handler.in_relay_network(self.session.peer)
-        if first and transport.get_extra_info("ssl_object") is not None:
-            # Implicit TLS: record it as aiosmtpd does after STARTTLS, for Received and EOF handling.
-            self.session.ssl = {"cipher": transport.get_extra_info("cipher")}
-        if first:
-            log.info("%s: connect from [%s]:%s to %s%s", self.session.id, *_peer(self.session),
-                     self.handler.listener.name, " (relay network)" if self.session.relay_client else "")
-        else:
+        if not first:
+            # STARTTLS starts a new session with the socket's peer: put back the one the PROXY header gave.
+            if self._proxied_peer is not None:
+                self.session.peer = self._proxied_peer
+            self.session.relay_client = self.handler.in_relay_network(self.session.peer)
             cipher = transport.get_extra_info("cipher") or ("", "", 0)
             log.info("%s: STARTTLS %s %s", self.session.id, cipher[1], cipher[0])
+            return
+
+        self._errors = 0
+        self._junk_commands = 0
+        self._in_data_hook = False
+        self._close_after_reply = False
+        self._counted_address = None
+        self._proxied_peer = None
+        self._session_timer = self.loop.call_later(self.handler.config.smtp.session_timeout, self._session_expired)
+        if transport.get_extra_info("ssl_object") is not None:
+            # Implicit TLS: record it as aiosmtpd does after STARTTLS, for Received and EOF handling.
+            self.session.ssl = {"cipher": transport.get_extra_info("cipher")}
+        if self._proxy_timeout is None:
+            self._client_arrived("")
+
+    def _client_arrived(self, via: str) -> bool:
+        """Count and log the client's session; return False when its address has too many already."""
+        self._counted_address = self.handler.client_connected(self.session.peer)
+        self.session.relay_client = self.handler.in_relay_network(self.session.peer)
+        log.info("%s: connect from [%s]:%s to %s%s%s", self.session.id, *_peer(self.session),
+                 self.handler.listener.name, via, " (relay network)" if self.session.relay_client else "")
+        return self._counted_address is not None
+
+    def client_proxied(self, peer: tuple[str, int]) -> bool:
+        """Take the client address from a PROXY header; return False, having replied 421, when over the limit."""
+        balancer = _peer(self.session)[0]
+        self._proxied_peer = self.session.peer = peer
+        if self._client_arrived(f" via proxy [{balancer}]"):
+            return True
+        self._close_with(str(replies.TOO_MANY_CONNECTIONS), "connection limit")
+        return False
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.session is not None:
@@ -101,7 +120,7 @@ class MtaSmtp(SMTP):
         super().connection_lost(error)
 
     def _timeout_cb(self) -> None:
-        # aiosmtpd closes without a reply. A 421 first tells the client why (RFC 5321 section 3.8).
+        # aiosmtpd closes without a reply. A 421 first gives the client the reason (RFC 5321 section 3.8).
         seconds = f"{self.handler.config.smtp.idle_timeout:g}"
         self._close_with(replies.IDLE_TIMEOUT.format(seconds=seconds), "idle timeout")
 
@@ -122,7 +141,8 @@ class MtaSmtp(SMTP):
         self.transport.close()
 
     async def _handle_client(self) -> None:
-        if self._counted_address is None:
+        # Behind a proxy the client is counted when its PROXY header arrives, in handle_PROXY.
+        if self._proxy_timeout is None and self._counted_address is None:
             log.info("%s: reject connection from [%s]: %s", self.session.id, _peer(self.session)[0],
                      replies.TOO_MANY_CONNECTIONS)
             await super().push(str(replies.TOO_MANY_CONNECTIONS))
@@ -379,6 +399,12 @@ class Handler:
         else:
             log.error("unexpected error, ref %s: %r", reference, error, exc_info=error)
         return replies.TEMPORARY_FAILURE.format(ref=reference)
+
+    async def handle_PROXY(self, server: MtaSmtp, session: Session, envelope: Envelope, proxy_data: Any) -> bool:
+        if proxy_data.src_addr is None:
+            # A v2 LOCAL header or v1 UNKNOWN: the balancer's own connection, such as a health check.
+            return server.client_proxied(session.peer)
+        return server.client_proxied((str(proxy_data.src_addr), proxy_data.src_port))
 
     async def handle_EHLO(self, server: MtaSmtp, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
