@@ -48,10 +48,19 @@ class StorageConfig:
 
 
 @dataclass
+class CertificateFiles:
+    cert_file: str = ""
+    key_file: str = ""
+
+
+@dataclass
 class TlsConfig:
     # Empty means: make a self-signed certificate under data_dir/tls.
     cert_file: str = ""
     key_file: str = ""
+    # Certificates for the names clients ask for with SNI, exact or as a
+    # wildcard: "mail.example.org" = { cert_file = "...", key_file = "..." }.
+    sni: dict[str, CertificateFiles] = field(default_factory=dict)
 
 
 @dataclass
@@ -365,6 +374,10 @@ def check(config: Config) -> None:
         if not 0 < listener.port < 65536:
             raise ConfigError(f"smtp.{name}.port must be between 1 and 65535, got {listener.port}")
         _check_address(f"smtp.{name}.address", listener.address)
+
+    for name, files in config.tls.sni.items():
+        if not name.strip() or not files.cert_file or not files.key_file:
+            raise ConfigError(f"tls.sni.{name!r} needs a name, cert_file and key_file")
 
     if config.smtp.submissions.proxy_protocol:
         raise ConfigError("smtp.submissions.proxy_protocol is not supported: with implicit TLS the PROXY header "

@@ -27,3 +27,6 @@ SITES_SUSPENDED = Gauge(
 SITES_WAITING = Gauge(
     "mta_sites_waiting", "Destination sites with deliveries waiting for room in this worker's window.",
     multiprocess_mode="sum")
+TLS_CERTIFICATE_EXPIRY = Gauge(
+    "mta_tls_certificate_expiry_timestamp_seconds", "When each server certificate expires, as a Unix time.",
+    ["name"], multiprocess_mode="max")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from mta import db
 from mta.config import LISTENERS, Config, ListenerConfig
 from mta.dkim import DkimKey, dns_txt_value, load_or_create_key
-from mta.smtp.tls import ensure_self_signed, server_context
+from mta.smtp.tls import ServerTls, ensure_self_signed
 from mta.storage.crypto import load_or_create_master_key
 
 log = logging.getLogger("mta.master")
@@ -50,7 +50,8 @@ def prepare(config: Config) -> Prepared:
     else:
         cert_path, key_path = ensure_self_signed(config.data_path("tls"), config.server.hostname)
         cert_file, key_file = str(cert_path), str(key_path)
-    server_context(cert_file, key_file)
+    # Fails here, before any worker starts, when a file is missing or a key does not match.
+    ServerTls.from_config(config.tls, cert_file, key_file)
 
     master_key = load_or_create_master_key(config.data_path(config.storage.master_key_file))
     dkim_keys = load_dkim_keys(config)
@@ -116,8 +117,13 @@ def supervise(config: Config, prepared: Prepared, workers: int) -> int:
         for pid in children:
             _signal_quietly(pid, signal.SIGTERM)
 
+    def reload(signum, frame) -> None:
+        for pid in children:
+            _signal_quietly(pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
 
     for index in range(workers):
         children[_fork_worker(config, prepared, index)] = index
@@ -145,6 +151,8 @@ def _fork_worker(config: Config, prepared: Prepared, index: int) -> int:
     if pid == 0:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        # Ignored until the worker's event loop handles it: SIGHUP's default would end the process.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         code = 1
         try:
             code = run_worker(config, prepared, index)

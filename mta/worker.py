@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from typing import TYPE_CHECKING
 
-from mta import db
+from mta import db, metrics
 from mta.api import http
 from mta.auth.throttle import AuthThrottle
 from mta.config import Config
@@ -25,7 +26,7 @@ from mta.delivery.sites import Sites
 from mta.delivery.smtp import ClientSettings, SmtpDeliverer
 from mta.smtp import listener
 from mta.smtp.session import Services
-from mta.smtp.tls import server_context
+from mta.smtp.tls import ServerTls
 from mta.spool.enqueue import Spool
 from mta.spool.housekeeping import Housekeeper
 from mta.spool.scheduler import Scheduler
@@ -105,11 +106,26 @@ class Worker:
         await pool.close()
         log.info("worker %d stopped", self.index)
 
+    def _reload_tls(self) -> None:
+        try:
+            self.tls.reload()
+        except (OSError, ssl.SSLError, ValueError) as error:
+            log.error("TLS reload failed, the certificates in use stay: %r", error)
+            return
+        log.info("TLS certificates reloaded: default and %d SNI name(s)", len(self.tls.files_by_name))
+        self._record_expiries()
+
+    def _record_expiries(self) -> None:
+        for name, expiry in self.tls.expiries().items():
+            metrics.TLS_CERTIFICATE_EXPIRY.labels(name=name).set(expiry.timestamp())
+
     async def _deliver(self, job, slot) -> None:
         await self.agent.run(job, slot)
 
     async def _start_listeners(self, services: Services) -> list[asyncio.base_events.Server]:
-        tls_context = server_context(self.prepared.cert_file, self.prepared.key_file)
+        self.tls = ServerTls.from_config(self.config.tls, self.prepared.cert_file, self.prepared.key_file)
+        self._record_expiries()
+        tls_context = self.tls.context
         servers = []
         for name, kind in (("mx", listener.MX), ("submission", listener.SUBMISSION),
                            ("submissions", listener.SUBMISSIONS)):
@@ -123,6 +139,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_tls)
 
         stop_task = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stop_task, *watched], return_when=asyncio.FIRST_COMPLETED)

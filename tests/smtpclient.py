@@ -65,13 +65,13 @@ class RawClient:
         assert code == 250, text
         return [line.split(" ")[0].upper() for line in text.split("\n")[1:]]
 
-    def starttls(self, context: ssl.SSLContext | None = None) -> None:
+    def starttls(self, context: ssl.SSLContext | None = None, server_hostname: str | None = None) -> None:
         code, text = self.command("STARTTLS")
         assert code == 220, text
-        self.wrap(context)
+        self.wrap(context, server_hostname)
 
-    def wrap(self, context: ssl.SSLContext | None = None) -> None:
-        self.sock = (context or client_tls_context()).wrap_socket(self.sock)
+    def wrap(self, context: ssl.SSLContext | None = None, server_hostname: str | None = None) -> None:
+        self.sock = (context or client_tls_context()).wrap_socket(self.sock, server_hostname=server_hostname)
 
     def auth_plain(self, user: str, password: str, authzid: str = "") -> tuple[int, str]:
         blob = base64.b64encode(f"{authzid}\0{user}\0{password}".encode()).decode()

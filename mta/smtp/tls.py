@@ -1,4 +1,12 @@
-"""Server TLS: the context every listener uses, and the embedded self-signed certificate."""
+"""Server TLS: the context every listener uses, certificates chosen by SNI, and the embedded self-signed one.
+
+The listeners share one context for their whole life. A client that names a
+host with SNI gets the certificate configured for that name, an exact name
+or a wildcard such as ``*.example.org``. Any other client gets the default
+one. ``reload`` reads every file again, on SIGHUP: the new certificates are
+loaded into scratch contexts first, so a broken file leaves the old ones in
+use, and sessions already running keep theirs.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +21,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from mta.config import TlsConfig
+
 # Forward-secret AEAD suites only for TLS 1.2; TLS 1.3 suites are fixed by OpenSSL.
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!eNULL:!MD5:!DSS"
 
 
-def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+def server_context(cert_file: Path | str, key_file: Path | str) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     # RFC 8996 deprecates TLS 1.0 and 1.1.
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -25,6 +35,53 @@ def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.load_cert_chain(cert_file, key_file)
     return context
+
+
+def certificate_expiry(cert_file: Path | str) -> datetime.datetime:
+    """Return when the first certificate in a PEM file expires."""
+    certificate = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
+    return certificate.not_valid_after_utc
+
+
+class ServerTls:
+    def __init__(self, default: tuple[str, str], by_name: dict[str, tuple[str, str]]):
+        self.default_files = default
+        self.files_by_name = {name.lower().rstrip("."): files for name, files in by_name.items()}
+        self.context = server_context(*default)
+        self.context.sni_callback = self._choose
+        self._contexts = {name: server_context(*files) for name, files in self.files_by_name.items()}
+
+    @classmethod
+    def from_config(cls, config: TlsConfig, cert_file: str, key_file: str) -> ServerTls:
+        """Build from the [tls] settings, with the default pair already resolved (it may be self-signed)."""
+        by_name = {name: (files.cert_file, files.key_file) for name, files in config.sni.items()}
+        return cls((cert_file, key_file), by_name)
+
+    def _choose(self, ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        if server_name:
+            chosen = self.context_for(server_name)
+            if chosen is not None:
+                ssl_object.context = chosen
+
+    def context_for(self, server_name: str) -> ssl.SSLContext | None:
+        """Return the context configured for a name, exactly or by wildcard, or None for the default."""
+        name = server_name.lower().rstrip(".")
+        found = self._contexts.get(name)
+        if found is None and "." in name:
+            found = self._contexts.get("*." + name.split(".", 1)[1])
+        return found
+
+    def reload(self) -> None:
+        """Read every certificate and key again; on any error keep the ones in use and raise."""
+        server_context(*self.default_files)
+        contexts = {name: server_context(*files) for name, files in self.files_by_name.items()}
+        self.context.load_cert_chain(*self.default_files)
+        self._contexts = contexts
+
+    def expiries(self) -> dict[str, datetime.datetime]:
+        """Return when each certificate expires, "default" for the default one."""
+        files = {"default": self.default_files, **self.files_by_name}
+        return {name: certificate_expiry(cert_file) for name, (cert_file, _) in files.items()}
 
 
 def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
