@@ -30,6 +30,7 @@ from mta.dkim import DkimSigner, DuplicateFromError
 from mta.ids import new_queue_id, new_session_id
 from mta.inbound.check import InboundChecker
 from mta.smtp import dsn, policy, replies
+from mta.smtp.chunking import Chunking
 from mta.smtp.data import read_data
 from mta.smtp.dsn import DsnError, take_dsn_parameters
 from mta.smtp.longlines import LineTooLong, shorten_lines
@@ -52,8 +53,8 @@ class Services:
     inbound: InboundChecker | None = None
 
 
-class MtaSmtp(SMTP):
-    """aiosmtpd's SMTP protocol with session ids and asynchronous AUTH."""
+class MtaSmtp(Chunking, SMTP):
+    """aiosmtpd's SMTP protocol with session ids, asynchronous AUTH, and BDAT."""
 
     def __init__(self, handler: "Handler", **kwargs: Any):
         super().__init__(handler, **kwargs)
@@ -177,6 +178,10 @@ class MtaSmtp(SMTP):
         if arg:
             await self.push(str(replies.DATA_SYNTAX))
             return
+        if getattr(self.envelope, "chunks", None) is not None:
+            # RFC 3030 section 2: DATA may not follow BDAT in one transaction.
+            await self.push(str(replies.DATA_AFTER_BDAT))
+            return
 
         await self.push(str(replies.START_DATA))
         data_timeout = self.handler.config.smtp.data_timeout
@@ -197,7 +202,12 @@ class MtaSmtp(SMTP):
             await self.push(replies.MESSAGE_TOO_BIG.format(limit=str(self.data_size_limit)))
             return
 
-        self.envelope.content = self.envelope.original_content = result.content
+        await self.finish_message(result.content)
+
+    async def finish_message(self, content: bytes) -> None:
+        """Hand a complete message to the DATA hook, reply with its verdict, and end the transaction."""
+        assert self.envelope is not None
+        self.envelope.content = self.envelope.original_content = content
         self._in_data_hook = True
         try:
             status = await self._call_handler_hook("DATA")
@@ -414,6 +424,7 @@ class Handler:
             responses = [line for line in responses if not line[4:].startswith("AUTH")]
         responses.insert(-1, "250-PIPELINING")
         responses.insert(-1, "250-DSN")
+        responses.insert(-1, "250-CHUNKING")
         return responses
 
     async def handle_MAIL(self, server: MtaSmtp, session: Session, envelope: Envelope,
