@@ -130,6 +130,9 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
 
     try:
         return server.serve(config)
+    except ConfigError as error:
+        logging.getLogger("mta.master").error("start-up failed: %s", error)
+        return EXIT_USAGE
     except OSError as error:
         logging.getLogger("mta.master").error("start-up failed: %s", error)
         return EXIT_FAILURE

@@ -9,6 +9,7 @@ that fails a check raises ``ConfigError`` with the key and the fix, and
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -75,6 +76,22 @@ class ListenerConfig:
 
 
 @dataclass
+class CheckConfig:
+    """One before-queue content check (a virus scanner, a spam filter)."""
+
+    # "package.module:callable": called with ``options``, it returns a
+    # mta.smtp.hooks.BeforeQueueCheck.
+    factory: str = ""
+    # Seconds one message's check may take before on_failure applies.
+    timeout: float = 30.0
+    # What a check that fails or times out means: "tempfail" (451 4.7.1, the
+    # client retries later) or "accept" (the message goes on unchecked).
+    on_failure: str = "tempfail"
+    listeners: list[str] = field(default_factory=lambda: ["mx"])
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class SmtpConfig:
     max_message_size: int = 25 * 1024 * 1024
     max_recipients: int = 100
@@ -90,6 +107,8 @@ class SmtpConfig:
     max_junk_commands: int = 100
     # Seconds to wait for the PROXY header on listeners with proxy_protocol.
     proxy_timeout: float = 10.0
+    # Before-queue checks by name, run in name order after the end of data.
+    checks: dict[str, CheckConfig] = field(default_factory=dict)
     # Sessions one client address may hold at once on one listener of one
     # worker process; the next gets 421 instead of the greeting.
     max_connections_per_client: int = 50
@@ -289,6 +308,9 @@ def _coerce(key: str, hint: Any, default: Any, value: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a table, got {type(value).__name__}: {value!r}")
         _, element = get_args(hint)
+        if element is Any:
+            # Options passed through to code that checks them itself.
+            return dict(value)
         if is_dataclass(element):
             return {name: _build(element, item, f"{key}.{name}.") for name, item in value.items()}
         return {name: _scalar(f"{key}.{name}", element, item) for name, item in value.items()}
@@ -352,6 +374,28 @@ def _check_bounds(config: "Config") -> None:
 
 
 DMARC_REJECT_ACTIONS = ("reject", "quarantine", "accept")
+CHECK_FAILURE_MODES = ("tempfail", "accept")
+
+
+def _check_check(name: str, check_config: CheckConfig) -> None:
+    key = f"smtp.checks.{name}"
+    module, separator, attribute = check_config.factory.partition(":")
+    if not separator or not module or not attribute:
+        raise ConfigError(f"{key}.factory must look like package.module:callable, got {check_config.factory!r}")
+    try:
+        found = getattr(importlib.import_module(module), attribute, None)
+    except ImportError as error:
+        raise ConfigError(f"{key}.factory: cannot import {module}: {error}") from None
+    if not callable(found):
+        raise ConfigError(f"{key}.factory: {module} has no callable {attribute}")
+    if check_config.on_failure not in CHECK_FAILURE_MODES:
+        raise ConfigError(f"{key}.on_failure must be one of {', '.join(CHECK_FAILURE_MODES)}, "
+                          f"got {check_config.on_failure!r}")
+    if not 0.1 <= check_config.timeout <= 3600.0:
+        raise ConfigError(f"{key}.timeout must be between 0.1 and 3600 seconds, got {check_config.timeout}")
+    for listener in check_config.listeners:
+        if listener not in LISTENERS:
+            raise ConfigError(f"{key}.listeners: unknown listener {listener!r}, expected one of {', '.join(LISTENERS)}")
 
 
 def check(config: Config) -> None:
@@ -378,6 +422,9 @@ def check(config: Config) -> None:
     for name, files in config.tls.sni.items():
         if not name.strip() or not files.cert_file or not files.key_file:
             raise ConfigError(f"tls.sni.{name!r} needs a name, cert_file and key_file")
+
+    for name, check_config in config.smtp.checks.items():
+        _check_check(name, check_config)
 
     if config.smtp.submissions.proxy_protocol:
         raise ConfigError("smtp.submissions.proxy_protocol is not supported: with implicit TLS the PROXY header "

@@ -21,8 +21,9 @@ import time
 from dataclasses import dataclass
 
 from mta import db
-from mta.config import LISTENERS, Config, ListenerConfig
+from mta.config import LISTENERS, Config, ConfigError, ListenerConfig
 from mta.dkim import DkimKey, dns_txt_value, load_or_create_key
+from mta.smtp.hooks import BeforeQueueChecks
 from mta.smtp.tls import ServerTls, ensure_self_signed
 from mta.storage.crypto import load_or_create_master_key
 
@@ -53,6 +54,7 @@ def prepare(config: Config) -> Prepared:
     # Fails here, before any worker starts, when a file is missing or a key does not match.
     ServerTls.from_config(config.tls, cert_file, key_file)
 
+    _try_checks(config)
     master_key = load_or_create_master_key(config.data_path(config.storage.master_key_file))
     dkim_keys = load_dkim_keys(config)
     sockets = bind_sockets(config)
@@ -104,6 +106,15 @@ def serve(config: Config) -> int:
     if workers == 1:
         return run_worker(config, prepared, 0)
     return supervise(config, prepared, workers)
+
+
+def _try_checks(config: Config) -> None:
+    """Make each before-queue check once, so a broken one stops start-up instead of every worker."""
+    try:
+        checks = BeforeQueueChecks(config.smtp.checks)
+    except Exception as error:  # the factories are operators' code
+        raise ConfigError(f"smtp.checks: {error}") from error
+    asyncio.run(checks.close())
 
 
 def supervise(config: Config, prepared: Prepared, workers: int) -> int:

@@ -25,6 +25,7 @@ from mta.delivery.resolve import Resolver
 from mta.delivery.sites import Sites
 from mta.delivery.smtp import ClientSettings, SmtpDeliverer
 from mta.smtp import listener
+from mta.smtp.hooks import BeforeQueueChecks
 from mta.smtp.session import Services
 from mta.smtp.tls import ServerTls
 from mta.spool.enqueue import Spool
@@ -81,8 +82,9 @@ class Worker:
         connections.start()
         scheduler.start()
         inbound = InboundChecker(config.inbound, config.server.hostname, delivery.nameservers, delivery.dns_port)
+        checks = BeforeQueueChecks(config.smtp.checks)
         services = Services(config, pool, spool, DkimSigner(self.prepared.dkim_keys), AuthThrottle(pool, config.smtp),
-                            inbound)
+                            inbound, checks)
         servers = await self._start_listeners(services)
         runner = None
         if self.index == 0 and "http" in self.prepared.sockets:
@@ -103,6 +105,7 @@ class Worker:
         await spool.stop()
         if runner is not None:
             await runner.cleanup()
+        await checks.close()
         await pool.close()
         log.info("worker %d stopped", self.index)
 

@@ -33,6 +33,7 @@ from mta.smtp import dsn, policy, replies
 from mta.smtp.chunking import Chunking
 from mta.smtp.data import read_data
 from mta.smtp.dsn import DsnError, take_dsn_parameters
+from mta.smtp.hooks import BeforeQueueChecks, CheckRequest
 from mta.smtp.longlines import LineTooLong, shorten_lines
 from mta.smtp.policy import Listener
 from mta.smtp.stamp import Arrival, add_missing_fields, author_address, author_domain, received_field
@@ -51,6 +52,7 @@ class Services:
     signer: DkimSigner
     auth_throttle: AuthThrottle
     inbound: InboundChecker | None = None
+    checks: BeforeQueueChecks | None = None
 
 
 class MtaSmtp(Chunking, SMTP):
@@ -516,6 +518,19 @@ class Handler:
             if verdict.reject:
                 return self._reject_data(session, envelope, replies.DMARC_REJECTED.format(domain=author_domain(data)))
             data, quarantine = verdict.message, verdict.quarantine
+
+        checks = self.services.checks
+        if checks is not None and checks.applies_to(self.listener.name):
+            request = CheckRequest(queue_id=queue_id, session_id=session.id, listener=self.listener.name,
+                                   client_address=_peer(session)[0], helo=session.host_name or "", sender=sender,
+                                   recipients=tuple(envelope.rcpt_tos), data=data,
+                                   authenticated_user=str(session.auth_data) if session.authenticated else None)
+            outcome = await checks.run(request)
+            log.info("%s: %s: content checks: %s", session.id, queue_id, " ".join(outcome.summary) or "none")
+            if outcome.reply is not None:
+                return self._reject_data(session, envelope, outcome.reply)
+            data = outcome.header + data
+            quarantine = quarantine or outcome.quarantine
 
         data = received_field(self._arrival(server, session, envelope, queue_id)) + data
         message = NewMessage(sender=sender, recipients=list(envelope.rcpt_tos), body=data,
