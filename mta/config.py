@@ -105,6 +105,11 @@ class SmtpConfig:
     # NOOP, RSET, VRFY, EXPN and HELP commands a session may send since its
     # last message before it is closed with 421 (Postfix's junk command limit).
     max_junk_commands: int = 100
+    # Seconds the MX greeting waits between its first line and its last, for
+    # clients outside relay_networks: a client that sends anything before
+    # the last line gets 554 5.5.1 and is closed, like Postfix's postscreen
+    # pregreet test. 0 still refuses a client whose data is there already.
+    greet_pause: float = 0.0
     # Seconds to wait for the PROXY header on listeners with proxy_protocol.
     proxy_timeout: float = 10.0
     # Before-queue checks by name, run in name order after the end of data.
@@ -339,6 +344,7 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("smtp", "session_timeout"): (1.0, 86400.0),
     ("smtp", "max_junk_commands"): (1, 100_000),
     ("smtp", "proxy_timeout"): (1.0, 3600.0),
+    ("smtp", "greet_pause"): (0.0, 60.0),
     ("smtp", "max_connections_per_client"): (1, 100_000),
     ("smtp", "max_errors"): (1, 10_000),
     ("smtp", "auth_max_failures_per_client"): (2, 100_000),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import smtplib
+import socket
 import time
 
 from tests.conftest import query
@@ -158,3 +160,31 @@ def test_junk_commands_limited_between_messages(make_mta):
             assert client.command(command)[0] in (250, 252, 214)
         assert client.command("NOOP") == (421, "4.7.0 too many commands without a message, closing")
         assert read_until_closed(client, within=2) == b""
+
+
+def test_client_talking_before_greeting_refused(make_mta):
+    mta = mta_with_alice(make_mta, {"greet_pause": 1.0})
+
+    with socket.create_connection(("127.0.0.1", mta.mx_port), timeout=10) as sock:
+        first = sock.recv(1024)
+        # Send the whole transaction at once, without waiting for the greeting's last line.
+        sock.sendall(b"EHLO spam.example\r\nMAIL FROM:<a@spam.example>\r\nRCPT TO:<alice@example.com>\r\n")
+        rest = b""
+        while chunk := sock.recv(1024):
+            rest += chunk
+
+    assert first == b"220-mta.example.com ESMTP\r\n"
+    assert rest == b"554 5.5.1 protocol error: data sent before the greeting\r\n"
+    assert "sent data before the greeting" in mta.log()
+
+
+def test_patient_client_served_after_greet_pause(make_mta):
+    mta = mta_with_alice(make_mta, {"greet_pause": 1.0})
+
+    started = time.monotonic()
+    with smtplib.SMTP("127.0.0.1", mta.mx_port, timeout=30) as client:
+        assert client.ehlo("client.example.net")[0] == 250
+        refused = client.sendmail("sender@example.net", ["alice@example.com"], b"Subject: patient\r\n\r\nhi\r\n")
+
+    assert refused == {}
+    assert time.monotonic() - started >= 1.0

@@ -53,6 +53,7 @@ AUTH_THROTTLED = SmtpReply(454, "4.7.0", "too many failed authentications, try a
 TLS_FAILED = SmtpReply(421, "4.7.0", "TLS handshake failed")
 TOO_MANY_CONNECTIONS = SmtpReply(421, "4.7.0", "too many connections from your address, try again later")
 TOO_MANY_ERRORS = SmtpReply(421, "4.7.0", "too many errors in this session, closing")
+TALKED_FIRST = SmtpReply(554, "5.5.1", "protocol error: data sent before the greeting")
 TOO_MANY_COMMANDS = SmtpReply(421, "4.7.0", "too many commands without a message, closing")
 IDLE_TIMEOUT = SmtpReply(421, "4.4.2", "timed out after {seconds} s without input, closing")
 DATA_TIMEOUT = SmtpReply(421, "4.4.2", "message not completed within {seconds} s, closing")

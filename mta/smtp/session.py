@@ -83,6 +83,7 @@ class MtaSmtp(Chunking, SMTP):
             return
 
         self._errors = 0
+        self._greeted = False
         self._junk_commands = 0
         self._in_data_hook = False
         self._close_after_reply = False
@@ -122,6 +123,27 @@ class MtaSmtp(Chunking, SMTP):
             timer.cancel()
         super().connection_lost(error)
 
+    async def _client_talked_first(self) -> bool:
+        """Refuse a client that sends before the greeting, as spam software does; return True when it did.
+
+        On MX, for clients outside relay_networks, the first greeting line
+        goes out and the session waits ``greet_pause`` seconds before the
+        last one, which gives such clients time to give themselves away.
+        """
+        pause = self.handler.config.smtp.greet_pause
+        if pause > 0 and not self.handler.listener.requires_auth and not self.session.relay_client:
+            await super().push(f"220-{self.hostname} ESMTP")
+            await asyncio.sleep(pause)
+        if not self._reader._buffer:
+            return False
+
+        log.info("%s: reject [%s]: sent data before the greeting", self.session.id, _peer(self.session)[0])
+        # Nothing it sent may be taken as a command: the session ends once the transport has closed.
+        self._reader._buffer.clear()
+        await super().push(str(replies.TALKED_FIRST))
+        self.transport.close()
+        return True
+
     def _timeout_cb(self) -> None:
         # aiosmtpd closes without a reply. A 421 first gives the client the reason (RFC 5321 section 3.8).
         seconds = f"{self.handler.config.smtp.idle_timeout:g}"
@@ -154,6 +176,11 @@ class MtaSmtp(Chunking, SMTP):
         await super()._handle_client()
 
     async def push(self, status: str | bytes) -> None:
+        if not self._greeted:
+            # The first reply of a session is the greeting (after any PROXY header).
+            self._greeted = True
+            if await self._client_talked_first():
+                return
         if isinstance(status, str):
             status = replies.with_enhanced_code(status, self.hostname)
         await super().push(status)
