@@ -73,6 +73,9 @@ class ListenerConfig:
     # the greeting; the client address in it is used for policy and logs.
     # Only for listeners that nothing but the load balancer can reach.
     proxy_protocol: bool = False
+    # Limits of this listener; 0 takes the [smtp] value.
+    max_message_size: int = 0
+    max_recipients: int = 0
 
 
 @dataclass
@@ -251,6 +254,12 @@ class Config:
         path = Path(value)
         return path if path.is_absolute() else self.data_dir / path
 
+    def listener_limits(self, name: str) -> tuple[int, int]:
+        """Return the max message size and max recipients of a listener, with its overrides applied."""
+        listener: ListenerConfig = getattr(self.smtp, name)
+        return (listener.max_message_size or self.smtp.max_message_size,
+                listener.max_recipients or self.smtp.max_recipients)
+
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower().rstrip(".") in self.local_domains
 
@@ -424,6 +433,13 @@ def check(config: Config) -> None:
         if not 0 < listener.port < 65536:
             raise ConfigError(f"smtp.{name}.port must be between 1 and 65535, got {listener.port}")
         _check_address(f"smtp.{name}.address", listener.address)
+        if listener.max_message_size and not 1024 <= listener.max_message_size <= 2 ** 31 - 1:
+            raise ConfigError(f"smtp.{name}.max_message_size must be 0 or between 1024 and {2 ** 31 - 1}, "
+                              f"got {listener.max_message_size}")
+        if listener.max_recipients and not 100 <= listener.max_recipients <= 100_000:
+            # RFC 5321 section 4.5.3.1.8: a server must take at least 100 recipients.
+            raise ConfigError(f"smtp.{name}.max_recipients must be 0 or between 100 and 100000, "
+                              f"got {listener.max_recipients}")
 
     for name, files in config.tls.sni.items():
         if not name.strip() or not files.cert_file or not files.key_file:

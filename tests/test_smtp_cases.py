@@ -7,6 +7,7 @@ address tricks, the null sender, oversize data and duplicate From fields.
 
 from __future__ import annotations
 
+import socket
 import ssl
 
 import pytest
@@ -125,12 +126,22 @@ def test_submission_auth_after_starttls(shared_mta):
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
-def test_tls_1_1_handshake_refused(shared_mta):
-    with RawClient(shared_mta.submission_port) as client:
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
+@pytest.mark.parametrize("port_name", ["mx_port", "submission_port"])
+def test_old_tls_handshake_refused(shared_mta, port_name, version):
+    with RawClient(getattr(shared_mta, port_name)) as client:
         client.ehlo()
         assert client.command("STARTTLS")[0] == 220
         with pytest.raises((ssl.SSLError, ConnectionError)):
-            client.wrap(client_tls_context(maximum=ssl.TLSVersion.TLSv1_1))
+            client.wrap(client_tls_context(maximum=version))
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
+def test_old_tls_refused_on_implicit_tls(shared_mta, version):
+    with socket.create_connection(("127.0.0.1", shared_mta.submissions_port), timeout=10) as sock:
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            client_tls_context(maximum=version).wrap_socket(sock)
 
 
 @pytest.mark.parametrize("lines, expected", [

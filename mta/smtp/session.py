@@ -394,6 +394,7 @@ class Handler:
         self.config = services.config
         self.relay_networks = tuple(ipaddress.ip_network(network, strict=False)
                                     for network in self.config.smtp.relay_networks)
+        self.max_recipients = self.config.listener_limits(listener.name)[1]
         # Open sessions per client address, on this listener of this worker.
         self._connections: dict[str, int] = {}
 
@@ -451,6 +452,7 @@ class Handler:
         if not self.listener.requires_auth:
             # The MX listener has no users to authenticate.
             responses = [line for line in responses if not line[4:].startswith("AUTH")]
+        responses.insert(-1, "250-ENHANCEDSTATUSCODES")
         responses.insert(-1, "250-PIPELINING")
         responses.insert(-1, "250-DSN")
         responses.insert(-1, "250-CHUNKING")
@@ -482,7 +484,7 @@ class Handler:
         local = self.config.is_local_domain(domain)
         may_relay = session.authenticated or session.relay_client
         reply = policy.check_recipient(self.listener, address, may_relay, local,
-                                       len(envelope.rcpt_tos), self.config.smtp.max_recipients)
+                                       len(envelope.rcpt_tos), self.max_recipients)
         recipient_dsn = None
         if reply is None:
             try:
