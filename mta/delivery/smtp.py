@@ -21,6 +21,7 @@ from aiosmtplib.typing import Default
 from mta.delivery.connections import Connection, ConnectionCache
 from mta.delivery.outcome import Outcome, Reply
 from mta.delivery.resolve import Target
+from mta.rfc5322 import header_section
 
 log = logging.getLogger("mta.delivery")
 
@@ -204,15 +205,17 @@ class Transaction:
         self.relay = relay
         # Whether the connection ended in a state fit for another transaction.
         self.clean = False
+        self.encoding = "ascii"
 
     async def run(self, client: CrlfSMTP, sender: str, body: bytes, data_timeout: float) -> None:
-        options = self._mail_options(client, body)
+        options = self._mail_options(client, sender, body)
         if options is None:
             self.clean = True
             return
+        self.encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
 
         try:
-            await client.mail(sender, options=options, timeout=COMMAND_TIMEOUT)
+            await client.mail(sender, options=options, encoding=self.encoding, timeout=COMMAND_TIMEOUT)
         except aiosmtplib.SMTPResponseException as error:
             self.outcome.add_all(self.recipients, Reply(error.code, error.message))
             await self._reset(client)
@@ -240,8 +243,13 @@ class Transaction:
         self._add(self.accepted, Reply(250, final.message))
         self.clean = True
 
-    def _mail_options(self, client: CrlfSMTP, body: bytes) -> list[str] | None:
-        """Return MAIL parameters, or None after failing every recipient for a body over the server's SIZE."""
+    def _mail_options(self, client: CrlfSMTP, sender: str, body: bytes) -> list[str] | None:
+        """Return MAIL parameters, or None after failing every recipient for what the server cannot take.
+
+        That is a body over the server's SIZE, or addresses in UTF-8 for a
+        server without SMTPUTF8 (RFC 6531 section 3.5: 5.6.7). UTF-8 only in
+        the header goes with SMTPUTF8 where offered, and as it is otherwise.
+        """
         options = []
         if client.supports_extension("size"):
             declared = client.esmtp_extensions.get("size", "")
@@ -253,12 +261,22 @@ class Transaction:
             options.append(f"SIZE={len(body)}")
         if client.supports_extension("8bitmime") and not body.isascii():
             options.append("BODY=8BITMIME")
+
+        ascii_envelope = sender.isascii() and all(recipient.isascii() for recipient in self.recipients)
+        if ascii_envelope and header_section(body).isascii():
+            return options
+        if client.supports_extension("smtputf8"):
+            options.append("SMTPUTF8")
+        elif not ascii_envelope:
+            self.outcome.add_all(self.recipients, Reply(
+                553, f"5.6.7 {self.relay} does not support SMTPUTF8, which the UTF-8 addresses need"))
+            return None
         return options
 
     async def _recipients(self, client: CrlfSMTP) -> None:
         for index, recipient in enumerate(self.recipients):
             try:
-                await client.rcpt(recipient, timeout=COMMAND_TIMEOUT)
+                await client.rcpt(recipient, encoding=self.encoding, timeout=COMMAND_TIMEOUT)
             except aiosmtplib.SMTPRecipientRefused as error:
                 reply = Reply(error.code, error.message)
                 if not _too_many_recipients(reply):
