@@ -17,7 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from mta import queue_commands
+from mta import queue_commands, suppression_commands
 from mta.config import Config, ConfigError, load
 
 EXIT_FAILURE = 1
@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     user_import.set_defaults(run=cmd_user_import)
 
     queue_commands.add_parser(commands)
+    suppression_commands.add_parser(commands)
 
     nodes = commands.add_parser("nodes", help="list the nodes that use this database, alive or lost")
     nodes.add_argument("--json", action="store_true", help="print JSON lines instead of a table")

@@ -173,9 +173,20 @@ class SitesConfig:
     # for all nodes, for suspend_seconds.
     dead_after_failures: int = 5
     suspend_seconds: float = 300.0
+    # Seconds a site pauses, for all nodes, after a receiver's throttling
+    # reply (421, X.7.x temporary, "rate limit"...); its window narrows too.
+    throttle_pause_seconds: float = 60.0
     # Limits for the site of a destination domain, for example lower ones for
     # a large mailbox provider: "gmail.com" = { max_concurrency = 10, rate_per_second = 5 }.
     overrides: dict[str, SiteLimits] = field(default_factory=dict)
+
+
+@dataclass
+class SuppressionConfig:
+    # Fail recipients on their sender domain's suppression list before sending.
+    enabled: bool = True
+    # Days an address stays suppressed after a receiver said it does not exist.
+    bounce_days: int = 90
 
 
 @dataclass
@@ -210,6 +221,7 @@ class DeliveryConfig:
     # Messages one SMTP connection carries before it is closed.
     connection_reuse_limit: int = 100
     sites: SitesConfig = field(default_factory=SitesConfig)
+    suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
 
 
 @dataclass
@@ -370,6 +382,7 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("delivery", "max_age"): (60.0, 365 * 86400.0),
     ("delivery", "delay_notice_after"): (0.0, 365 * 86400.0),
     ("delivery", "history_days"): (1, 3650),
+    ("delivery.suppression", "bounce_days"): (1, 3650),
     ("delivery", "poll_interval"): (0.05, 3600.0),
     ("delivery", "connection_cache_seconds"): (0.0, 300.0),
     ("delivery", "connection_reuse_limit"): (1, 100_000),
@@ -383,7 +396,10 @@ LISTENERS = ("mx", "submission", "submissions")
 
 def _check_bounds(config: "Config") -> None:
     for (table, name), (minimum, maximum) in _BOUNDS.items():
-        value = getattr(getattr(config, table), name)
+        section = config
+        for part in table.split("."):
+            section = getattr(section, part)
+        value = getattr(section, name)
         if not minimum <= value <= maximum:
             raise ConfigError(f"{table}.{name} must be between {minimum:g} and {maximum:g}, got {value!r}")
 
@@ -496,6 +512,9 @@ def _check_sites(sites: SitesConfig) -> None:
                           f"got {sites.dead_after_failures}")
     if not 1.0 <= sites.suspend_seconds <= 86400.0:
         raise ConfigError(f"delivery.sites.suspend_seconds must be between 1 and 86400, got {sites.suspend_seconds}")
+    if not 0.0 <= sites.throttle_pause_seconds <= 86400.0:
+        raise ConfigError(f"delivery.sites.throttle_pause_seconds must be between 0 and 86400, "
+                          f"got {sites.throttle_pause_seconds}")
 
 
 def parse_route(key: str, target: str) -> tuple[str, int]:

@@ -30,3 +30,6 @@ SITES_WAITING = Gauge(
 TLS_CERTIFICATE_EXPIRY = Gauge(
     "mta_tls_certificate_expiry_timestamp_seconds", "When each server certificate expires, as a Unix time.",
     ["name"], multiprocess_mode="max")
+REMOTE_REPLIES = Counter(
+    "mta_remote_replies_total", "Refusals and deferrals from remote servers, by class (mta.delivery.feedback).",
+    ["reply_class"])

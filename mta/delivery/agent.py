@@ -17,6 +17,9 @@ import asyncpg
 
 from mta import metrics
 from mta.config import Config
+from mta.addresses import domain_of
+from mta.db import TRANSIENT_ERRORS
+from mta.delivery import feedback, suppression
 from mta.delivery.local import deliver_local
 from mta.delivery.outcome import Outcome, Reply
 from mta.delivery.resolve import ResolveError, Resolver
@@ -30,8 +33,9 @@ from mta.storage.local import LocalStore
 
 log = logging.getLogger("mta.delivery")
 
-_LOAD = """
-SELECT m.sender, m.body_key, m.wrapped_key, m.received_at, m.delay_notified_at, m.dsn, b.data AS inline_data
+_LOAD = f"""
+SELECT m.sender, m.body_key, m.wrapped_key, m.received_at, m.delay_notified_at, m.dsn, b.data AS inline_data,
+       {suppression.suppressed_column("m", "$2::text[]")} AS suppressed
 FROM message m LEFT JOIN message_body b ON b.message_id = m.id
 WHERE m.id = $1
 """
@@ -51,7 +55,7 @@ class DeliveryAgent:
 
     async def run(self, job: Job, slot: Slot) -> None:
         started = time.monotonic()
-        row = await self.pool.fetchrow(_LOAD, job.message_id)
+        row = await self.pool.fetchrow(_LOAD, job.message_id, [recipient.lower() for recipient in job.recipients])
         if row is None:
             log.warning("%s: message row missing, dropping delivery %d", job.message_id, job.delivery_id)
             return
@@ -64,7 +68,8 @@ class DeliveryAgent:
             data = await self.store.get(row["body_key"])
         body = self.cipher.decrypt(job.message_id, data, row["wrapped_key"])
 
-        outcome = await self._attempt(job, message, body, slot)
+        suppressed = set(row["suppressed"]) if self.config.delivery.suppression.enabled else set()
+        outcome = await self._attempt(job, message, body, slot, suppressed)
         settlement = await self.settler.settle(job, message, outcome, body)
         if not settlement.applied:
             return
@@ -78,16 +83,26 @@ class DeliveryAgent:
                 await self.store.delete(row["body_key"])
             log.info("%s: removed", message.queue_id)
 
-    async def _attempt(self, job: Job, message: MessageInfo, body: bytes, slot: Slot) -> Outcome:
+    async def _attempt(self, job: Job, message: MessageInfo, body: bytes, slot: Slot,
+                       suppressed: set[str]) -> Outcome:
         local = self.config.is_local_domain(job.domain) and self.resolver.route_for(job.domain) is None
         if local:
             return await deliver_local(self.pool, job.message_id, job.recipients)
 
+        recipients = [recipient for recipient in job.recipients if recipient.lower() not in suppressed]
+        if len(recipients) < len(job.recipients):
+            outcome = await self._send(job, message, body, slot, recipients) if recipients else Outcome()
+            blocked = [recipient for recipient in job.recipients if recipient.lower() in suppressed]
+            outcome.add_all(blocked, suppression.suppressed_reply(domain_of(message.sender)))
+            return outcome
+        return await self._send(job, message, body, slot, recipients)
+
+    async def _send(self, job: Job, message: MessageInfo, body: bytes, slot: Slot, recipients: list[str]) -> Outcome:
         try:
             targets = await self.resolver.targets(job.domain)
         except ResolveError as error:
             outcome = Outcome(relay="none")
-            outcome.add_all(job.recipients, error.reply)
+            outcome.add_all(recipients, error.reply)
             return outcome
 
         key = site_key(targets)
@@ -99,14 +114,36 @@ class DeliveryAgent:
             reply = self.sites.suspended_reply(key) or await self.sites.take_rate(key, limits)
             if reply is not None:
                 outcome = Outcome(relay="none", site=key)
-                outcome.add_all(job.recipients, reply)
+                outcome.add_all(recipients, reply)
                 return outcome
-            outcome = await self.smtp.deliver(message.sender, job.recipients, body, targets)
+            outcome = await self.smtp.deliver(message.sender, recipients, body, targets)
         finally:
             window.release()
         outcome.site = key
         await self.sites.record(key, outcome)
+        await self._act_on_replies(key, message, outcome)
         return outcome
+
+    async def _act_on_replies(self, key: str, message: MessageInfo, outcome: Outcome) -> None:
+        """Slow a site that throttles, and suppress recipients whose mailbox does not exist."""
+        if outcome.relay == "none":
+            return
+        for _, reply in outcome.deferred + outcome.failed:
+            metrics.REMOTE_REPLIES.labels(reply_class=feedback.classify(reply)).inc()
+        throttling = [reply for _, reply in outcome.deferred if feedback.classify(reply) == feedback.THROTTLED]
+        if throttling:
+            await self.sites.throttled(key, throttling[0])
+
+        settings = self.config.delivery.suppression
+        if not settings.enabled:
+            return
+        for recipient, reply in outcome.failed:
+            if feedback.classify(reply) == feedback.UNKNOWN_USER:
+                try:
+                    await suppression.add_bounce(self.pool, message.sender, recipient, reply, settings.bounce_days)
+                except TRANSIENT_ERRORS as error:
+                    log.warning("%s: adding <%s> to the suppression list failed: %r", message.queue_id,
+                                recipient, error)
 
     def _log(self, job: Job, message: MessageInfo, outcome: Outcome, attempt_seconds: float) -> None:
         delay = (datetime.now(timezone.utc) - message.received_at).total_seconds()

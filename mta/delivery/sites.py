@@ -64,13 +64,17 @@ FROM site WHERE key = $1
 """
 
 _SUSPEND = """
-INSERT INTO site (key, suspended_until, last_reply, updated_at)
-VALUES ($1, now() + make_interval(secs => $2), $3, now())
+INSERT INTO site (key, suspended_until, last_reply, suspend_reason, updated_at)
+VALUES ($1, now() + make_interval(secs => $2), $3, $4, now())
 ON CONFLICT (key) DO UPDATE
-SET suspended_until = EXCLUDED.suspended_until, last_reply = EXCLUDED.last_reply, updated_at = now()
+SET suspended_until = EXCLUDED.suspended_until, last_reply = EXCLUDED.last_reply,
+    suspend_reason = EXCLUDED.suspend_reason, updated_at = now()
 """
 
-_SUSPENDED = "SELECT key, extract(epoch FROM suspended_until - now()) AS remaining FROM site WHERE suspended_until > now()"
+_SUSPENDED = """
+SELECT key, extract(epoch FROM suspended_until - now()) AS remaining, coalesce(suspend_reason, '') AS reason
+FROM site WHERE suspended_until > now()
+"""
 
 # A node whose heartbeat is older than three intervals no longer counts in the shares.
 _LIVE_NODES = "SELECT count(*) FROM node WHERE seen_at > now() - interval '30 seconds'"
@@ -147,8 +151,8 @@ class Sites:
         self._default_limits = SiteLimits(max_concurrency=config.max_concurrency)
         self._windows: dict[str, tuple[SiteWindow, SiteLimits]] = {}
         self._live_nodes = 1
-        # Site key -> time.monotonic() when its suspension ends.
-        self._suspended: dict[str, float] = {}
+        # Site key -> (time.monotonic() when its suspension ends, why).
+        self._suspended: dict[str, tuple[float, str]] = {}
         self._failures: dict[str, int] = {}
         self._refresher: asyncio.Task | None = None
 
@@ -208,11 +212,11 @@ class Sites:
 
     def suspended_reply(self, key: str) -> Reply | None:
         """Return the deferral for a suspended site, or None when the site may be tried."""
-        remaining = self._suspended.get(key, 0.0) - time.monotonic()
+        until, reason = self._suspended.get(key, (0.0, ""))
+        remaining = until - time.monotonic()
         if remaining <= 0:
             return None
-        return Reply(451, f"4.4.1 site {key} suspended for {remaining:.0f} s more after "
-                          f"{self.config.dead_after_failures} failed connections in a row")
+        return Reply(451, f"4.4.1 site {key} suspended for {remaining:.0f} s more after {reason}")
 
     async def record(self, key: str, outcome: Outcome) -> None:
         """Count a failed connection to the site, or clear the count after a connection."""
@@ -232,13 +236,24 @@ class Sites:
             return
         self._failures.pop(key, None)
         last_reply = str(outcome.deferred[0][1]) if outcome.deferred else ""
-        self._suspended[key] = time.monotonic() + self.config.suspend_seconds
-        log.warning("site %s suspended for %.0f s after %d failed connections in a row: %s", key,
-                    self.config.suspend_seconds, failures, last_reply)
+        await self._suspend(key, self.config.suspend_seconds, f"{failures} failed connections in a row", last_reply)
+
+    async def throttled(self, key: str, reply: Reply) -> None:
+        """Slow a site down after a receiver's throttling reply: narrow the window and pause the site."""
+        window = self._windows.get(key, (None, None))[0]
+        if window is not None:
+            window.failed()
+        if self.config.throttle_pause_seconds > 0:
+            await self._suspend(key, self.config.throttle_pause_seconds, "throttling by the receiver", str(reply))
+
+    async def _suspend(self, key: str, seconds: float, reason: str, last_reply: str) -> None:
+        """Suspend a site here at once and for every node through its shared row."""
+        self._suspended[key] = (time.monotonic() + seconds, reason)
+        log.warning("site %s suspended for %.0f s after %s: %s", key, seconds, reason, last_reply)
         try:
-            await self.pool.execute(_SUSPEND, key, self.config.suspend_seconds, last_reply)
+            await self.pool.execute(_SUSPEND, key, seconds, last_reply, reason)
         except TRANSIENT_ERRORS as error:
-            # This node still skips the site; the others find out from their own failures.
+            # This node still skips the site; the others find out from their own attempts.
             log.warning("site %s: failed to record the suspension: %r", key, error)
 
     async def _refresh_loop(self) -> None:
@@ -250,7 +265,8 @@ class Sites:
                 log.warning("reading suspended sites failed: %r", error)
             else:
                 now = time.monotonic()
-                self._suspended = {row["key"]: now + float(row["remaining"]) for row in rows}
+                self._suspended = {row["key"]: (now + float(row["remaining"]), row["reason"] or "failures")
+                                   for row in rows}
                 self._set_live_nodes(live_nodes)
                 metrics.SITES_SUSPENDED.set(len(rows))
                 metrics.SITES_WAITING.set(len(self.busy_keys()))

@@ -1,0 +1,65 @@
+"""``mta suppression``: list, add, remove and import, with bad input refused and changes audited."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import query
+
+
+def test_add_list_remove(shared_mta):
+    added = shared_mta.cli("suppression", "add", "Example.NET", "Old@Example.org", "--reason", "asked to stop",
+                           "--actor", "alice")
+    assert added.returncode == 0, added.stderr
+
+    listed = shared_mta.cli("suppression", "list", "--domain", "example.net", "--json")
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(row["address"], row["source"], row["reason"], row["expires_at"]) for row in rows] == [
+        ("old@example.org", "operator", "asked to stop", None)]
+
+    removed = shared_mta.cli("suppression", "remove", "example.net", "old@example.org", "--actor", "alice")
+    assert removed.returncode == 0, removed.stderr
+    assert shared_mta.cli("suppression", "list", "--domain", "example.net", "--json").stdout == ""
+
+    actions = query(shared_mta.database_url, "SELECT action FROM audit_log WHERE actor = 'alice' ORDER BY id")
+    assert [row["action"] for row in actions] == ["suppression add", "suppression remove"]
+
+
+def test_import_with_expiry(shared_mta, tmp_path):
+    path = tmp_path / "list.csv"
+    path.write_text("# from the old system\nshop.example,a@example.org,complaint\nshop.example,b@example.org\n")
+
+    result = shared_mta.cli("suppression", "import", str(path), "--days", "30")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "imported 2 suppressed address(es)"
+    table = shared_mta.cli("suppression", "list", "--domain", "shop.example").stdout
+    assert "a@example.org" in table
+    assert "complaint" in table
+    assert "-- 2 suppressed address(es)" in table
+
+
+@pytest.mark.parametrize("args, message", [
+    (["add", "example.net", "not-an-address"], "invalid address: 'not-an-address'"),
+    (["add", "user@example.net", "a@example.org"], "invalid sender domain: 'user@example.net'"),
+    (["add", "example.net", "a@example.org", "--days", "0"], "invalid number of days: '0'"),
+    (["remove", "example.net", "never@example.org"], "<never@example.org> is not suppressed for example.net"),
+])
+def test_bad_input_exits_2(shared_mta, args, message):
+    result = shared_mta.cli("suppression", *args)
+
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_bad_import_line_imports_nothing(shared_mta, tmp_path):
+    path = tmp_path / "list.csv"
+    path.write_text("bad.example,a@example.org\nbad.example,no-at-sign\n")
+
+    result = shared_mta.cli("suppression", "import", str(path))
+
+    assert result.returncode == 2
+    assert "line 2: invalid address: 'no-at-sign'" in result.stderr
+    assert shared_mta.cli("suppression", "list", "--domain", "bad.example", "--json").stdout == ""
