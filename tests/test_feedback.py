@@ -24,6 +24,8 @@ from tests.mx import RELAY_DOMAIN, relay_config, send_mx, wait_until
     (554, "5.7.1 Service unavailable; client host blocked using Spamhaus", REPUTATION),
     (550, "5.7.1 Message rejected as spam", OTHER),
     (451, "4.3.0 temporary local problem", OTHER),
+    (451, "4.7.1 greylisted, try again in 5 minutes", OTHER),
+    (421, "4.7.0 greylisting in action, please come back later", OTHER),
 ])
 def test_reply_classes(code, text, expected):
     assert classify(Reply(code, text)) == expected

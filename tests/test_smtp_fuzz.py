@@ -61,7 +61,8 @@ def exchange(port: int, lines: list[bytes], data: bytes) -> None:
                     client.send(data + b"\r\n.\r\n")
                     reply = read_reply(client)
                     assert all(REPLY_LINE.match(reply_line) for reply_line in reply), reply
-                if reply[-1][:3] in (b"221", b"421"):
+                # After 221 or 421 the server closes, and after 220 to STARTTLS it expects a TLS handshake.
+                if reply[-1][:3] in (b"220", b"221", b"421"):
                     return
         except (ConnectionError, BrokenPipeError):
             # The server may close after a 421 or a TLS attempt that went nowhere.

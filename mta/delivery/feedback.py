@@ -1,9 +1,11 @@
 """Classes of remote replies, so delivery can act on receivers' feedback.
 
-- ``throttled``: the receiver requests less traffic (421, X.7.x temporary
-  replies, or wording such as "rate limit" and "try again later"). The site
-  is slowed down: its window narrows and it pauses for all nodes, instead
-  of the reply counting as a failure.
+- ``throttled``: the receiver requests less traffic (421, or a temporary
+  reply with wording such as "rate limit", "too many connections" or
+  "server busy"). The site is slowed down: its window narrows and it pauses
+  for all nodes, instead of the reply counting as a failure. Greylisting
+  (a 4.7.1 that names it) concerns one message, not the site, and is only
+  retried.
 - ``unknown_user``: the mailbox does not exist (X.1.1, X.1.10, or the usual
   wording in a 5xx). The address goes on the suppression list of the
   sender's domain.
@@ -28,8 +30,9 @@ OTHER = "other"
 CLASSES = (THROTTLED, UNKNOWN_USER, MAILBOX_FULL, REPUTATION, OTHER)
 
 _THROTTLE_WORDS = re.compile(
-    r"rate limit|too many (connections|messages|recipients)|try again later|temporarily (deferred|rate)"
+    r"rate limit|too many (connections|messages)|temporarily (deferred|rate)"
     r"|throttl|server busy|unusual (rate|volume)|receiving mail at a rate", re.IGNORECASE)
+_GREYLIST_WORDS = re.compile(r"gr[ae]y-?list", re.IGNORECASE)
 _UNKNOWN_WORDS = re.compile(
     r"user unknown|unknown user|no such (user|mailbox|recipient)|does not exist|recipient not found"
     r"|invalid (recipient|mailbox)|mailbox (unavailable|not found)|address rejected", re.IGNORECASE)
@@ -50,6 +53,8 @@ def classify(reply: Reply) -> str:
     if 400 <= reply.code < 500:
         if enhanced == "4.2.2":
             return MAILBOX_FULL
-        if reply.code == 421 or enhanced.startswith("4.7.") or _THROTTLE_WORDS.search(reply.text):
+        if _GREYLIST_WORDS.search(reply.text):
+            return OTHER
+        if reply.code == 421 or _THROTTLE_WORDS.search(reply.text):
             return THROTTLED
     return OTHER
