@@ -182,6 +182,17 @@ class SitesConfig:
 
 
 @dataclass
+class OutboundTlsConfig:
+    # none, may (STARTTLS when offered), encrypt (STARTTLS required) or
+    # verify (required, with a trusted certificate naming the MX host).
+    default: str = "may"
+    # Per destination domain, or ".example.org" for its subdomains: "example.org" = "verify".
+    policy: dict[str, str] = field(default_factory=dict)
+    # CA certificates for verify, in PEM; empty: the system's.
+    ca_file: str = ""
+
+
+@dataclass
 class SuppressionConfig:
     # Fail recipients on their sender domain's suppression list before sending.
     enabled: bool = True
@@ -222,6 +233,7 @@ class DeliveryConfig:
     connection_reuse_limit: int = 100
     sites: SitesConfig = field(default_factory=SitesConfig)
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
+    tls: OutboundTlsConfig = field(default_factory=OutboundTlsConfig)
 
 
 @dataclass
@@ -405,6 +417,7 @@ def _check_bounds(config: "Config") -> None:
 
 
 DMARC_REJECT_ACTIONS = ("reject", "quarantine", "accept")
+OUTBOUND_TLS_MODES = ("none", "may", "encrypt", "verify")
 CHECK_FAILURE_MODES = ("tempfail", "accept")
 
 
@@ -470,6 +483,13 @@ def check(config: Config) -> None:
 
     for network in config.smtp.relay_networks:
         _check_relay_network(network)
+
+    for key, mode in [("delivery.tls.default", config.delivery.tls.default),
+                      *((f"delivery.tls.policy.{domain}", mode) for domain, mode in config.delivery.tls.policy.items())]:
+        if mode not in OUTBOUND_TLS_MODES:
+            raise ConfigError(f"{key} must be one of {', '.join(OUTBOUND_TLS_MODES)}, got {mode!r}")
+    if config.delivery.tls.ca_file and not Path(config.delivery.tls.ca_file).is_file():
+        raise ConfigError(f"delivery.tls.ca_file not found: {config.delivery.tls.ca_file}")
 
     if config.inbound.dmarc_reject_action not in DMARC_REJECT_ACTIONS:
         raise ConfigError(f"inbound.dmarc_reject_action must be one of {', '.join(DMARC_REJECT_ACTIONS)}, "

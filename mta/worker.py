@@ -24,6 +24,7 @@ from mta.inbound.check import InboundChecker
 from mta.delivery.resolve import Resolver
 from mta.delivery.sites import Sites
 from mta.delivery.smtp import ClientSettings, SmtpDeliverer
+from mta.delivery.tls_policy import TlsPolicies
 from mta.smtp import listener
 from mta.smtp.hooks import BeforeQueueChecks
 from mta.smtp.session import Services
@@ -64,7 +65,8 @@ class Worker:
             helo_name=config.server.hostname,
             source_addresses=tuple(delivery.source_addresses),
             connect_timeout=delivery.connect_timeout,
-            data_timeout=delivery.data_timeout), connections)
+            data_timeout=delivery.data_timeout), connections,
+            TlsPolicies(delivery.tls.default, delivery.tls.policy, delivery.tls.ca_file))
 
         sites = Sites(pool, delivery.sites)
         housekeeper = Housekeeper(pool, self.node_id, delivery.history_days, config.smtp.auth_failure_window)

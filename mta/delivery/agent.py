@@ -116,7 +116,8 @@ class DeliveryAgent:
                 outcome = Outcome(relay="none", site=key)
                 outcome.add_all(recipients, reply)
                 return outcome
-            outcome = await self.smtp.deliver(message.sender, recipients, body, targets)
+            requirement = self.smtp.tls.for_domain(job.domain)
+            outcome = await self.smtp.deliver(message.sender, recipients, body, targets, requirement)
         finally:
             window.release()
         outcome.site = key

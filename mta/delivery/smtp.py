@@ -1,11 +1,11 @@
 """Deliver one message to one domain's recipients over SMTP with aiosmtplib.
 
 Targets are tried in order until one accepts the transaction. Connections
-leave from a configured source address of the target's family, and STARTTLS
-is used when offered (TLS 1.2 minimum, no certificate check: opportunistic
-TLS as RFC 7435 describes). Recipient replies come from the return value of
-``sendmail``, because aiosmtplib reports refused recipients there instead of
-raising while at least one was accepted.
+leave from a configured source address of the target's family. STARTTLS
+follows the destination's TLS requirement (mta.delivery.tls_policy): by
+default it is used when offered, TLS 1.2 minimum, without a certificate
+check (opportunistic TLS, RFC 7435). A host that cannot meet a required
+level defers the mail to it, and the next host is tried.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from aiosmtplib.typing import Default
 from mta.delivery.connections import Connection, ConnectionCache
 from mta.delivery.outcome import Outcome, Reply
 from mta.delivery.resolve import Target
+from mta.delivery.tls_policy import TlsPolicies, TlsRequirement
 from mta.rfc5322 import header_section
 
 log = logging.getLogger("mta.delivery")
@@ -85,12 +86,12 @@ class CrlfSMTP(aiosmtplib.SMTP):
         return response
 
 
-def opportunistic_tls_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
+class TlsFailure(Exception):
+    """A host could not meet the destination's TLS requirement."""
+
+    def __init__(self, reply: Reply):
+        super().__init__(str(reply))
+        self.reply = reply
 
 
 def source_for(address: str, sources: tuple[str, ...]) -> str | None:
@@ -103,21 +104,24 @@ def source_for(address: str, sources: tuple[str, ...]) -> str | None:
 
 
 class SmtpDeliverer:
-    def __init__(self, settings: ClientSettings, cache: ConnectionCache):
+    def __init__(self, settings: ClientSettings, cache: ConnectionCache, tls: TlsPolicies):
         self.settings = settings
         self.cache = cache
-        self.tls_context = opportunistic_tls_context()
+        self.tls = tls
 
     async def deliver(self, sender: str, recipients: list[str], body: bytes,
-                      targets: list[Target]) -> Outcome:
+                      targets: list[Target], requirement: TlsRequirement = TlsRequirement("may")) -> Outcome:
         last_error = Reply(451, "4.4.1 no mail exchanger could be reached")
+        connected = False
         for target in targets:
             source = source_for(target.address, self.settings.source_addresses)
             if self.settings.source_addresses and source is None:
                 last_error = Reply(451, f"4.4.1 no source address of the family of {target.address}")
                 continue
 
-            key = (target.address, target.port, source)
+            # A connection serves only destinations with the same requirement, verified for the same name.
+            key = (target.address, target.port, source, requirement.mode,
+                   target.host if requirement.mode == "verify" else "")
             cached = self.cache.take(key)
             if cached is not None:
                 outcome = await self._use(cached, key, sender, recipients, body)
@@ -126,7 +130,11 @@ class SmtpDeliverer:
 
             relay = f"{target.host}[{target.address}]:{target.port}"
             try:
-                connection = await self._connect(target, source, relay)
+                connection = await self._connect(target, source, relay, requirement)
+            except TlsFailure as error:
+                log.info("TLS with %s failed: %s", relay, error.reply)
+                last_error, connected = error.reply, True
+                continue
             except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPConnectTimeoutError,
                     aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as error:
                 log.info("connect to %s failed: %s", relay, error)
@@ -134,22 +142,53 @@ class SmtpDeliverer:
                 continue
             return await self._use(connection, key, sender, recipients, body, fresh=True)
 
-        outcome = Outcome(relay="none", connection_failed=True)
+        # Hosts that answered but failed the TLS requirement are not dead: the site stays open.
+        outcome = Outcome(relay="none", connection_failed=not connected)
         outcome.add_all(recipients, last_error)
         return outcome
 
-    async def _connect(self, target: Target, source: str | None, relay: str) -> Connection:
+    async def _connect(self, target: Target, source: str | None, relay: str,
+                       requirement: TlsRequirement) -> Connection:
         client = CrlfSMTP(
             hostname=target.address,
             port=target.port,
             local_hostname=self.settings.helo_name,
             source_address=(source, 0) if source else None,
             timeout=self.settings.connect_timeout,
-            start_tls=None,
-            tls_context=self.tls_context,
+            start_tls=False,
         )
         await client.connect()
+        try:
+            await self._secure(client, target, relay, requirement)
+        except BaseException:
+            client.close()
+            raise
         return Connection(client, relay)
+
+    async def _secure(self, client: CrlfSMTP, target: Target, relay: str, requirement: TlsRequirement) -> None:
+        """Start TLS as the requirement asks; raise TlsFailure when a required level cannot be met."""
+        if requirement.mode == "none":
+            return
+        await client.ehlo()
+        if not client.supports_extension("starttls"):
+            if requirement.required:
+                raise TlsFailure(Reply(451, f"4.7.4 TLS is required ({requirement.mode}, by {requirement.source}) "
+                                            f"but {relay} does not offer STARTTLS"))
+            return
+
+        try:
+            await client.starttls(server_hostname=target.host.rstrip("."), tls_context=self.tls.context(requirement),
+                                  timeout=self.settings.connect_timeout)
+        except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as error:
+            if requirement.required:
+                raise TlsFailure(Reply(451, f"4.7.5 TLS with {relay} failed ({requirement.mode}, by "
+                                            f"{requirement.source}): {error}")) from error
+            raise
+        ssl_object = client.get_transport_info("ssl_object")
+        if ssl_object is not None:
+            verified = "verified" if requirement.mode == "verify" else "not verified"
+            log.info("TLS to %s: %s %s, certificate %s", relay, ssl_object.version(), ssl_object.cipher()[0],
+                     verified)
 
     async def _use(self, connection: Connection, key: tuple, sender: str, recipients: list[str], body: bytes,
                     fresh: bool = False) -> Outcome | None:
