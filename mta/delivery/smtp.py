@@ -142,7 +142,7 @@ class SmtpDeliverer:
                 continue
             return await self._use(connection, key, sender, recipients, body, fresh=True)
 
-        # Hosts that answered but failed the TLS requirement are not dead: the site stays open.
+        # Hosts that accepted the connection but failed the TLS requirement are not dead: the site stays open.
         outcome = Outcome(relay="none", connection_failed=not connected)
         outcome.add_all(recipients, last_error)
         return outcome
@@ -166,7 +166,7 @@ class SmtpDeliverer:
         return Connection(client, relay)
 
     async def _secure(self, client: CrlfSMTP, target: Target, relay: str, requirement: TlsRequirement) -> None:
-        """Start TLS as the requirement asks; raise TlsFailure when a required level cannot be met."""
+        """Start TLS at the required level; raise TlsFailure when a required level cannot be met."""
         if requirement.mode == "none":
             return
         await client.ehlo()

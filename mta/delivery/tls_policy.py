@@ -3,9 +3,9 @@
 - ``none``: never STARTTLS.
 - ``may`` (the default): STARTTLS when the server offers it, TLS 1.2 or
   newer, certificate not checked (opportunistic TLS, RFC 7435).
-- ``encrypt``: STARTTLS required; a server that does not offer it, or a
-  failed handshake, defers the mail to that host (4.7.4 / 4.7.5) and the
-  next MX host is tried. The certificate is not checked.
+- ``encrypt``: STARTTLS required. A server that does not offer it (4.7.4),
+  or a failed handshake (4.7.5), defers the mail to that host, so the next
+  MX host is tried. The certificate is not checked.
 - ``verify``: as ``encrypt``, and the certificate must chain to a trusted
   authority (``ca_file``, or the system's) and name the MX host.
 
