@@ -193,6 +193,14 @@ class OutboundTlsConfig:
 
 
 @dataclass
+class MtaStsConfig:
+    # Look up and apply destinations' MTA-STS policies (RFC 8461).
+    enabled: bool = True
+    # Port of the policy hosts' HTTPS servers; only test setups change it.
+    port: int = 443
+
+
+@dataclass
 class SuppressionConfig:
     # Fail recipients on their sender domain's suppression list before sending.
     enabled: bool = True
@@ -234,6 +242,7 @@ class DeliveryConfig:
     sites: SitesConfig = field(default_factory=SitesConfig)
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     tls: OutboundTlsConfig = field(default_factory=OutboundTlsConfig)
+    mta_sts: MtaStsConfig = field(default_factory=MtaStsConfig)
 
 
 @dataclass
@@ -395,6 +404,7 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("delivery", "delay_notice_after"): (0.0, 365 * 86400.0),
     ("delivery", "history_days"): (1, 3650),
     ("delivery.suppression", "bounce_days"): (1, 3650),
+    ("delivery.mta_sts", "port"): (1, 65535),
     ("delivery", "poll_interval"): (0.05, 3600.0),
     ("delivery", "connection_cache_seconds"): (0.0, 300.0),
     ("delivery", "connection_reuse_limit"): (1, 100_000),

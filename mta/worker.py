@@ -21,6 +21,7 @@ from mta.delivery.agent import DeliveryAgent
 from mta.delivery.connections import ConnectionCache
 from mta.dkim import DkimSigner
 from mta.inbound.check import InboundChecker
+from mta.delivery.mta_sts import MtaSts
 from mta.delivery.resolve import Resolver
 from mta.delivery.sites import Sites
 from mta.delivery.smtp import ClientSettings, SmtpDeliverer
@@ -75,7 +76,9 @@ class Worker:
         spool = Spool(pool, store, cipher, config.storage.inline_max_size, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit)
         settler = Settler(pool, spool, self.node_id, config.server.hostname, delivery.retry_schedule,
                           delivery.max_age, delivery.delay_notice_after)
-        self.agent = DeliveryAgent(config, pool, store, cipher, resolver, smtp, settler, sites)
+        mta_sts = MtaSts(pool, resolver.dns, delivery.tls.ca_file, delivery.mta_sts.port) \
+            if delivery.mta_sts.enabled else None
+        self.agent = DeliveryAgent(config, pool, store, cipher, resolver, smtp, settler, sites, mta_sts)
 
         spool.start()
         settler.start()

@@ -22,9 +22,11 @@ from mta.db import TRANSIENT_ERRORS
 from mta.delivery import feedback, suppression
 from mta.delivery.local import deliver_local
 from mta.delivery.outcome import Outcome, Reply
-from mta.delivery.resolve import ResolveError, Resolver
+from mta.delivery.mta_sts import MtaSts
+from mta.delivery.resolve import ResolveError, Resolver, Target
 from mta.delivery.sites import Sites, site_key
 from mta.delivery.smtp import SmtpDeliverer
+from mta.delivery.tls_policy import TlsRequirement
 from mta.spool.enqueue import Job
 from mta.spool.scheduler import Slot
 from mta.spool.settle import MessageInfo, Settler
@@ -43,7 +45,8 @@ WHERE m.id = $1
 
 class DeliveryAgent:
     def __init__(self, config: Config, pool: asyncpg.Pool, store: LocalStore, cipher: BodyCipher,
-                 resolver: Resolver, smtp: SmtpDeliverer, settler: Settler, sites: Sites):
+                 resolver: Resolver, smtp: SmtpDeliverer, settler: Settler, sites: Sites,
+                 mta_sts: MtaSts | None = None):
         self.config = config
         self.pool = pool
         self.store = store
@@ -52,6 +55,7 @@ class DeliveryAgent:
         self.smtp = smtp
         self.settler = settler
         self.sites = sites
+        self.mta_sts = mta_sts
 
     async def run(self, job: Job, slot: Slot) -> None:
         started = time.monotonic()
@@ -106,6 +110,14 @@ class DeliveryAgent:
             return outcome
 
         key = site_key(targets)
+        requirement = self.smtp.tls.for_domain(job.domain)
+        if self.mta_sts is not None and self.resolver.route_for(job.domain) is None:
+            targets, requirement, refusal = await self._apply_mta_sts(job.domain, targets, requirement)
+            if refusal is not None:
+                outcome = Outcome(relay="none", site=key)
+                outcome.add_all(recipients, refusal)
+                return outcome
+
         limits = self.sites.limits(job.domain)
         window = self.sites.window(key, limits)
         await window.acquire(slot)
@@ -116,7 +128,6 @@ class DeliveryAgent:
                 outcome = Outcome(relay="none", site=key)
                 outcome.add_all(recipients, reply)
                 return outcome
-            requirement = self.smtp.tls.for_domain(job.domain)
             outcome = await self.smtp.deliver(message.sender, recipients, body, targets, requirement)
         finally:
             window.release()
@@ -124,6 +135,27 @@ class DeliveryAgent:
         await self.sites.record(key, outcome)
         await self._act_on_replies(key, message, outcome)
         return outcome
+
+    async def _apply_mta_sts(self, domain: str, targets: list[Target],
+                             requirement: TlsRequirement) -> tuple[list[Target], TlsRequirement, Reply | None]:
+        """Narrow the targets and raise the TLS requirement as the domain's MTA-STS policy demands.
+
+        An entry of the TLS policy table is the operator's explicit choice and is kept.
+        """
+        policy = await self.mta_sts.policy(domain)
+        if policy is None or policy.mode == "none" or requirement.source == "policy table":
+            return targets, requirement, None
+
+        allowed = [target for target in targets if policy.allows(target.host)]
+        if policy.mode == "testing":
+            for target in targets:
+                if target not in allowed:
+                    log.warning("MTA-STS testing policy of %s does not list MX host %s", domain, target.host)
+            return targets, requirement, None
+        if not allowed:
+            return [], requirement, Reply(451, f"4.7.5 no MX host of {domain} matches its MTA-STS policy "
+                                               f"(mx: {', '.join(policy.mx)})")
+        return allowed, TlsRequirement("verify", "MTA-STS"), None
 
     async def _act_on_replies(self, key: str, message: MessageInfo, outcome: Outcome) -> None:
         """Slow a site that throttles, and suppress recipients whose mailbox does not exist."""

@@ -45,6 +45,11 @@ class Resolver:
         # Responses are cached for their TTL, so a busy site costs one lookup.
         self._dns.cache = dns.resolver.LRUCache(10_000)
 
+    @property
+    def dns(self) -> dns.asyncresolver.Resolver:
+        """The resolver with the configured nameservers, for other lookups of delivery."""
+        return self._dns
+
     def route_for(self, domain: str) -> tuple[str, int] | None:
         return self.routes.get(domain)
 
