@@ -48,6 +48,7 @@ from pathlib import Path
 
 import psutil
 
+from loadtest import target
 from loadtest.signing import SELECTOR, SIGNING_DOMAIN, OpenDkim, SigningError, check_signature, write_key
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -121,10 +122,8 @@ class RunResult:
 
 
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free at the time of the call."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+    """Return a TCP port on 127.0.0.1 that is free at the time of the call and not handed out before."""
+    return target.free_port(LOOPBACK)
 
 
 def is_listening(port: int) -> bool:

@@ -30,10 +30,19 @@ START_TIMEOUT = 60.0
 _DEPTH_LINE = re.compile(r'^mta_queue_depth\{state="\w+"\} ([0-9.e+]+)$', re.MULTILINE)
 
 
+# Ports already handed out: the kernel may offer a closed port again at once,
+# and two MTA listeners given one port would share it through SO_REUSEPORT.
+_issued: set[int] = set()
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in _issued:
+            _issued.add(port)
+            return port
 
 
 class TargetError(Exception):

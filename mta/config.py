@@ -426,6 +426,20 @@ def _check_bounds(config: "Config") -> None:
             raise ConfigError(f"{table}.{name} must be between {minimum:g} and {maximum:g}, got {value!r}")
 
 
+def _check_distinct_sockets(config: "Config") -> None:
+    """Refuse two listeners on one address and port: with SO_REUSEPORT they would share it silently."""
+    seen: dict[tuple[str, int], str] = {}
+    listeners = [(f"smtp.{name}", getattr(config.smtp, name)) for name in LISTENERS]
+    listeners.append(("http", config.http))
+    for key, listener in listeners:
+        if not listener.enabled:
+            continue
+        socket_address = (listener.address, listener.port)
+        if socket_address in seen:
+            raise ConfigError(f"{key} and {seen[socket_address]} both listen on {listener.address}:{listener.port}")
+        seen[socket_address] = key
+
+
 DMARC_REJECT_ACTIONS = ("reject", "quarantine", "accept")
 OUTBOUND_TLS_MODES = ("none", "may", "encrypt", "verify")
 CHECK_FAILURE_MODES = ("tempfail", "accept")
@@ -490,6 +504,8 @@ def check(config: Config) -> None:
     if config.smtp.submissions.proxy_protocol:
         raise ConfigError("smtp.submissions.proxy_protocol is not supported: with implicit TLS the PROXY header "
                           "would have to come before the TLS handshake; use it on mx or submission")
+
+    _check_distinct_sockets(config)
 
     for network in config.smtp.relay_networks:
         _check_relay_network(network)

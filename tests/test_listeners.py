@@ -40,3 +40,11 @@ def test_listener_limit_below_rfc_minimum_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="smtp.submission.max_recipients must be 0 or between 100 and 100000, got 50"):
         load(path)
+
+
+def test_two_listeners_on_one_port_refused(tmp_path):
+    path = tmp_path / "mta.toml"
+    path.write_text("[smtp.submission]\nport = 2525\n")
+
+    with pytest.raises(ConfigError, match="smtp.submission and smtp.mx both listen on 127.0.0.1:2525"):
+        load(path)
