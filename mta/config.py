@@ -70,8 +70,8 @@ class ListenerConfig:
     port: int = 2525
     enabled: bool = True
     # Expect a PROXY protocol header (v1 or v2) from a load balancer before
-    # the greeting; the client address in it is used for policy and logs.
-    # Only for listeners that nothing but the load balancer can reach.
+    # the greeting. The client address in it is used for policy and logs,
+    # so enable it only where nothing but the load balancer can connect.
     proxy_protocol: bool = False
     # Limits of this listener; 0 takes the [smtp] value.
     max_message_size: int = 0
@@ -99,7 +99,7 @@ class SmtpConfig:
     max_message_size: int = 25 * 1024 * 1024
     max_recipients: int = 100
     # Seconds a client may stay silent before the session is closed with
-    # 421 4.4.2 (RFC 5321 section 4.5.3.2.7 asks for at least 300).
+    # 421 4.4.2 (RFC 5321 section 4.5.3.2.7 recommends at least 300).
     idle_timeout: float = 300.0
     # Seconds from 354 to the end of data, however slowly the octets arrive.
     data_timeout: float = 600.0
@@ -128,7 +128,7 @@ class SmtpConfig:
     auth_max_failures_per_client: int = 10
     auth_max_failures_per_account: int = 30
     auth_failure_window: float = 900.0
-    # Seconds before a failed AUTH is answered.
+    # Seconds before the reply to a failed AUTH.
     auth_failure_delay: float = 1.0
     # Client networks (CIDR) that may relay through the MX listener without
     # AUTH, like Postfix's mynetworks. Their mail is treated as outbound:
@@ -193,6 +193,19 @@ class OutboundTlsConfig:
 
 
 @dataclass
+class SourceConfig:
+    """Declared source addresses, pools of them, and the rules that choose a pool."""
+
+    # Every address mail may leave from -> the host name used in EHLO from it.
+    addresses: dict[str, str] = field(default_factory=dict)
+    # Pools of declared addresses by name; "default" serves messages no rule names.
+    pools: dict[str, list[str]] = field(default_factory=dict)
+    # Sender domain (or a parent) -> pool, checked first; then destination domain (or a parent) -> pool.
+    sender_rules: dict[str, str] = field(default_factory=dict)
+    destination_rules: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class MtaStsConfig:
     # Look up and apply destinations' MTA-STS policies (RFC 8461).
     enabled: bool = True
@@ -204,7 +217,7 @@ class MtaStsConfig:
 class SuppressionConfig:
     # Fail recipients on their sender domain's suppression list before sending.
     enabled: bool = True
-    # Days an address stays suppressed after a receiver said it does not exist.
+    # Days an address stays suppressed after a receiver replied that it does not exist.
     bounce_days: int = 90
 
 
@@ -243,6 +256,7 @@ class DeliveryConfig:
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     tls: OutboundTlsConfig = field(default_factory=OutboundTlsConfig)
     mta_sts: MtaStsConfig = field(default_factory=MtaStsConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
 
 
 @dataclass
@@ -355,6 +369,8 @@ def _coerce(key: str, hint: Any, default: Any, value: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a table, got {type(value).__name__}: {value!r}")
         _, element = get_args(hint)
+        if get_origin(element) is list:
+            return {name: _coerce(f"{key}.{name}", element, None, items) for name, items in value.items()}
         if element is Any:
             # Options passed through to code that checks them itself.
             return dict(value)
@@ -424,6 +440,31 @@ def _check_bounds(config: "Config") -> None:
         value = getattr(section, name)
         if not minimum <= value <= maximum:
             raise ConfigError(f"{table}.{name} must be between {minimum:g} and {maximum:g}, got {value!r}")
+
+
+def _check_source(delivery: DeliveryConfig) -> None:
+    source = delivery.source
+    if not source.addresses and not source.pools and not source.sender_rules and not source.destination_rules:
+        return
+    if delivery.source_addresses:
+        raise ConfigError("use either delivery.source_addresses or [delivery.source], not both")
+    for address, helo_name in source.addresses.items():
+        _check_address("delivery.source.addresses", address)
+        if not helo_name.strip() or " " in helo_name:
+            raise ConfigError(f"delivery.source.addresses.{address!r}: invalid EHLO host name {helo_name!r}")
+    if "default" not in source.pools:
+        raise ConfigError("delivery.source.pools needs a pool named default, for messages no rule names")
+    for name, addresses in source.pools.items():
+        if not addresses:
+            raise ConfigError(f"delivery.source.pools.{name} is empty")
+        for address in addresses:
+            if address not in source.addresses:
+                raise ConfigError(f"delivery.source.pools.{name}: {address} is not a declared source address "
+                                  "(delivery.source.addresses)")
+    for table, rules in (("sender_rules", source.sender_rules), ("destination_rules", source.destination_rules)):
+        for domain, pool in rules.items():
+            if pool not in source.pools:
+                raise ConfigError(f"delivery.source.{table}.{domain}: unknown pool {pool!r}")
 
 
 def _check_distinct_sockets(config: "Config") -> None:
@@ -526,6 +567,7 @@ def check(config: Config) -> None:
 
     for address in config.delivery.source_addresses:
         _check_address("delivery.source_addresses", address)
+    _check_source(config.delivery)
     for address in config.delivery.nameservers:
         _check_address("delivery.nameservers", address)
     for domain, target in config.delivery.routes.items():

@@ -25,6 +25,7 @@ from mta.delivery.mta_sts import MtaSts
 from mta.delivery.resolve import Resolver
 from mta.delivery.sites import Sites
 from mta.delivery.smtp import ClientSettings, SmtpDeliverer
+from mta.delivery.sources import source_addresses
 from mta.delivery.tls_policy import TlsPolicies
 from mta.smtp import listener
 from mta.smtp.hooks import BeforeQueueChecks
@@ -63,8 +64,7 @@ class Worker:
         resolver = Resolver(delivery.nameservers, delivery.dns_port, config.route_table(), delivery.smtp_port)
         connections = ConnectionCache(delivery.connection_cache_seconds, delivery.connection_reuse_limit)
         smtp = SmtpDeliverer(ClientSettings(
-            helo_name=config.server.hostname,
-            source_addresses=tuple(delivery.source_addresses),
+            sources=source_addresses(config),
             connect_timeout=delivery.connect_timeout,
             data_timeout=delivery.data_timeout), connections,
             TlsPolicies(delivery.tls.default, delivery.tls.policy, delivery.tls.ca_file))

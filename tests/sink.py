@@ -38,6 +38,8 @@ class Received:
     recipients: list[str]
     data: bytes
     at: float = field(default_factory=time.monotonic)
+    # The name the client gave in EHLO or HELO.
+    helo: str = ""
 
 
 @dataclass
@@ -79,7 +81,7 @@ class _Handler:
                 return reply
             self.sink.messages.append(Received(
                 peer=session.peer[0], peer_port=session.peer[1], sender=envelope.mail_from, recipients=list(envelope.rcpt_tos),
-                data=envelope.original_content))
+                data=envelope.original_content, helo=session.host_name or ""))
             self.sink.arrived.set()
         return "250 2.0.0 OK stored"
 

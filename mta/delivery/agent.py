@@ -128,7 +128,8 @@ class DeliveryAgent:
                 outcome = Outcome(relay="none", site=key)
                 outcome.add_all(recipients, reply)
                 return outcome
-            outcome = await self.smtp.deliver(message.sender, recipients, body, targets, requirement)
+            pool = self.smtp.settings.sources.pool_for(domain_of(message.sender), job.domain)
+            outcome = await self.smtp.deliver(message.sender, recipients, body, targets, requirement, pool)
         finally:
             window.release()
         outcome.site = key

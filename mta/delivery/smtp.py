@@ -10,7 +10,6 @@ level defers the mail to it, and the next host is tried.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import ssl
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from aiosmtplib.typing import Default
 from mta.delivery.connections import Connection, ConnectionCache
 from mta.delivery.outcome import Outcome, Reply
 from mta.delivery.resolve import Target
+from mta.delivery.sources import SourceAddresses, SourcePool
 from mta.delivery.tls_policy import TlsPolicies, TlsRequirement
 from mta.rfc5322 import header_section
 
@@ -32,8 +32,7 @@ COMMAND_TIMEOUT = 300.0
 
 @dataclass(frozen=True)
 class ClientSettings:
-    helo_name: str
-    source_addresses: tuple[str, ...]
+    sources: SourceAddresses
     connect_timeout: float
     data_timeout: float
 
@@ -94,15 +93,6 @@ class TlsFailure(Exception):
         self.reply = reply
 
 
-def source_for(address: str, sources: tuple[str, ...]) -> str | None:
-    """Pick the first configured source address of the target's IP family."""
-    version = ipaddress.ip_address(address).version
-    for source in sources:
-        if ipaddress.ip_address(source).version == version:
-            return source
-    return None
-
-
 class SmtpDeliverer:
     def __init__(self, settings: ClientSettings, cache: ConnectionCache, tls: TlsPolicies):
         self.settings = settings
@@ -110,13 +100,15 @@ class SmtpDeliverer:
         self.tls = tls
 
     async def deliver(self, sender: str, recipients: list[str], body: bytes,
-                      targets: list[Target], requirement: TlsRequirement = TlsRequirement("may")) -> Outcome:
+                      targets: list[Target], requirement: TlsRequirement = TlsRequirement("may"),
+                      pool: SourcePool | None = None) -> Outcome:
         last_error = Reply(451, "4.4.1 no mail exchanger could be reached")
         connected = False
         for target in targets:
-            source = source_for(target.address, self.settings.source_addresses)
-            if self.settings.source_addresses and source is None:
-                last_error = Reply(451, f"4.4.1 no source address of the family of {target.address}")
+            source = self.settings.sources.pick(pool, target.address)
+            if pool is not None and source is None:
+                last_error = Reply(451, f"4.4.1 source pool {pool.name} has no address of the family of "
+                                        f"{target.address}")
                 continue
 
             # A connection serves only destinations with the same requirement, verified for the same name.
@@ -152,7 +144,7 @@ class SmtpDeliverer:
         client = CrlfSMTP(
             hostname=target.address,
             port=target.port,
-            local_hostname=self.settings.helo_name,
+            local_hostname=self.settings.sources.helo_name(source),
             source_address=(source, 0) if source else None,
             timeout=self.settings.connect_timeout,
             start_tls=False,

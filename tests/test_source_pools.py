@@ -1,0 +1,60 @@
+"""Source address pools: declared addresses with their EHLO names, chosen by sender or destination domain."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from mta.config import ConfigError, load
+from tests.mx import RELAY_DOMAIN, relay_config, send_mx, wait_until
+
+SOURCE = {
+    "addresses": {"127.0.0.3": "out1.example.com", "127.0.0.4": "out2.example.com"},
+    "pools": {"default": ["127.0.0.3"], "marketing": ["127.0.0.4"]},
+    "sender_rules": {"news.example.com": "marketing"},
+}
+
+
+def pooled_config(sink_port: int) -> dict:
+    config = relay_config(sink_port)
+    # The test base configuration names one plain source address; pools replace it.
+    config["delivery"] |= {"source_addresses": [], "source": SOURCE}
+    return config
+
+
+@pytest.mark.parametrize("sender, address, helo", [
+    ("billing@example.net", "127.0.0.3", "out1.example.com"),
+    ("offers@news.example.com", "127.0.0.4", "out2.example.com"),
+    ("weekly@mail.news.example.com", "127.0.0.4", "out2.example.com"),
+])
+def test_pool_chosen_by_sender_domain(make_mta, sink, sink_port, sender, address, helo):
+    mta = make_mta(pooled_config(sink_port))
+
+    assert send_mx(mta, sender, f"user@{RELAY_DOMAIN}")[0] == 250
+
+    assert wait_until(lambda: any(message.sender == sender for message in sink.messages))
+    arrived = next(message for message in sink.messages if message.sender == sender)
+    assert arrived.peer == address
+    assert arrived.helo == helo
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('[delivery.source.addresses]\n"127.0.0.3" = "out1.example.com"\n'
+     '[delivery.source.pools]\ndefault = ["127.0.0.5"]\n',
+     "delivery.source.pools.default: 127.0.0.5 is not a declared source address"),
+    ('[delivery.source.addresses]\n"127.0.0.3" = "out1.example.com"\n'
+     '[delivery.source.pools]\nbulk = ["127.0.0.3"]\n',
+     "delivery.source.pools needs a pool named default"),
+    ('[delivery.source.addresses]\n"127.0.0.3" = "out1.example.com"\n'
+     '[delivery.source.pools]\ndefault = ["127.0.0.3"]\n[delivery.source.sender_rules]\n"a.example" = "bulk"\n',
+     "delivery.source.sender_rules.a.example: unknown pool 'bulk'"),
+    ('[delivery]\nsource_addresses = ["127.0.0.3"]\n[delivery.source.addresses]\n"127.0.0.3" = "out1.example.com"\n',
+     "use either delivery.source_addresses or [delivery.source], not both"),
+])
+def test_bad_source_configuration_refused(tmp_path, toml, message):
+    path = tmp_path / "mta.toml"
+    path.write_text(toml)
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(path)
