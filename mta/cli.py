@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.server.log_level)
     # pgserver's lock file falls back to /tmp when XDG_RUNTIME_DIR is unset, which is fine here.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    # aiosmtpd warns about the implicit-TLS listener, where AUTH needs no STARTTLS because TLS came first.
+    warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
     return args.run(config, args)
 
 
@@ -143,7 +145,7 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     from mta import db
 
     async def run() -> list[int]:
-        connection = await connect_or_exit(config)
+        connection = await connect_or_exit(config, create=True)
         try:
             return await db.migrate(connection)
         finally:
@@ -265,16 +267,31 @@ def cmd_dkim_records(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-async def connect_or_exit(config: Config):
+async def connect_or_exit(config: Config, create: bool = False):
+    """Connect to the MTA's database, or exit 1 with the reason.
+
+    Only ``create`` may start a new embedded database: from another working
+    directory a relative ``server.data_dir`` names another, empty one.
+    """
     import asyncpg
 
     from mta import db
 
+    pgdata = config.data_dir / "pg"
+    if not config.database.url and not create and not (pgdata / "PG_VERSION").exists():
+        print(f"mta: no database at {pgdata}: run mta from the directory where mta serve runs, "
+              "or give --config with server.data_dir or database.url", file=sys.stderr)
+        raise SystemExit(EXIT_FAILURE)
     try:
-        return await asyncpg.connect(db.database_url(config), timeout=10)
+        connection = await asyncpg.connect(db.database_url(config), timeout=10)
     except (OSError, asyncpg.PostgresError) as error:
         print(f"mta: database unreachable: {error}", file=sys.stderr)
         raise SystemExit(EXIT_FAILURE) from None
+    if not create and await connection.fetchval("SELECT to_regclass('schema_migration')") is None:
+        await connection.close()
+        print("mta: the database has no tables yet: run mta migrate or mta serve first", file=sys.stderr)
+        raise SystemExit(EXIT_FAILURE)
+    return connection
 
 
 if __name__ == "__main__":

@@ -442,6 +442,18 @@ def _check_bounds(config: "Config") -> None:
             raise ConfigError(f"{table}.{name} must be between {minimum:g} and {maximum:g}, got {value!r}")
 
 
+def _check_tls_files(tls: TlsConfig) -> None:
+    """Refuse certificate and key files that do not exist, naming them."""
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise ConfigError("tls.cert_file and tls.key_file go together: set both, or neither for a self-signed one")
+    pairs = [("tls", tls.cert_file, tls.key_file)]
+    pairs += [(f"tls.sni.{name}", files.cert_file, files.key_file) for name, files in tls.sni.items()]
+    for key, cert_file, key_file in pairs:
+        for field_name, path in (("cert_file", cert_file), ("key_file", key_file)):
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{key}.{field_name} not found: {path}")
+
+
 def _check_source(delivery: DeliveryConfig) -> None:
     source = delivery.source
     if not source.addresses and not source.pools and not source.sender_rules and not source.destination_rules:
@@ -469,16 +481,19 @@ def _check_source(delivery: DeliveryConfig) -> None:
 
 def _check_distinct_sockets(config: "Config") -> None:
     """Refuse two listeners on one address and port: with SO_REUSEPORT they would share it silently."""
-    seen: dict[tuple[str, int], str] = {}
+    seen: list[tuple[str, int, str]] = []
     listeners = [(f"smtp.{name}", getattr(config.smtp, name)) for name in LISTENERS]
     listeners.append(("http", config.http))
     for key, listener in listeners:
         if not listener.enabled:
             continue
-        socket_address = (listener.address, listener.port)
-        if socket_address in seen:
-            raise ConfigError(f"{key} and {seen[socket_address]} both listen on {listener.address}:{listener.port}")
-        seen[socket_address] = key
+        for address, port, other in seen:
+            # A wildcard address covers every address of the host.
+            overlapping = address == listener.address or {address, listener.address} & {"0.0.0.0", "::"}
+            if port == listener.port and overlapping:
+                raise ConfigError(f"{key} on {listener.address}:{listener.port} and {other} on "
+                                  f"{address}:{port} share a port")
+        seen.append((listener.address, listener.port, key))
 
 
 DMARC_REJECT_ACTIONS = ("reject", "quarantine", "accept")
@@ -538,6 +553,7 @@ def check(config: Config) -> None:
     for name, files in config.tls.sni.items():
         if not name.strip() or not files.cert_file or not files.key_file:
             raise ConfigError(f"tls.sni.{name!r} needs a name, cert_file and key_file")
+    _check_tls_files(config.tls)
 
     for name, check_config in config.smtp.checks.items():
         _check_check(name, check_config)

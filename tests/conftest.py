@@ -123,3 +123,14 @@ def query(url: str, sql: str, *args) -> list[asyncpg.Record]:
             await connection.close()
 
     return asyncio.run(run())
+
+
+def config_error(tmp_path: Path, toml: str) -> str:
+    """Return the ConfigError message that loading this TOML gives; fail when it loads."""
+    from mta.config import ConfigError, load
+
+    path = tmp_path / "mta.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as raised:
+        load(path)
+    return str(raised.value)

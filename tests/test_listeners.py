@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mta.config import ConfigError, load
+from tests.conftest import config_error
 from tests.smtpclient import RawClient
 
 
@@ -35,16 +35,25 @@ def test_other_listeners_keep_smtp_limit(make_mta):
 
 
 def test_listener_limit_below_rfc_minimum_refused(tmp_path):
-    path = tmp_path / "mta.toml"
-    path.write_text("[smtp.submission]\nmax_recipients = 50\n")
+    message = config_error(tmp_path, "[smtp.submission]\nmax_recipients = 50\n")
 
-    with pytest.raises(ConfigError, match="smtp.submission.max_recipients must be 0 or between 100 and 100000, got 50"):
-        load(path)
+    assert "smtp.submission.max_recipients must be 0 or between 100 and 100000, got 50" in message
 
 
-def test_two_listeners_on_one_port_refused(tmp_path):
-    path = tmp_path / "mta.toml"
-    path.write_text("[smtp.submission]\nport = 2525\n")
+@pytest.mark.parametrize("toml, message", [
+    ("[smtp.submission]\nport = 2525\n",
+     "smtp.submission on 127.0.0.1:2525 and smtp.mx on 127.0.0.1:2525 share a port"),
+    ('[smtp.mx]\naddress = "0.0.0.0"\n[smtp.submission]\nport = 2525\n',
+     "smtp.submission on 127.0.0.1:2525 and smtp.mx on 0.0.0.0:2525 share a port"),
+])
+def test_two_listeners_on_one_port_refused(tmp_path, toml, message):
+    assert message in config_error(tmp_path, toml)
 
-    with pytest.raises(ConfigError, match="smtp.submission and smtp.mx both listen on 127.0.0.1:2525"):
-        load(path)
+
+@pytest.mark.parametrize("toml, message", [
+    ('[tls]\ncert_file = "/nonexistent/cert.pem"\nkey_file = "/nonexistent/key.pem"\n',
+     "tls.cert_file not found: /nonexistent/cert.pem"),
+    ('[tls]\ncert_file = "/nonexistent/cert.pem"\n', "tls.cert_file and tls.key_file go together"),
+])
+def test_missing_certificate_files_refused(tmp_path, toml, message):
+    assert message in config_error(tmp_path, toml)

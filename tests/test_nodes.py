@@ -94,7 +94,7 @@ def test_nodes_share_a_sites_concurrency_cap(pg, dns, sink, sink_port, tmp_path)
     nodes = start_nodes(pg, dns, sink_port, tmp_path, config)
     try:
         for node in nodes:
-            assert wait_until(lambda node=node: "2 live nodes" in node.log())
+            assert wait_until(lambda node=node: "2 live node(s)" in node.log())
         sink.script.rcpt_delays = deque([0.5] * 8)
 
         for number in range(8):
@@ -106,3 +106,12 @@ def test_nodes_share_a_sites_concurrency_cap(pg, dns, sink, sink_port, tmp_path)
         assert sink.max_in_transaction <= 2
     finally:
         stop_and_check(nodes)
+
+
+def test_clean_stop_removes_node_row(two_nodes):
+    a, b = two_nodes
+    assert wait_until(lambda: len(query(a.database_url, "SELECT id FROM node")) == 2)
+
+    a.stop()
+
+    assert [row["pid"] for row in query(b.database_url, "SELECT pid FROM node")] == [b.process.pid]

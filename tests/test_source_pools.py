@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
-from mta.config import ConfigError, load
+from tests.conftest import config_error
 from tests.mx import RELAY_DOMAIN, relay_config, send_mx, wait_until
 
 SOURCE = {
@@ -53,8 +51,4 @@ def test_pool_chosen_by_sender_domain(make_mta, sink, sink_port, sender, address
      "use either delivery.source_addresses or [delivery.source], not both"),
 ])
 def test_bad_source_configuration_refused(tmp_path, toml, message):
-    path = tmp_path / "mta.toml"
-    path.write_text(toml)
-
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        load(path)
+    assert message in config_error(tmp_path, toml)

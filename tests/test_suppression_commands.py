@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from tests.conftest import query
+from tests.mtaprocess import REPOSITORY
 
 
 def test_add_list_remove(shared_mta):
@@ -29,13 +33,16 @@ def test_add_list_remove(shared_mta):
 
 def test_import_with_expiry(shared_mta, tmp_path):
     path = tmp_path / "list.csv"
-    path.write_text("# from the old system\nshop.example,a@example.org,complaint\nshop.example,b@example.org\n")
+    # As a spreadsheet saves it: byte order mark, a line naming the columns, CRLF.
+    path.write_bytes("\ufeffsender_domain,address,reason\r\n# from the old system\r\n"
+                     "shop.example,a@example.org,complaint\r\nshop.example,b@example.org\r\n".encode())
 
     result = shared_mta.cli("suppression", "import", str(path), "--days", "30")
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "imported 2 suppressed address(es)"
     table = shared_mta.cli("suppression", "list", "--domain", "shop.example").stdout
+    assert "\ufeff" not in table
     assert "a@example.org" in table
     assert "complaint" in table
     assert "-- 2 suppressed address(es)" in table
@@ -63,3 +70,12 @@ def test_bad_import_line_imports_nothing(shared_mta, tmp_path):
     assert result.returncode == 2
     assert "line 2: invalid address: 'no-at-sign'" in result.stderr
     assert shared_mta.cli("suppression", "list", "--domain", "bad.example", "--json").stdout == ""
+
+
+def test_cli_outside_install_directory_names_the_problem(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mta", "suppression", "list"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
+
+    assert result.returncode == 1
+    assert f"mta: no database at {tmp_path}/var/pg: run mta from the directory where mta serve runs" in result.stderr
+    assert not (tmp_path / "var" / "pg").exists()

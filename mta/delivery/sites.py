@@ -191,7 +191,7 @@ class Sites:
         if count == self._live_nodes:
             return
         self._live_nodes = count
-        log.info("%d live nodes: each takes 1/%d of every site's max_concurrency", count, count)
+        log.info("%d live node(s): each takes 1/%d of every site's max_concurrency", count, count)
         for window, limits in self._windows.values():
             window.set_cap(self._share(limits))
 

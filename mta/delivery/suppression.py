@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -51,6 +52,11 @@ SET reason = EXCLUDED.reason, source = EXCLUDED.source, created_at = now(), expi
 """
 
 
+# Letters, digits and hyphens in dot-separated labels; an internationalised domain goes in its xn-- form.
+_DOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+_HEADER = ("sender_domain", "address")
+
+
 class SuppressionError(ValueError):
     """A bad address, domain or import line, named in the message."""
 
@@ -65,8 +71,7 @@ class Entry:
 
 
 def suppressed_reply(sender_domain: str) -> Reply:
-    return Reply(550, f"5.7.1 recipient is on the suppression list of {sender_domain} "
-                      "after an earlier permanent failure")
+    return Reply(550, f"5.7.1 recipient is on the suppression list of {sender_domain}")
 
 
 async def add_bounce(pool: asyncpg.Pool, sender: str, recipient: str, reply: Reply, days: int) -> None:
@@ -79,7 +84,7 @@ async def add_bounce(pool: asyncpg.Pool, sender: str, recipient: str, reply: Rep
 def check_entry(entry: Entry) -> Entry:
     """Return the entry in lower case, or raise SuppressionError."""
     domain, address = entry.sender_domain.strip().lower().rstrip("."), entry.address.strip().lower()
-    if not domain or "@" in domain or " " in domain:
+    if not _DOMAIN.match(domain):
         raise SuppressionError(f"invalid sender domain: {entry.sender_domain!r}")
     if address.count("@") != 1 or address.startswith("@") or address.endswith("@") or " " in address:
         raise SuppressionError(f"invalid address: {entry.address!r}")
@@ -112,10 +117,16 @@ async def entries(connection: asyncpg.Connection, sender_domain: str | None, add
 
 
 def parse_import(text: str, expires_at: datetime | None) -> list[Entry]:
-    """Parse CSV lines of sender_domain,address[,reason]; '#' starts a comment line."""
+    """Parse CSV lines of sender_domain,address[,reason]; '#' starts a comment line.
+
+    A byte order mark (as spreadsheets write) and a first line naming the
+    columns are skipped.
+    """
     parsed = []
-    for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+    for number, row in enumerate(csv.reader(io.StringIO(text.removeprefix("\ufeff"))), start=1):
         if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        if number == 1 and tuple(field.strip().lower() for field in row[:2]) == _HEADER:
             continue
         if len(row) not in (2, 3):
             raise SuppressionError(f"line {number}: expected sender_domain,address[,reason], got {len(row)} fields")

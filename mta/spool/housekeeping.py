@@ -95,9 +95,15 @@ class Housekeeper:
         return [self._task] if self._task is not None else []
 
     async def stop(self) -> None:
+        """Stop the heartbeat and remove this node's row, so others stop counting it at once."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await self.pool.execute("DELETE FROM node WHERE id = $1", self.node_id)
+        except TRANSIENT_ERRORS as error:
+            # The row then ages out like a lost node's.
+            log.warning("removing node %s from the node table failed: %r", self.node_id, error)
 
     async def _loop(self) -> None:
         next_partitions = 0.0
