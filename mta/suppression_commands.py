@@ -7,14 +7,14 @@ and import lines exit with status 2 and one line naming the problem.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from mta.cli_support import EXIT_USAGE, audit, run_in_transaction
 from mta.config import Config
-from mta.queue_commands import EXIT_USAGE, _actor
+from mta.queue_commands import _actor
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -48,6 +48,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     importing.set_defaults(run=cmd_import)
 
 
+def _run(config: Config, work) -> object:
+    """Run work(connection) in a transaction; turn SuppressionError into exit status 2."""
+    from mta.delivery.suppression import SuppressionError
+
+    return run_in_transaction(config, work, (SuppressionError,))
+
+
 def _days(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 3650:
         raise argparse.ArgumentTypeError(f"invalid number of days: {text!r}, expected 1 to 3650")
@@ -56,31 +63,6 @@ def _days(text: str) -> int:
 
 def _expiry(days: int | None) -> datetime | None:
     return datetime.now(timezone.utc) + timedelta(days=days) if days else None
-
-
-def _run(config: Config, work) -> object:
-    """Run work(connection) in a transaction; turn SuppressionError into exit status 2."""
-    from mta.cli import connect_or_exit
-    from mta.delivery.suppression import SuppressionError
-
-    async def run() -> object:
-        connection = await connect_or_exit(config)
-        try:
-            async with connection.transaction():
-                return await work(connection)
-        finally:
-            await connection.close()
-
-    try:
-        return asyncio.run(run())
-    except SuppressionError as error:
-        print(f"mta: {error}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
-
-
-async def _audit(connection, actor: str, action: str, detail: dict) -> None:
-    await connection.execute("INSERT INTO audit_log (actor, action, detail) VALUES ($1, $2, $3::jsonb)",
-                             actor, action, json.dumps(detail))
 
 
 def cmd_list(config: Config, args: argparse.Namespace) -> int:
@@ -108,8 +90,8 @@ def cmd_add(config: Config, args: argparse.Namespace) -> int:
     async def work(connection) -> None:
         checked = suppression.check_entry(entry)
         await suppression.add(connection, [checked])
-        await _audit(connection, _actor(args), "suppression add",
-                     {"sender_domain": checked.sender_domain, "address": checked.address, "days": args.days})
+        await audit(connection, _actor(args), "suppression add",
+                    {"sender_domain": checked.sender_domain, "address": checked.address, "days": args.days})
 
     _run(config, work)
     print(f"suppressed <{args.address.lower()}> for {args.sender_domain.lower()}")
@@ -122,8 +104,8 @@ def cmd_remove(config: Config, args: argparse.Namespace) -> int:
     async def work(connection) -> bool:
         removed = await suppression.remove(connection, args.sender_domain, args.address)
         if removed:
-            await _audit(connection, _actor(args), "suppression remove",
-                         {"sender_domain": args.sender_domain.lower(), "address": args.address.lower()})
+            await audit(connection, _actor(args), "suppression remove",
+                        {"sender_domain": args.sender_domain.lower(), "address": args.address.lower()})
         return removed
 
     if not _run(config, work):
@@ -145,7 +127,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
     async def work(connection) -> int:
         entries = suppression.parse_import(text, _expiry(args.days))
         count = await suppression.add(connection, entries) if entries else 0
-        await _audit(connection, _actor(args), "suppression import", {"file": str(args.file), "entries": count})
+        await audit(connection, _actor(args), "suppression import", {"file": str(args.file), "entries": count})
         return count
 
     count = _run(config, work)

@@ -99,3 +99,34 @@ def test_client_key_groups_ipv6_by_64(address, key):
 
 def test_account_key_ignores_case():
     assert account_key("Alice@Example.COM") == "account:alice@example.com"
+
+
+def test_unblock_clears_a_client_block(throttled_mta):
+    mta = throttled_mta(auth_max_failures_per_client=2)
+    for _ in range(2):
+        assert login(mta, "alice@example.com", "wrong")[0] == 535
+    assert login(mta, "alice@example.com", PASSWORD) == THROTTLED
+
+    result = mta.cli("auth", "unblock", "--client", "127.0.0.1", "--actor", "ops")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "cleared 1 of 1 failure count(s): client:127.0.0.1"
+    assert login(mta, "alice@example.com", PASSWORD)[0] == 235
+
+
+def test_locked_and_deleted_users_cannot_log_in(throttled_mta):
+    mta = throttled_mta(auth_max_failures_per_client=100)
+    assert login(mta, "alice@example.com", PASSWORD)[0] == 235
+
+    assert mta.cli("user", "lock", "alice@example.com").returncode == 0
+    assert mta.cli("user", "delete", "bob@example.com").returncode == 0
+
+    assert login(mta, "alice@example.com", PASSWORD)[0] == 535
+    assert login(mta, "bob@example.com", PASSWORD)[0] == 535
+    listing = mta.cli("user", "list").stdout
+    assert "alice@example.com" in listing
+    assert "locked" in listing
+    assert "bob@example.com" not in listing
+    missing = mta.cli("user", "delete", "bob@example.com")
+    assert missing.returncode == 2
+    assert "mta: user not found: bob@example.com" in missing.stderr

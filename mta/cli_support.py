@@ -1,0 +1,38 @@
+"""Helpers shared by the operator commands that change the database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+
+from mta.config import Config
+
+EXIT_USAGE = 2
+
+
+def run_in_transaction(config: Config, work: Callable[..., Awaitable[object]],
+                       usage_errors: tuple[type[Exception], ...] = ()) -> object:
+    """Run work(connection) in one transaction; exit 2 with the message of a usage error."""
+    from mta.cli import connect_or_exit
+
+    async def run() -> object:
+        connection = await connect_or_exit(config)
+        try:
+            async with connection.transaction():
+                return await work(connection)
+        finally:
+            await connection.close()
+
+    try:
+        return asyncio.run(run())
+    except usage_errors as error:
+        print(f"mta: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+async def audit(connection, actor: str, action: str, detail: dict) -> None:
+    """Append an operator's action to the audit log."""
+    await connection.execute("INSERT INTO audit_log (actor, action, detail) VALUES ($1, $2, $3::jsonb)",
+                             actor, action, json.dumps(detail))
