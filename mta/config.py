@@ -13,6 +13,7 @@ import importlib
 import ipaddress
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -206,6 +207,15 @@ class SourceConfig:
 
 
 @dataclass
+class WarmupConfig:
+    # Messages per day to each destination site on each day of an address's
+    # ramp; after the last day the address is warm.
+    schedule: list[int] = field(default_factory=lambda: [50, 100, 500, 1000, 5000, 10000, 20000, 50000])
+    # Source addresses on their ramp -> the day it began, "YYYY-MM-DD".
+    addresses: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class MtaStsConfig:
     # Look up and apply destinations' MTA-STS policies (RFC 8461).
     enabled: bool = True
@@ -257,6 +267,7 @@ class DeliveryConfig:
     tls: OutboundTlsConfig = field(default_factory=OutboundTlsConfig)
     mta_sts: MtaStsConfig = field(default_factory=MtaStsConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
 
 
 @dataclass
@@ -442,6 +453,21 @@ def _check_bounds(config: "Config") -> None:
             raise ConfigError(f"{table}.{name} must be between {minimum:g} and {maximum:g}, got {value!r}")
 
 
+def _check_warmup(delivery: DeliveryConfig) -> None:
+    warmup = delivery.warmup
+    if not warmup.schedule or any(not 1 <= step <= 10_000_000 for step in warmup.schedule):
+        raise ConfigError(f"delivery.warmup.schedule must list daily caps from 1 to 10000000, got {warmup.schedule}")
+    declared = set(delivery.source.addresses) | set(delivery.source_addresses)
+    for address, day in warmup.addresses.items():
+        if address not in declared:
+            raise ConfigError(f"delivery.warmup.addresses: {address} is not a declared source address")
+        try:
+            date.fromisoformat(day)
+        except ValueError:
+            raise ConfigError(f"delivery.warmup.addresses.{address!r}: invalid date {day!r}, "
+                              "expected YYYY-MM-DD") from None
+
+
 def _check_tls_files(tls: TlsConfig) -> None:
     """Refuse certificate and key files that do not exist, naming them."""
     if bool(tls.cert_file) != bool(tls.key_file):
@@ -584,6 +610,7 @@ def check(config: Config) -> None:
     for address in config.delivery.source_addresses:
         _check_address("delivery.source_addresses", address)
     _check_source(config.delivery)
+    _check_warmup(config.delivery)
     for address in config.delivery.nameservers:
         _check_address("delivery.nameservers", address)
     for domain, target in config.delivery.routes.items():

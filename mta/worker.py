@@ -27,6 +27,7 @@ from mta.delivery.sites import Sites
 from mta.delivery.smtp import ClientSettings, SmtpDeliverer
 from mta.delivery.sources import source_addresses
 from mta.delivery.tls_policy import TlsPolicies
+from mta.delivery.warmup import Warmup
 from mta.smtp import listener
 from mta.smtp.hooks import BeforeQueueChecks
 from mta.smtp.session import Services
@@ -78,7 +79,8 @@ class Worker:
                           delivery.max_age, delivery.delay_notice_after)
         mta_sts = MtaSts(pool, resolver.dns, delivery.tls.ca_file, delivery.mta_sts.port) \
             if delivery.mta_sts.enabled else None
-        self.agent = DeliveryAgent(config, pool, store, cipher, resolver, smtp, settler, sites, mta_sts)
+        warmup = Warmup(pool, delivery.warmup.schedule, delivery.warmup.addresses) if delivery.warmup.addresses else None
+        self.agent = DeliveryAgent(config, pool, store, cipher, resolver, smtp, settler, sites, mta_sts, warmup)
 
         spool.start()
         settler.start()

@@ -27,6 +27,7 @@ from mta.delivery.resolve import ResolveError, Resolver, Target
 from mta.delivery.sites import Sites, site_key
 from mta.delivery.smtp import SmtpDeliverer
 from mta.delivery.tls_policy import TlsRequirement
+from mta.delivery.warmup import Warmup
 from mta.spool.enqueue import Job
 from mta.spool.scheduler import Slot
 from mta.spool.settle import MessageInfo, Settler
@@ -46,7 +47,7 @@ WHERE m.id = $1
 class DeliveryAgent:
     def __init__(self, config: Config, pool: asyncpg.Pool, store: LocalStore, cipher: BodyCipher,
                  resolver: Resolver, smtp: SmtpDeliverer, settler: Settler, sites: Sites,
-                 mta_sts: MtaSts | None = None):
+                 mta_sts: MtaSts | None = None, warmup: Warmup | None = None):
         self.config = config
         self.pool = pool
         self.store = store
@@ -56,6 +57,7 @@ class DeliveryAgent:
         self.settler = settler
         self.sites = sites
         self.mta_sts = mta_sts
+        self.warmup = warmup
 
     async def run(self, job: Job, slot: Slot) -> None:
         started = time.monotonic()
@@ -129,6 +131,12 @@ class DeliveryAgent:
                 outcome.add_all(recipients, reply)
                 return outcome
             pool = self.smtp.settings.sources.pool_for(domain_of(message.sender), job.domain)
+            if self.warmup is not None:
+                pool, deferral = await self.warmup.narrow(pool, key)
+                if deferral is not None:
+                    outcome = Outcome(relay="none", site=key)
+                    outcome.add_all(recipients, deferral)
+                    return outcome
             outcome = await self.smtp.deliver(message.sender, recipients, body, targets, requirement, pool)
         finally:
             window.release()
@@ -167,6 +175,8 @@ class DeliveryAgent:
         throttling = [reply for _, reply in outcome.deferred if feedback.classify(reply) == feedback.THROTTLED]
         if throttling:
             await self.sites.throttled(key, throttling[0])
+            if self.warmup is not None:
+                await self.warmup.throttled(outcome.source, key)
 
         settings = self.config.delivery.suppression
         if not settings.enabled:

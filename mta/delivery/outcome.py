@@ -35,6 +35,8 @@ class Outcome:
     site: str | None = None
     # No host of the site accepted a connection.
     connection_failed: bool = False
+    # The source address of the connection used, when one was chosen.
+    source: str | None = None
 
     def add(self, recipient: str, reply: Reply) -> None:
         if 200 <= reply.code < 300:

@@ -118,6 +118,7 @@ class SmtpDeliverer:
             if cached is not None:
                 outcome = await self._use(cached, key, sender, recipients, body)
                 if outcome is not None:
+                    outcome.source = source
                     return outcome
 
             relay = f"{target.host}[{target.address}]:{target.port}"
@@ -132,7 +133,9 @@ class SmtpDeliverer:
                 log.info("connect to %s failed: %s", relay, error)
                 last_error = Reply(451, f"4.4.1 connection to {relay} failed: {error}")
                 continue
-            return await self._use(connection, key, sender, recipients, body, fresh=True)
+            outcome = await self._use(connection, key, sender, recipients, body, fresh=True)
+            outcome.source = source
+            return outcome
 
         # Hosts that accepted the connection but failed the TLS requirement are not dead: the site stays open.
         outcome = Outcome(relay="none", connection_failed=not connected)

@@ -53,8 +53,12 @@ class SourceAddresses:
         if pool is None:
             return None
         version = ipaddress.ip_address(target_address).version
-        if not _of_family(pool.addresses, version):
+        candidates = _of_family(pool.addresses, version)
+        if not candidates:
             return None
+        if pool is not self.pools.get(pool.name):
+            # A pool narrowed for one message (warm-up): its first address of the family.
+            return candidates[0]
         return next(self._turns[pool.name][version])
 
     def helo_name(self, source: str | None) -> str:
