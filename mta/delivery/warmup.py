@@ -6,9 +6,9 @@ to each destination site (the site is the destination's MX set, so one
 provider's domains share it). After the last step it is warm: no cap.
 Counts live in PostgreSQL, shared by all nodes.
 
-A message first takes a slot of a warming address of its pool; when every
-warming address has reached today's cap it goes from the pool's warm
-addresses, and with none of those it is deferred. A throttling reply from a
+A message first takes a slot of a warming address of its pool. When every
+warming address has reached today's cap, it goes from the pool's warm
+addresses. With none of those, it is deferred. A throttling reply from a
 site to a warming address holds that address's ramp for the site for the
 day: the ramp does not move on that day.
 
