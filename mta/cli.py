@@ -183,6 +183,10 @@ def cmd_user_add(config: Config, args: argparse.Namespace) -> int:
     if len(password) < 8:
         print("mta: password too short, it must have at least 8 characters", file=sys.stderr)
         return EXIT_USAGE
+    domain = args.address.rpartition("@")[2]
+    if not config.is_local_domain(domain):
+        print(f"mta: note: {domain} is not in domains.local, so this user can log in and send, "
+              "but mail to the address is relayed elsewhere", file=sys.stderr)
 
     async def run() -> None:
         connection = await connect_or_exit(config)

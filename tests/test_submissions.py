@@ -45,6 +45,7 @@ def test_implicit_tls_requires_auth_and_offers_no_starttls(make_mta):
 
     assert code == 530
     assert query(mta.database_url, "SELECT id FROM message") == []
+    assert "implicit TLS TLSv1.3" in mta.log()
 
 
 def test_plain_text_client_gets_no_greeting(make_mta):

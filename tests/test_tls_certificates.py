@@ -93,6 +93,7 @@ def test_broken_file_keeps_old_certificates(mta, tmp_path):
     mta.process.send_signal(signal.SIGHUP)
 
     assert wait_until(lambda: "TLS reload failed, the certificates in use stay" in mta.log())
+    assert f"{tmp_path / 'other.crt'} with {tmp_path / 'other.key'}" in mta.log()
     assert served_certificate(mta.mx_port, "mail.other.example").serial_number == before
     assert mta.process.poll() is None
 

@@ -95,6 +95,9 @@ class MtaSmtp(Chunking, SMTP):
             self.session.ssl = {"cipher": transport.get_extra_info("cipher")}
         if self._proxy_timeout is None:
             self._client_arrived("")
+        if self.session.ssl:
+            cipher = transport.get_extra_info("cipher") or ("", "", 0)
+            log.info("%s: implicit TLS %s %s", self.session.id, cipher[1], cipher[0])
 
     def _client_arrived(self, via: str) -> bool:
         """Count and log the client's session; return False when its address has too many already."""

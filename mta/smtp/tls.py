@@ -37,6 +37,13 @@ def server_context(cert_file: Path | str, key_file: Path | str) -> ssl.SSLContex
     return context
 
 
+def _named_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    try:
+        return server_context(cert_file, key_file)
+    except (OSError, ssl.SSLError) as error:
+        raise ValueError(f"{cert_file} with {key_file}: {error}") from error
+
+
 def certificate_expiry(cert_file: Path | str) -> datetime.datetime:
     """Return when the first certificate in a PEM file expires."""
     certificate = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
@@ -72,9 +79,9 @@ class ServerTls:
         return found
 
     def reload(self) -> None:
-        """Read every certificate and key again; on any error keep the ones in use and raise."""
-        server_context(*self.default_files)
-        contexts = {name: server_context(*files) for name, files in self.files_by_name.items()}
+        """Read every certificate and key again; on any error keep the ones in use and raise naming the files."""
+        _named_context(*self.default_files)
+        contexts = {name: _named_context(*files) for name, files in self.files_by_name.items()}
         self.context.load_cert_chain(*self.default_files)
         self._contexts = contexts
 
