@@ -17,7 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from mta import queue_commands, suppression_commands, user_commands
+from mta import audit_commands, queue_commands, suppression_commands, user_commands
 from mta.config import Config, ConfigError, load
 
 EXIT_FAILURE = 1
@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           " a user without a password receives mail but cannot log in")
     user_import.set_defaults(run=cmd_user_import)
     user_commands.add_parsers(user, commands)
+    audit_commands.add_parser(commands)
 
     queue_commands.add_parser(commands)
     suppression_commands.add_parser(commands)

@@ -1,0 +1,64 @@
+"""``mta audit verify`` and ``mta audit export``: the audit trail for an auditor."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import datetime, timezone
+
+from mta.config import Config
+
+EXIT_FAILURE = 1
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    audit = commands.add_parser("audit", help="the hash-chained audit log").add_subparsers(metavar="ACTION")
+    verify = audit.add_parser("verify", help="recompute the chain and name the first altered entry")
+    verify.set_defaults(run=cmd_verify)
+    export = audit.add_parser("export", help="print entries with their hashes as JSON lines")
+    export.add_argument("--from", dest="start", type=_moment, metavar="TIME",
+                        help="first moment, ISO 8601 (for example 2026-12-01 or 2026-12-01T08:00:00+00:00)")
+    export.add_argument("--to", dest="end", type=_moment, metavar="TIME", help="moment after the last entry")
+    export.set_defaults(run=cmd_export)
+
+
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid time {text!r}, expected ISO 8601 such as 2026-12-01") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _with_connection(config: Config, work):
+    from mta.cli import connect_or_exit
+
+    async def run():
+        connection = await connect_or_exit(config)
+        try:
+            return await work(connection)
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
+
+
+def cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    from mta import audit
+
+    result = _with_connection(config, audit.verify)
+    if result.broken_at is not None:
+        print(f"mta: audit entry {result.broken_at} is altered: {result.reason}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{result.entries} audit entries verified; chain head {result.head.hex()}")
+    return 0
+
+
+def cmd_export(config: Config, args: argparse.Namespace) -> int:
+    from mta import audit
+
+    for entry in _with_connection(config, lambda connection: audit.export(connection, args.start, args.end)):
+        print(json.dumps(entry))
+    return 0

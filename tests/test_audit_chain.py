@@ -1,0 +1,106 @@
+"""The hash-chained audit log: every change and removal is found by mta audit verify."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+
+from tests.conftest import query
+
+
+def add_entries(mta, count: int) -> None:
+    for number in range(count):
+        result = mta.cli("suppression", "add", "example.net", f"user{number}@example.org", "--actor", f"op{number}")
+        assert result.returncode == 0, result.stderr
+
+
+def tamper(mta, statement: str) -> None:
+    """Run a statement with the append-only trigger off, as someone with the database's owner rights could."""
+    async def run() -> None:
+        connection = await asyncpg.connect(mta.database_url)
+        try:
+            async with connection.transaction():
+                await connection.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_change")
+                await connection.execute(statement)
+                await connection.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_no_change")
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+def audit_ids(mta) -> list[int]:
+    return [row["id"] for row in query(mta.database_url, "SELECT id FROM audit_log ORDER BY id")]
+
+
+def test_intact_chain_verifies(make_mta):
+    mta = make_mta()
+    add_entries(mta, 3)
+
+    result = mta.cli("audit", "verify")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("3 audit entries verified; chain head ")
+
+
+def test_changed_entry_named(make_mta):
+    mta = make_mta()
+    add_entries(mta, 3)
+    second = audit_ids(mta)[1]
+    tamper(mta, f"UPDATE audit_log SET actor = 'someone else' WHERE id = {second}")
+
+    result = mta.cli("audit", "verify")
+
+    assert result.returncode == 1
+    assert f"mta: audit entry {second} is altered: its content does not match its hash" in result.stderr
+
+
+def test_removed_entry_breaks_the_next(make_mta):
+    mta = make_mta()
+    add_entries(mta, 3)
+    first, second, third = audit_ids(mta)
+    tamper(mta, f"DELETE FROM audit_log WHERE id = {second}")
+
+    result = mta.cli("audit", "verify")
+
+    assert result.returncode == 1
+    assert f"mta: audit entry {third} is altered: its link to the previous entry does not match" in result.stderr
+
+
+def test_export_links_entries(make_mta):
+    mta = make_mta()
+    add_entries(mta, 2)
+
+    result = mta.cli("audit", "export", "--from", "2000-01-01")
+
+    entries = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [entry["actor"] for entry in entries] == ["op0", "op1"]
+    assert entries[0]["prev_hash"] == "00" * 32
+    assert entries[1]["prev_hash"] == entries[0]["hash"]
+
+
+def test_bad_export_time_exits_2(make_mta):
+    result = make_mta().cli("audit", "export", "--from", "last tuesday")
+
+    assert result.returncode == 2
+    assert "invalid time 'last tuesday'" in result.stderr
+
+
+def test_concurrent_writers_keep_one_chain(make_mta):
+    mta = make_mta()
+
+    async def write_many() -> None:
+        pool = await asyncpg.create_pool(mta.database_url, min_size=10, max_size=10)
+        try:
+            await asyncio.gather(*(pool.execute("INSERT INTO audit_log (actor, action) VALUES ($1, 'test write')",
+                                                f"writer{number}") for number in range(50)))
+        finally:
+            await pool.close()
+
+    asyncio.run(write_many())
+
+    result = mta.cli("audit", "verify")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("50 audit entries verified")
