@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import date
@@ -593,12 +594,20 @@ def check(config: Config) -> None:
     for network in config.smtp.relay_networks:
         _check_relay_network(network)
 
+    for domain in config.delivery.tls.policy:
+        if not re.fullmatch(r"\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?", domain):
+            raise ConfigError(f"delivery.tls.policy: invalid key {domain!r}, expected a domain such as example.org, "
+                              "or .example.org for its subdomains")
     for key, mode in [("delivery.tls.default", config.delivery.tls.default),
                       *((f"delivery.tls.policy.{domain}", mode) for domain, mode in config.delivery.tls.policy.items())]:
         if mode not in OUTBOUND_TLS_MODES:
             raise ConfigError(f"{key} must be one of {', '.join(OUTBOUND_TLS_MODES)}, got {mode!r}")
     if config.delivery.tls.ca_file and not Path(config.delivery.tls.ca_file).is_file():
         raise ConfigError(f"delivery.tls.ca_file not found: {config.delivery.tls.ca_file}")
+
+    if config.inbound.dmarc and not (config.inbound.spf and config.inbound.dkim):
+        raise ConfigError("inbound.dmarc needs inbound.spf and inbound.dkim: without one of them, DMARC would "
+                          "fail mail that passes only through the check that is off")
 
     if config.inbound.dmarc_reject_action not in DMARC_REJECT_ACTIONS:
         raise ConfigError(f"inbound.dmarc_reject_action must be one of {', '.join(DMARC_REJECT_ACTIONS)}, "

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from mta.dkim import dns_txt_value
 from mta.inbound.dmarc import DmarcRecordError, aligned, organisational_domain, parse_record
 from mta.inbound.results import remove_forged
-from tests.conftest import query
+from tests.conftest import config_error, query
 from tests.mx import RELAY_DOMAIN, relay_config
 
 RECIPIENT = f"bob@{RELAY_DOMAIN}"
@@ -189,3 +189,20 @@ def test_remove_forged_keeps_body():
 
     assert removed == 1
     assert cleaned == b"Subject: s\r\n\r\nAuthentication-Results: mta.example.com\r\n"
+
+
+def test_dmarc_without_dkim_refused(tmp_path):
+    message = config_error(tmp_path, "[inbound]\ndkim = false\n")
+
+    assert "inbound.dmarc needs inbound.spf and inbound.dkim" in message
+
+
+def test_unreadable_header_gives_permerror_not_451(mta, sink, dns):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    dns.add("s1._domainkey.oldstyle.example", "TXT", dns_txt_value(key))
+    message = signed(message_from("news@oldstyle.example"), "oldstyle.example", "s1", key)
+
+    code, _ = send(mta, "news@oldstyle.example", message.replace(b"Subject: hello", b"Subject : hello"))
+
+    assert code == 250
+    assert "dkim=permerror" in results_of(sink.wait_for(1)[0].data)

@@ -9,7 +9,7 @@ import pytest
 import trustme
 
 from mta.delivery.tls_policy import TlsPolicies
-from tests.conftest import REMOTE_MX_ADDRESS
+from tests.conftest import REMOTE_MX_ADDRESS, config_error
 from tests.mx import send_mx, wait_until
 from tests.pgcluster import free_port
 from tests.sink import Sink, sink_on
@@ -115,3 +115,9 @@ def test_policy_lookup_by_domain_and_parent(domain, expected):
 def test_unknown_mode_refused(make_mta):
     with pytest.raises(RuntimeError, match="delivery.tls.policy.bank.example must be one of none, may, encrypt, verify"):
         make_mta({"delivery": {"tls": {"policy": {"bank.example": "strict"}}}})
+
+
+def test_wildcard_policy_key_refused(tmp_path):
+    message = config_error(tmp_path, '[delivery.tls.policy]\n"*.bank.example" = "verify"\n')
+
+    assert "delivery.tls.policy: invalid key '*.bank.example'" in message

@@ -266,3 +266,14 @@ def test_pipelined_commands_after_data(shared_mta):
         assert (code, text[:5]) == (250, "2.0.0")
         assert client.reply()[0] == 250
         assert client.reply()[0] == 221
+
+
+def test_auth_refused_on_mx_even_after_starttls(shared_mta):
+    with RawClient(shared_mta.mx_port) as client:
+        client.ehlo()
+        client.starttls()
+        client.ehlo()
+
+        code, text = client.auth_plain("alice@example.com", PASSWORD)
+
+    assert (code, text) == (502, "5.5.1 AUTH is not available on this port, use the submission port")

@@ -35,7 +35,9 @@ _THROTTLE_WORDS = re.compile(
 _GREYLIST_WORDS = re.compile(r"gr[ae]y-?list", re.IGNORECASE)
 _UNKNOWN_WORDS = re.compile(
     r"user unknown|unknown user|no such (user|mailbox|recipient)|does not exist|recipient not found"
-    r"|invalid (recipient|mailbox)|mailbox (unavailable|not found)|address rejected", re.IGNORECASE)
+    r"|invalid (recipient|mailbox)|mailbox (unavailable|not found)", re.IGNORECASE)
+# A refusal of the envelope sender applies to every recipient and says nothing about their mailboxes.
+_SENDER_WORDS = re.compile(r"\bsender\b|mail from", re.IGNORECASE)
 _REPUTATION_WORDS = re.compile(r"block|blacklist|spamhaus|reputation|\brbl\b|listed", re.IGNORECASE)
 
 
@@ -43,7 +45,9 @@ def classify(reply: Reply) -> str:
     """Return the class of a remote reply, one of CLASSES."""
     enhanced = reply.enhanced
     if reply.code >= 500:
-        if enhanced in ("5.1.1", "5.1.10") or (enhanced in ("5.0.0", "5.1.0") and _UNKNOWN_WORDS.search(reply.text)):
+        unknown = enhanced in ("5.1.1", "5.1.10") or (
+            reply.code == 550 and enhanced in ("5.0.0", "5.1.0") and _UNKNOWN_WORDS.search(reply.text))
+        if unknown and not _SENDER_WORDS.search(reply.text):
             return UNKNOWN_USER
         if enhanced == "5.2.2":
             return MAILBOX_FULL
@@ -54,6 +58,9 @@ def classify(reply: Reply) -> str:
         if enhanced == "4.2.2":
             return MAILBOX_FULL
         if _GREYLIST_WORDS.search(reply.text):
+            return OTHER
+        if enhanced.startswith("4.2."):
+            # X.2.x concerns one mailbox (RFC 3463), such as its own rate of mail: not the whole site.
             return OTHER
         if reply.code == 421 or _THROTTLE_WORDS.search(reply.text):
             return THROTTLED

@@ -128,8 +128,13 @@ class SmtpDeliverer:
                 log.info("TLS with %s failed: %s", relay, error.reply)
                 last_error, connected = error.reply, True
                 continue
-            except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPConnectTimeoutError,
-                    aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as error:
+            except aiosmtplib.SMTPResponseException as error:
+                # Refused at the greeting, EHLO or STARTTLS: this host is deferred, the next one tried.
+                log.info("%s refused the session: %s %s", relay, error.code, error.message)
+                last_error, connected = Reply(451, f"4.4.2 {relay} refused the session: {error.code} "
+                                                   f"{error.message}"), True
+                continue
+            except (aiosmtplib.SMTPException, OSError) as error:
                 log.info("connect to %s failed: %s", relay, error)
                 last_error = Reply(451, f"4.4.1 connection to {relay} failed: {error}")
                 continue
@@ -164,7 +169,7 @@ class SmtpDeliverer:
         """Start TLS at the required level; raise TlsFailure when a required level cannot be met."""
         if requirement.mode == "none":
             return
-        await client.ehlo()
+        await client._ehlo_or_helo_if_needed()
         if not client.supports_extension("starttls"):
             if requirement.required:
                 raise TlsFailure(Reply(451, f"4.7.4 TLS is required ({requirement.mode}, by {requirement.source}) "

@@ -77,7 +77,7 @@ def suppressed_reply(sender_domain: str) -> Reply:
 async def add_bounce(pool: asyncpg.Pool, sender: str, recipient: str, reply: Reply, days: int) -> None:
     if not sender:
         return
-    await pool.execute(_ADD_BOUNCE, domain_of(sender).lower(), recipient.lower(), str(reply)[:500], days)
+    await pool.execute(_ADD_BOUNCE, domain_of(sender).lower().rstrip("."), recipient.lower(), str(reply)[:500], days)
     log.info("suppressed <%s> for %s for %d days: %s", recipient, domain_of(sender).lower(), days, reply)
 
 
@@ -94,8 +94,12 @@ def check_entry(entry: Entry) -> Entry:
 
 
 async def add(connection: asyncpg.Connection, entries: list[Entry]) -> int:
-    """Add or replace entries; return how many."""
-    entries = [check_entry(entry) for entry in entries]
+    """Add or replace entries; return how many distinct ones (the last of duplicates wins)."""
+    distinct = {}
+    for entry in entries:
+        checked = check_entry(entry)
+        distinct[(checked.sender_domain, checked.address)] = checked
+    entries = list(distinct.values())
     await connection.execute(_ADD, [e.sender_domain for e in entries], [e.address for e in entries],
                              [e.reason for e in entries], [e.source for e in entries],
                              [e.expires_at for e in entries])

@@ -17,6 +17,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
+from mta.inbound import executor
 from mta.rfc5322 import header_section
 
 log = logging.getLogger("mta.inbound")
@@ -61,16 +62,27 @@ async def verify(message: bytes, resolver: dns.asyncresolver.Resolver) -> list[D
     names = {f"{tag.get('s', '')}._domainkey.{tag.get('d', '')}." for tag in tags if tag.get("s") and tag.get("d")}
     fetched = dict(zip(names, await asyncio.gather(*(_fetch(resolver, name) for name in names)), strict=True))
 
-    results = []
+    # Hashing the body takes a while for large messages, so it runs off the event loop.
+    verdicts = await executor.run(_verify_all, message, tags, fetched)
+    return [DkimResult(result=verdict, domain=tag.get("d", "").lower(), selector=tag.get("s", ""),
+                       signature=tag.get("b", "")[:8]) for verdict, tag in zip(verdicts, tags, strict=True)]
+
+
+def _verify_all(message: bytes, tags: list[dict[str, str]], fetched: dict) -> list[str]:
+    """Verify each signature with one parse of the message; return one result per signature."""
+    try:
+        checker = dkim.DKIM(message, minkey=1024)
+    except dkim.DKIMException as error:
+        log.debug("message not readable for DKIM: %s", error)
+        return ["permerror"] * len(tags)
+    verdicts = []
     for index, tag in enumerate(tags):
         name = f"{tag.get('s', '')}._domainkey.{tag.get('d', '')}."
-        record = fetched.get(name)
-        results.append(DkimResult(result=_verify_one(message, index, name, record), domain=tag.get("d", "").lower(),
-                                  selector=tag.get("s", ""), signature=tag.get("b", "")[:8]))
-    return results
+        verdicts.append(_verify_one(checker, index, name, fetched.get(name)))
+    return verdicts
 
 
-def _verify_one(message: bytes, index: int, name: str, record: bytes | None | Exception) -> str:
+def _verify_one(checker: dkim.DKIM, index: int, name: str, record: bytes | None | Exception) -> str:
     if isinstance(record, Exception):
         return "temperror"
     if record is None:
@@ -79,7 +91,6 @@ def _verify_one(message: bytes, index: int, name: str, record: bytes | None | Ex
     def dnsfunc(asked: bytes, timeout: int = 5) -> bytes | None:
         return record if asked.decode().lower() == name.lower() else None
 
-    checker = dkim.DKIM(message, minkey=1024)
     try:
         return "pass" if checker.verify(idx=index, dnsfunc=dnsfunc) else "fail"
     except dkim.ValidationError as error:

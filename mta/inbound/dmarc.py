@@ -103,6 +103,9 @@ async def evaluate(author_domain: str, spf: SpfResult | None, signatures: list[D
         published = tags["p"].lower()
     if _passes(author_domain, spf, signatures, tags):
         return DmarcResult("pass", author_domain, "none", published)
+    if (spf is not None and spf.result == "temperror") or any(s.result == "temperror" for s in signatures):
+        # A check that could not finish may have passed: never a permanent failure for that.
+        return DmarcResult("temperror", author_domain, "none", published)
     return DmarcResult("fail", author_domain, _sampled(published, tags.get("pct", "100")), published)
 
 

@@ -15,10 +15,10 @@ from mta.inbound.dmarc import DmarcResult
 from mta.inbound.spf import SpfResult
 from mta.rfc5322 import header_section
 
-_RESULTS_FIELD = re.compile(rb"^authentication-results[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)\r\n",
+_RESULTS_FIELD = re.compile(rb"^authentication-results[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)(?:\r\n|\Z)",
                             re.IGNORECASE | re.MULTILINE)
-# The authserv-id is the first token of the value, before an optional version and the first ";".
-_SERVICE_ID = re.compile(rb"^\s*(?:\([^)]*\)\s*)*([^\s;(]+)")
+# The authserv-id is the first token or quoted string of the value, before an optional version and ";".
+_SERVICE_ID = re.compile(rb'^\s*(?:\([^)]*\)\s*)*("[^"]*"|[^\s;(]+)')
 # RFC 8601 values are tokens or quoted strings; anything else in a property is quoted.
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+\-./=?^_`{|}~@]+$")
 
@@ -31,7 +31,8 @@ def remove_forged(message: bytes, service_id: str) -> tuple[bytes, int]:
     def keep_or_drop(match: re.Match) -> bytes:
         nonlocal removed
         found = _SERVICE_ID.match(match.group(1).replace(b"\r\n", b""))
-        if found and found.group(1).decode("ascii", "replace").lower() == service_id.lower():
+        named = found.group(1).decode("ascii", "replace").strip('"').rstrip(".").lower() if found else ""
+        if named == service_id.lower().rstrip("."):
             removed += 1
             return b""
         return match.group(0)

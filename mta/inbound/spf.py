@@ -16,6 +16,8 @@ import dns.exception
 import dns.resolver
 import spf
 
+from mta.inbound import executor
+
 # RFC 7208 section 4.6.4 caps the lookups, and pyspf enforces that; this
 # caps the time a whole check may take.
 CHECK_TIMEOUT = 20.0
@@ -82,4 +84,10 @@ def _check(address: str, sender: str, helo: str) -> SpfResult:
 
 async def check(address: str, sender: str, helo: str) -> SpfResult:
     """Evaluate the SPF policy of the sender's domain (or the HELO name) for the client address."""
-    return await asyncio.to_thread(_check, address, sender, helo)
+    domain = sender.rpartition("@")[2].lower() if sender else helo.lower()
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT + 5):
+            return await executor.run(_check, address, sender, helo)
+    except TimeoutError:
+        # Waiting for a free thread took too long; the thread itself stops at pyspf's own limit.
+        return SpfResult("temperror", domain, "mailfrom" if sender else "helo", "SPF check timed out")

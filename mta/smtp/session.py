@@ -29,6 +29,7 @@ from mta.db import TRANSIENT_ERRORS
 from mta.dkim import DkimSigner, DuplicateFromError
 from mta.ids import new_queue_id, new_session_id
 from mta.inbound.check import InboundChecker
+from mta.inbound.results import remove_forged
 from mta.smtp import dsn, policy, replies
 from mta.smtp.chunking import Chunking
 from mta.smtp.data import read_data
@@ -148,6 +149,10 @@ class MtaSmtp(Chunking, SMTP):
         return True
 
     def _timeout_cb(self) -> None:
+        if self._in_data_hook:
+            # The message is being checked and queued: the client is waiting for its reply, not idle.
+            self._reset_timeout()
+            return
         # aiosmtpd closes without a reply. A 421 first gives the client the reason (RFC 5321 section 3.8).
         seconds = f"{self.handler.config.smtp.idle_timeout:g}"
         self._close_with(replies.IDLE_TIMEOUT.format(seconds=seconds), "idle timeout")
@@ -280,6 +285,14 @@ class MtaSmtp(Chunking, SMTP):
     async def smtp_EXPN(self, arg: str) -> None:
         if not await self._over_junk_limit():
             await super().smtp_EXPN(arg)
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        if not self.handler.listener.requires_auth:
+            # MX serves other hosts' mail: a login there would relay without submission's ownership checks.
+            await self.push(str(replies.AUTH_NOT_HERE))
+            return
+        await super().smtp_AUTH(arg)
 
     @syntax("HELP [command]")
     async def smtp_HELP(self, arg: str) -> None:
@@ -529,6 +542,8 @@ class Handler:
             return self._reject_data(session, envelope, replies.AUTHOR_NOT_OWNED)
 
         queue_id = new_queue_id()
+        # Results that claim this host's name were not written here, whichever listener the message came by.
+        data, _ = remove_forged(data, self.config.server.hostname)
         if submission or session.relay_client:
             try:
                 data = shorten_lines(data)
