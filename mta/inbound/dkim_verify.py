@@ -2,7 +2,8 @@
 
 dkimpy fetches a key through a synchronous callback. The records of every
 signature are looked up beforehand with the asynchronous resolver, so the
-callback only reads a dictionary and verification never blocks the loop.
+callback only reads a dictionary. Verification, which hashes the body,
+runs in the inbound checks' own threads (mta.inbound.executor).
 """
 
 from __future__ import annotations
