@@ -35,7 +35,9 @@ class Verification:
 def content(entry: asyncpg.Record) -> bytes:
     """Return the octets an entry's hash covers, as the database trigger forms them."""
     at = entry["at"].astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
-    return "|".join([str(entry["id"]), at, entry["actor"], entry["action"], entry["detail"]]).encode()
+    fields = [str(entry["id"]), at, entry["actor"], entry["action"], entry["detail"]]
+    # Each field is prefixed with its length, so no character inside one can shift the boundaries.
+    return b"".join(str(len(field.encode())).encode() + b":" + field.encode() for field in fields)
 
 
 def entry_hash(previous: bytes, entry: asyncpg.Record) -> bytes:

@@ -3,16 +3,18 @@
 -- on (mta audit verify). Inserts take a transaction-level advisory lock, so
 -- entries are chained in id order even when several nodes write at once.
 --
--- The content hashed is, joined by "|": id, the time in UTC as
+-- The content hashed is, for each of id, the time in UTC as
 -- YYYY-MM-DDTHH:MM:SS.ffffff, actor, action, and detail as PostgreSQL's
--- text form of the jsonb value. The first entry's previous hash is 32 zero
--- octets.
+-- text form of the jsonb value: its length in UTF-8 octets, ":", the text
+-- itself. The lengths keep a "|" or ":" inside a field from moving the
+-- boundary between fields. The first entry's previous hash is 32 zero octets.
 ALTER TABLE audit_log ADD COLUMN prev_hash bytea, ADD COLUMN hash bytea;
 
 CREATE FUNCTION audit_log_content(entry audit_log) RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
-    SELECT convert_to(concat_ws('|', entry.id::text,
-                                to_char(entry.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'),
-                                entry.actor, entry.action, entry.detail::text), 'UTF8')
+    SELECT string_agg(convert_to(octet_length(convert_to(field, 'UTF8'))::text || ':' || field, 'UTF8'), ''::bytea
+                      ORDER BY position)
+    FROM unnest(ARRAY[entry.id::text, to_char(entry.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'),
+                      entry.actor, entry.action, entry.detail::text]) WITH ORDINALITY AS fields (field, position)
 $$;
 
 CREATE FUNCTION audit_log_chain() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -104,3 +104,17 @@ def test_concurrent_writers_keep_one_chain(make_mta):
     result = mta.cli("audit", "verify")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("50 audit entries verified")
+
+
+def test_moved_field_boundary_detected(make_mta):
+    mta = make_mta()
+    result = mta.cli("suppression", "add", "example.net", "a@example.org", "--actor", "ops|suppression")
+    assert result.returncode == 0, result.stderr
+    entry = query(mta.database_url, "SELECT id, action FROM audit_log")[0]
+    # The same octets joined differently: without length prefixes the hash would not change.
+    tamper(mta, f"UPDATE audit_log SET actor = 'ops', action = 'suppression|{entry['action']}' WHERE id = {entry['id']}")
+
+    result = mta.cli("audit", "verify")
+
+    assert result.returncode == 1
+    assert f"audit entry {entry['id']} is altered" in result.stderr

@@ -176,7 +176,12 @@ class DeliveryAgent:
         if throttling:
             await self.sites.throttled(key, throttling[0])
             if self.warmup is not None:
-                await self.warmup.throttled(outcome.source, key)
+                try:
+                    await self.warmup.throttled(outcome.source, key)
+                except TRANSIENT_ERRORS as error:
+                    # Settling must still happen: the recipients it delivered must not be sent again.
+                    log.warning("%s: holding the warm-up of %s for site %s failed: %r", message.queue_id,
+                                outcome.source, key, error)
 
         settings = self.config.delivery.suppression
         if not settings.enabled:
