@@ -206,3 +206,20 @@ def test_unreadable_header_gives_permerror_not_451(mta, sink, dns):
 
     assert code == 250
     assert "dkim=permerror" in results_of(sink.wait_for(1)[0].data)
+
+
+@pytest.mark.parametrize("from_fields", [
+    b"From: news@spfpass2.example\r\nFrom: ceo@bank2.example\r\n",
+    b"From: news@spfpass2.example, ceo@bank2.example\r\n",
+])
+def test_second_author_cannot_hide_reject_policy(mta, dns, from_fields):
+    dns.remove("spfpass2.example")
+    dns.add("spfpass2.example", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    dns.add("_dmarc.spfpass2.example", "TXT", "v=DMARC1; p=none")
+    dns.remove("_dmarc.bank2.example")
+    dns.add("_dmarc.bank2.example", "TXT", "v=DMARC1; p=reject")
+
+    code, text = send(mta, "news@spfpass2.example", from_fields + b"Subject: pay\r\n\r\nnow\r\n")
+
+    assert code == 550
+    assert text == b"5.7.1 message rejected by the DMARC policy of bank2.example"

@@ -29,6 +29,7 @@ class Verdict:
     summary: str            # "spf=pass dkim=pass dmarc=pass", for the log line
     reject: bool            # DMARC p=reject failed and the action is to reject
     quarantine: str | None  # why the message is quarantined, or None
+    domain: str = ""        # the From domain whose DMARC result decided
 
 
 class InboundChecker:
@@ -48,19 +49,26 @@ class InboundChecker:
         return self.config.spf or self.config.dkim or self.config.dmarc
 
     async def check(self, message: bytes, client_address: str, sender: str, helo: str,
-                    author_domain: str) -> Verdict:
-        """Authenticate one message; return it with its Authentication-Results field, and the verdict."""
+                    author_domains: list[str]) -> Verdict:
+        """Authenticate one message; return it with its Authentication-Results field, and the verdict.
+
+        Every domain among the From addresses is evaluated and the strictest
+        outcome applies, so a second From (field or address) cannot hide a
+        domain that publishes p=reject (RFC 7489 section 6.6.1).
+        """
         spf_result, signatures = await asyncio.gather(self._spf(client_address, sender, helo),
                                                       self._dkim(message))
-        dmarc_result = None
+        results: list[DmarcResult] = []
         if self.config.dmarc:
-            dmarc_result = await dmarc.evaluate(author_domain, spf_result, signatures or [], self.resolver)
+            results = list(await asyncio.gather(*(dmarc.evaluate(domain, spf_result, signatures or [], self.resolver)
+                                                  for domain in author_domains or [""])))
 
-        reject, quarantine = self._disposition(dmarc_result)
+        deciding = max(results, key=_severity, default=None)
+        reject, quarantine = self._disposition(deciding)
         cleaned, _ = remove_forged(message, self.hostname)
-        field = results_field(self.hostname, spf_result, signatures, dmarc_result)
-        return Verdict(message=field + cleaned, summary=_summary(spf_result, signatures, dmarc_result),
-                       reject=reject, quarantine=quarantine)
+        field = results_field(self.hostname, spf_result, signatures, results if self.config.dmarc else None)
+        return Verdict(message=field + cleaned, summary=_summary(spf_result, signatures, results),
+                       reject=reject, quarantine=quarantine, domain=deciding.domain if deciding else "")
 
     async def _spf(self, client_address: str, sender: str, helo: str) -> SpfResult | None:
         if not self.config.spf:
@@ -86,13 +94,22 @@ class InboundChecker:
         return False, None
 
 
+# Outcomes from mildest to strictest: a failure under p=reject decides over everything else.
+_RESULT_ORDER = ("pass", "none", "permerror", "temperror", "fail")
+_POLICY_ORDER = ("none", "quarantine", "reject")
+
+
+def _severity(result: DmarcResult) -> tuple[int, int]:
+    return _RESULT_ORDER.index(result.result), _POLICY_ORDER.index(result.policy)
+
+
 def _summary(spf_result: SpfResult | None, signatures: list[DkimResult] | None,
-             dmarc_result: DmarcResult | None) -> str:
+             dmarc_results: list[DmarcResult]) -> str:
     parts = []
     if spf_result is not None:
         parts.append(f"spf={spf_result.result}")
     if signatures is not None:
         parts.append("dkim=" + (",".join(signature.result for signature in signatures) or "none"))
-    if dmarc_result is not None:
-        parts.append(f"dmarc={dmarc_result.result}")
+    if dmarc_results:
+        parts.append("dmarc=" + ",".join(result.result for result in dmarc_results))
     return " ".join(parts)

@@ -50,7 +50,7 @@ def _value(text: str) -> str:
 
 
 def results_field(service_id: str, spf: SpfResult | None, signatures: list[DkimResult] | None,
-                  dmarc: DmarcResult | None) -> bytes:
+                  dmarc: list[DmarcResult] | None) -> bytes:
     """Build the Authentication-Results field, folded one method per line."""
     methods = []
     if spf is not None:
@@ -62,9 +62,9 @@ def results_field(service_id: str, spf: SpfResult | None, signatures: list[DkimR
         for signature in signatures:
             methods.append(f"dkim={signature.result} header.d={_value(signature.domain)}"
                            f" header.s={_value(signature.selector)} header.b={_value(signature.signature)}")
-    if dmarc is not None:
-        comment = f" (p={dmarc.published} dis={dmarc.policy})" if dmarc.published else ""
-        methods.append(f"dmarc={dmarc.result}{comment} header.from={_value(dmarc.domain)}")
+    for result in dmarc or []:
+        comment = f" (p={result.published} dis={result.policy})" if result.published else ""
+        methods.append(f"dmarc={result.result}{comment} header.from={_value(result.domain)}")
     if not methods:
         methods.append("none")
     return ("Authentication-Results: " + service_id + ";\r\n\t" + ";\r\n\t".join(methods) + "\r\n").encode()

@@ -37,7 +37,7 @@ from mta.smtp.dsn import DsnError, take_dsn_parameters
 from mta.smtp.hooks import BeforeQueueChecks, CheckRequest
 from mta.smtp.longlines import LineTooLong, shorten_lines
 from mta.smtp.policy import Listener
-from mta.smtp.stamp import Arrival, add_missing_fields, author_address, author_domain, received_field
+from mta.smtp.stamp import Arrival, add_missing_fields, author_address, author_domain, author_domains, received_field
 from mta.spool.enqueue import NewMessage, Spool, SpoolError
 
 log = logging.getLogger("mta.smtpd")
@@ -559,11 +559,11 @@ class Handler:
         quarantine = None
         inbound = self.services.inbound
         if not submission and not session.relay_client and inbound is not None and inbound.enabled:
-            verdict = await inbound.check(data, _peer(session)[0], sender, session.host_name or "", author_domain(data))
+            verdict = await inbound.check(data, _peer(session)[0], sender, session.host_name or "", author_domains(data))
             log.info("%s: %s; from=<%s> header.from=%s%s", session.id, verdict.summary, sender,
                      author_domain(data) or "none", " (quarantine)" if verdict.quarantine else "")
             if verdict.reject:
-                return self._reject_data(session, envelope, replies.DMARC_REJECTED.format(domain=author_domain(data)))
+                return self._reject_data(session, envelope, replies.DMARC_REJECTED.format(domain=verdict.domain))
             data, quarantine = verdict.message, verdict.quarantine
 
         checks = self.services.checks

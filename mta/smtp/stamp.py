@@ -65,6 +65,17 @@ def author_address(data: bytes) -> str:
     return addresses[0][1] if addresses else ""
 
 
+def author_domains(data: bytes) -> list[str]:
+    """Return the distinct domains of every address in every From field, in order of appearance."""
+    values = [match.decode("utf-8", "replace").replace("\r\n", "") for match in _FROM_VALUE.findall(header_section(data))]
+    domains = []
+    for _, address in email.utils.getaddresses(values):
+        domain = domain_of(address)
+        if domain and domain not in domains:
+            domains.append(domain)
+    return domains
+
+
 def author_domain(data: bytes) -> str:
     """Return the domain of the first address in the From field, or ''."""
     return domain_of(author_address(data))
