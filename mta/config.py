@@ -584,6 +584,12 @@ def check(config: Config) -> None:
 
     for name, check_config in config.smtp.checks.items():
         _check_check(name, check_config)
+        if check_config.timeout >= config.smtp.idle_timeout:
+            raise ConfigError(f"smtp.checks.{name}.timeout ({check_config.timeout:g} s) must be shorter than "
+                              f"smtp.idle_timeout ({config.smtp.idle_timeout:g} s), which the client waits at most")
+    if config.smtp.greet_pause >= config.smtp.idle_timeout:
+        raise ConfigError(f"smtp.greet_pause ({config.smtp.greet_pause:g} s) must be shorter than "
+                          f"smtp.idle_timeout ({config.smtp.idle_timeout:g} s)")
 
     if config.smtp.submissions.proxy_protocol:
         raise ConfigError("smtp.submissions.proxy_protocol is not supported: with implicit TLS the PROXY header "

@@ -57,3 +57,12 @@ def test_two_listeners_on_one_port_refused(tmp_path, toml, message):
 ])
 def test_missing_certificate_files_refused(tmp_path, toml, message):
     assert message in config_error(tmp_path, toml)
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('[smtp]\nidle_timeout = 30.0\n[smtp.checks.scan]\nfactory = "tests.content_checks:SlowCheck"\ntimeout = 60.0\n',
+     "smtp.checks.scan.timeout (60 s) must be shorter than smtp.idle_timeout (30 s)"),
+    ("[smtp]\nidle_timeout = 5.0\ngreet_pause = 6.0\n", "smtp.greet_pause (6 s) must be shorter than smtp.idle_timeout (5 s)"),
+])
+def test_waits_longer_than_idle_timeout_refused(tmp_path, toml, message):
+    assert message in config_error(tmp_path, toml)
