@@ -36,6 +36,7 @@ _issued: set[int] = set()
 
 
 def free_port(host: str = LOOPBACK) -> int:
+    """Return a port free on host now and never returned before in this process."""
     while True:
         with socket.socket() as sock:
             sock.bind((host, 0))

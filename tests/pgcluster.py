@@ -11,31 +11,16 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 from pgserver._commands import POSTGRES_BIN_PATH
 
+# Tests and the load harness share one helper, which never hands out a port twice in a process.
+from loadtest.target import free_port
+
 SYSTEM_USER = "pgserver"
-
-
-# Ports already handed out in this test process. The kernel may offer a
-# closed port again at once, and the MTA binds with SO_REUSEPORT, so two of
-# its listeners given one port would share it without an error.
-_issued: set[int] = set()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a port free on host now and never returned before in this process."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind((host, 0))
-            port = sock.getsockname()[1]
-        if port not in _issued:
-            _issued.add(port)
-            return port
 
 
 class PgCluster:

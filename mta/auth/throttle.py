@@ -5,8 +5,8 @@ Each failure counts against the client's address (an IPv6 client by its
 whether that account exists or not, so the reply reveals nothing about it.
 Counts live in PostgreSQL and are shared by all nodes. When a count reaches
 its limit within ``auth_failure_window`` seconds, AUTH from that address, or
-for that account, is answered 454 4.7.0 without checking the password until
-the window has passed. Every failure is also answered only after
+for that account, gets 454 4.7.0 without a password check until the window
+has passed. Every failure is also answered only after
 ``auth_failure_delay`` seconds, which slows a guesser inside the limits.
 
 An attacker who knows a login name can block it for others by failing on

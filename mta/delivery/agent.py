@@ -114,10 +114,10 @@ class DeliveryAgent:
         key = site_key(targets)
         requirement = self.smtp.tls.for_domain(job.domain)
         if self.mta_sts is not None and self.resolver.route_for(job.domain) is None:
-            targets, requirement, refusal = await self._apply_mta_sts(job.domain, targets, requirement)
-            if refusal is not None:
+            targets, requirement, rejection = await self._apply_mta_sts(job.domain, targets, requirement)
+            if rejection is not None:
                 outcome = Outcome(relay="none", site=key)
-                outcome.add_all(recipients, refusal)
+                outcome.add_all(recipients, rejection)
                 return outcome
 
         limits = self.sites.limits(job.domain)

@@ -36,7 +36,7 @@ _GREYLIST_WORDS = re.compile(r"gr[ae]y-?list", re.IGNORECASE)
 _UNKNOWN_WORDS = re.compile(
     r"user unknown|unknown user|no such (user|mailbox|recipient)|does not exist|recipient not found"
     r"|invalid (recipient|mailbox)|mailbox (unavailable|not found)", re.IGNORECASE)
-# A refusal of the envelope sender applies to every recipient and tells nothing about their mailboxes.
+# A rejection of the envelope sender applies to every recipient, so it is no evidence about their mailboxes.
 _SENDER_WORDS = re.compile(r"\bsender\b|mail from", re.IGNORECASE)
 _REPUTATION_WORDS = re.compile(r"block|blacklist|spamhaus|reputation|\brbl\b|listed", re.IGNORECASE)
 

@@ -9,8 +9,8 @@ Counts live in PostgreSQL, shared by all nodes.
 A message first takes a slot of a warming address of its pool. When every
 warming address has reached today's cap, it goes from the pool's warm
 addresses. With none of those, it is deferred. A throttling reply from a
-site to a warming address holds that address's ramp for the site for the
-day: the ramp does not move on that day.
+site to a warming address pauses that address's ramp for the site, so the
+ramp does not move on that day.
 
 Each message costs two queries per listed address, so an address that has
 finished its schedule should leave the list.
@@ -69,8 +69,8 @@ class Warmup:
 
     async def _cap(self, address: str, site: str) -> int | None:
         """Return today's cap of a warming address for a site, or None once its ramp is over."""
-        held = await self.pool.fetchval(_HELD, address, site)
-        step = (self._today() - self.starts[address]).days - int(held)
+        paused_days = await self.pool.fetchval(_HELD, address, site)
+        step = (self._today() - self.starts[address]).days - int(paused_days)
         if step >= len(self.schedule):
             return None
         return self.schedule[max(step, 0)]
@@ -80,4 +80,4 @@ class Warmup:
         if address is None or not self.ramping(address):
             return
         await self.pool.execute(_HOLD, address, site, self._today())
-        log.info("warm-up of %s for site %s held today after a throttling reply", address, site)
+        log.info("warm-up of %s for site %s paused for today after a throttling reply", address, site)

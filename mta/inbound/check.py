@@ -1,10 +1,11 @@
 """One verdict per message arriving on MX: SPF, DKIM and DMARC, the header, and what to do.
 
-SPF and DKIM run side by side, then DMARC weighs them for the From domain.
-A DMARC failure under p=reject is handled by ``inbound.dmarc_reject_action``;
-one under p=quarantine (or a rejection turned into quarantine) sets the
+SPF and DKIM run side by side, then DMARC weighs them for each From domain.
+A DMARC failure under p=reject is handled by ``inbound.dmarc_reject_action``.
+A failure under p=quarantine (or a rejection turned into quarantine) sets the
 message's quarantine flag. The results go into one Authentication-Results
-field on top of the message, after forged ones naming this host are removed.
+field on top of the message. The session has already removed forged fields
+that name this host (mta.inbound.results.remove_forged).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from mta.config import InboundConfig
 from mta.inbound import dkim_verify, dmarc, spf
 from mta.inbound.dkim_verify import DkimResult
 from mta.inbound.dmarc import DmarcResult
-from mta.inbound.results import remove_forged, results_field
+from mta.inbound.results import results_field
 from mta.inbound.spf import SpfResult
 
 
 @dataclass(frozen=True)
 class Verdict:
-    message: bytes          # the message with forged fields removed and the new field on top
+    message: bytes          # the message with the new field on top
     summary: str            # "spf=pass dkim=pass dmarc=pass", for the log line
     reject: bool            # DMARC p=reject failed and the action is to reject
     quarantine: str | None  # why the message is quarantined, or None
@@ -65,9 +66,8 @@ class InboundChecker:
 
         deciding = max(results, key=_severity, default=None)
         reject, quarantine = self._disposition(deciding)
-        cleaned, _ = remove_forged(message, self.hostname)
         field = results_field(self.hostname, spf_result, signatures, results if self.config.dmarc else None)
-        return Verdict(message=field + cleaned, summary=_summary(spf_result, signatures, results),
+        return Verdict(message=field + message, summary=_summary(spf_result, signatures, results),
                        reject=reject, quarantine=quarantine, domain=deciding.domain if deciding else "")
 
     async def _spf(self, client_address: str, sender: str, helo: str) -> SpfResult | None:

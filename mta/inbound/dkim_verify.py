@@ -89,8 +89,8 @@ def _verify_one(checker: dkim.DKIM, index: int, name: str, record: bytes | None 
     if record is None:
         return "permerror"
 
-    def dnsfunc(asked: bytes, timeout: int = 5) -> bytes | None:
-        return record if asked.decode().lower() == name.lower() else None
+    def dnsfunc(requested: bytes, timeout: int = 5) -> bytes | None:
+        return record if requested.decode().lower() == name.lower() else None
 
     try:
         return "pass" if checker.verify(idx=index, dnsfunc=dnsfunc) else "fail"

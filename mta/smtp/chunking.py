@@ -35,10 +35,10 @@ class Chunking:
             return
         size, last = int(match.group(1)), match.group(2) is not None
 
-        refusal = await self._chunk_refusal()
-        if refusal is not None:
+        rejection = await self._chunk_rejection()
+        if rejection is not None:
             if await self._read_chunk(size, keep=False) is not None:
-                await self.push(refusal)
+                await self.push(rejection)
             return
 
         envelope = self.envelope
@@ -61,8 +61,8 @@ class Chunking:
         self._junk_commands = 0
         await self.finish_message(bytes(envelope.chunks))
 
-    async def _chunk_refusal(self) -> str | None:
-        """Return the reply refusing a chunk in this state, or None when the chunk may be taken."""
+    async def _chunk_rejection(self) -> str | None:
+        """Return the reply that rejects a chunk in this state, or None when the chunk may be taken."""
         if not self.session.host_name:
             return str(replies.NEED_HELO)
         if self._auth_required and not self.session.authenticated:

@@ -6,9 +6,10 @@ message has passed this host's own checks, each configured check for the
 listener runs in name order with the envelope and the data. Its result
 accepts, rejects (550 5.7.1), defers (451 4.7.1), or quarantines the
 message, and may add header fields on top. A check that raises or runs past
-its ``timeout`` is a failure, and ``on_failure`` decides: ``tempfail`` defers
-the message, so the client retries and nothing goes through unchecked;
-``accept`` lets it pass unchecked, with a warning in the log.
+its ``timeout`` is a failure, and ``on_failure`` decides what follows. With
+``tempfail`` the message is deferred, so the client retries and nothing goes
+through unchecked. With ``accept`` it passes unchecked, with a warning in
+the log.
 """
 
 from __future__ import annotations
