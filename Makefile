@@ -21,9 +21,9 @@ run: venv
 test: venv system-deps
 	$(BIN)/python -m pytest -q
 
-## Debian packages the tests use as real peers: swaks (with the Perl TLS modules it only recommends), OpenDKIM, HAProxy, SpamAssassin.
+## Debian packages the tests use as real peers: swaks (with the Perl TLS modules it only recommends), OpenDKIM, HAProxy, SpamAssassin, Dovecot LMTP.
 system-deps:
-	scripts/install-system-deps.sh swaks libnet-ssleay-perl libio-socket-ssl-perl opendkim opendkim-tools haproxy spamd spamassassin
+	scripts/install-system-deps.sh swaks libnet-ssleay-perl libio-socket-ssl-perl opendkim opendkim-tools haproxy spamd spamassassin dovecot-lmtpd
 
 ## Postfix for its load tools and as the comparison peer.
 loadtest-deps: venv

@@ -18,6 +18,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from mta.delivery.lmtp import parse_destination
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type, or out of bounds."""
@@ -263,6 +265,9 @@ class DeliveryConfig:
     connection_cache_seconds: float = 2.0
     # Messages one SMTP connection carries before it is closed.
     connection_reuse_limit: int = 100
+    # Local domains whose mail goes to a mailbox server over LMTP instead of
+    # the mailbox store: domain -> "unix:/path", "host:port" or "[ipv6]:port".
+    lmtp: dict[str, str] = field(default_factory=dict)
     sites: SitesConfig = field(default_factory=SitesConfig)
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     tls: OutboundTlsConfig = field(default_factory=OutboundTlsConfig)
@@ -630,6 +635,7 @@ def check(config: Config) -> None:
         _check_address("delivery.nameservers", address)
     for domain, target in config.delivery.routes.items():
         parse_route(f"delivery.routes.{domain}", target)
+    _check_lmtp(config)
 
     if bool(config.tls.cert_file) != bool(config.tls.key_file):
         raise ConfigError("tls.cert_file and tls.key_file must be set together")
@@ -638,6 +644,17 @@ def check(config: Config) -> None:
     if not config.delivery.retry_schedule:
         raise ConfigError("delivery.retry_schedule must name at least one interval")
     _check_sites(config.delivery.sites)
+
+
+def _check_lmtp(config: Config) -> None:
+    for domain, destination in config.delivery.lmtp.items():
+        if not config.is_local_domain(domain):
+            raise ConfigError(f"delivery.lmtp.{domain}: {domain} is not in domains.local, and only mail for local "
+                              "domains goes over LMTP")
+        try:
+            parse_destination(destination)
+        except ValueError as error:
+            raise ConfigError(f"delivery.lmtp.{domain}: {error}") from None
 
 
 def _check_sites(sites: SitesConfig) -> None:

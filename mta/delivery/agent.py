@@ -20,6 +20,7 @@ from mta.config import Config
 from mta.addresses import domain_of
 from mta.db import TRANSIENT_ERRORS
 from mta.delivery import feedback, suppression
+from mta.delivery.lmtp import LmtpSettings, deliver_lmtp, parse_destination
 from mta.delivery.local import deliver_local
 from mta.delivery.outcome import Outcome, Reply
 from mta.delivery.mta_sts import MtaSts
@@ -58,6 +59,10 @@ class DeliveryAgent:
         self.sites = sites
         self.mta_sts = mta_sts
         self.warmup = warmup
+        self.lmtp = {domain.lower().rstrip("."): parse_destination(text)
+                     for domain, text in config.delivery.lmtp.items()}
+        self.lmtp_settings = LmtpSettings(config.server.hostname, config.delivery.connect_timeout,
+                                          config.delivery.connect_timeout, config.delivery.data_timeout)
 
     async def run(self, job: Job, slot: Slot) -> None:
         started = time.monotonic()
@@ -93,6 +98,9 @@ class DeliveryAgent:
                        suppressed: set[str]) -> Outcome:
         local = self.config.is_local_domain(job.domain) and self.resolver.route_for(job.domain) is None
         if local:
+            destination = self.lmtp.get(job.domain.lower())
+            if destination is not None:
+                return await deliver_lmtp(destination, self.lmtp_settings, message.sender, job.recipients, body)
             return await deliver_local(self.pool, job.message_id, job.recipients)
 
         recipients = [recipient for recipient in job.recipients if recipient.lower() not in suppressed]
