@@ -194,6 +194,10 @@ class OutboundTlsConfig:
     policy: dict[str, str] = field(default_factory=dict)
     # CA certificates for verify, in PEM; empty: the system's.
     ca_file: str = ""
+    # DANE (RFC 7672) for hosts whose MX, address and TLSA answers the
+    # nameservers mark DNSSEC-validated (AD flag). Trust that flag only from a
+    # validating resolver on this host or a protected network.
+    dane: bool = True
 
 
 @dataclass

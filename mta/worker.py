@@ -62,13 +62,15 @@ class Worker:
         store = LocalStore(config.data_path(config.storage.path))
         cipher = BodyCipher(self.prepared.master_key)
 
-        resolver = Resolver(delivery.nameservers, delivery.dns_port, config.route_table(), delivery.smtp_port)
+        resolver = Resolver(delivery.nameservers, delivery.dns_port, config.route_table(), delivery.smtp_port,
+                            dnssec=delivery.tls.dane)
         connections = ConnectionCache(delivery.connection_cache_seconds, delivery.connection_reuse_limit)
         smtp = SmtpDeliverer(ClientSettings(
             sources=source_addresses(config),
             connect_timeout=delivery.connect_timeout,
             data_timeout=delivery.data_timeout), connections,
-            TlsPolicies(delivery.tls.default, delivery.tls.policy, delivery.tls.ca_file))
+            TlsPolicies(delivery.tls.default, delivery.tls.policy, delivery.tls.ca_file),
+            dane_resolver=resolver.dns if delivery.tls.dane else None)
 
         sites = Sites(pool, delivery.sites)
         housekeeper = Housekeeper(pool, self.node_id, delivery.history_days, config.smtp.auth_failure_window)

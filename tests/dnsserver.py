@@ -6,7 +6,10 @@ records over UDP and TCP on the same port from a background thread, and
 accepts changes while it runs.
 
 It does not implement zones: there is no SOA in negative answers, no
-delegation, no wildcards and no DNSSEC.
+delegation, no wildcards and no DNSSEC signing. It can stand in for a
+validating resolver, though: names under a domain marked with
+``set_secure`` get the AD flag when the query sets the DO bit, and names
+marked with ``set_failing`` get SERVFAIL, as a bogus signature would.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ class DnsServer:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._tcp_connections: set[socket.socket] = set()
+        # Domains whose answers, and their subdomains', carry the AD flag.
+        self._secure: set[dns.name.Name] = set()
+        self._failing: set[dns.name.Name] = set()
 
     def __enter__(self) -> DnsServer:
         self.start()
@@ -109,6 +115,16 @@ class DnsServer:
             rrsets.pop(dns.rdatatype.from_text(rtype), None)
             if not rrsets:
                 del self._records[owner]
+
+    def set_secure(self, domain: str, secure: bool = True) -> None:
+        """Mark answers at domain and below as DNSSEC-validated (AD), or stop."""
+        with self._lock:
+            (self._secure.add if secure else self._secure.discard)(_to_name(domain))
+
+    def set_failing(self, name: str, failing: bool = True) -> None:
+        """Answer SERVFAIL for queries of exactly name, or stop."""
+        with self._lock:
+            (self._failing.add if failing else self._failing.discard)(_to_name(name))
 
     def start(self) -> None:
         """Bind UDP and TCP on the same port and start serving in a daemon thread."""
@@ -246,7 +262,15 @@ class DnsServer:
             response.set_rcode(dns.rcode.FORMERR)
         else:
             question = query.question[0]
+            with self._lock:
+                failing = question.name in self._failing
+                secure = any(question.name.is_subdomain(domain) for domain in self._secure)
+            if failing:
+                response.set_rcode(dns.rcode.SERVFAIL)
+                return response
             self._answer(response, question.name, question.rdtype)
+            if secure and query.ednsflags & dns.flags.DO:
+                response.flags |= dns.flags.AD
         return response
 
     def _answer(self, response: dns.message.Message, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.resolver
 
 from mta.delivery.outcome import Reply
@@ -25,6 +26,8 @@ class Target:
     host: str
     address: str
     port: int
+    # Whether DNSSEC vouched for the MX answer and this host's address (RFC 7672 section 2.2).
+    secure: bool = False
 
 
 class ResolveError(Exception):
@@ -35,7 +38,7 @@ class ResolveError(Exception):
 
 class Resolver:
     def __init__(self, nameservers: list[str], dns_port: int, routes: dict[str, tuple[str, int]],
-                 smtp_port: int = 25, timeout: float = 10.0):
+                 smtp_port: int = 25, timeout: float = 10.0, dnssec: bool = False):
         self.routes = {domain.lower().rstrip("."): target for domain, target in routes.items()}
         self.smtp_port = smtp_port
         self._dns = dns.asyncresolver.Resolver(configure=False)
@@ -44,6 +47,9 @@ class Resolver:
         self._dns.lifetime = timeout
         # Responses are cached for their TTL, so a busy site costs one lookup.
         self._dns.cache = dns.resolver.LRUCache(10_000)
+        if dnssec:
+            # The DO bit asks the validating resolver to report validation with the AD flag.
+            self._dns.use_edns(0, dns.flags.DO, 1232)
 
     @property
     def dns(self) -> dns.asyncresolver.Resolver:
@@ -58,28 +64,31 @@ class Resolver:
         route = self.route_for(domain)
         if route is not None:
             host, port = route
-            return [Target(host, address, port) for address in await self._addresses(host)]
+            addresses, _ = await self._addresses(host)
+            return [Target(host, address, port) for address in addresses]
 
-        hosts = await self._mx_hosts(domain)
+        hosts, mx_secure = await self._mx_hosts(domain)
         targets = []
         for host in hosts:
             try:
-                addresses = await self._addresses(host)
+                addresses, secure = await self._addresses(host)
             except ResolveError:
                 continue
-            targets.extend(Target(host, address, self.smtp_port) for address in addresses)
+            targets.extend(Target(host, address, self.smtp_port, mx_secure and secure) for address in addresses)
 
         if not targets:
             raise ResolveError(Reply(451, f"4.4.4 no address found for the mail exchangers of {domain}"))
         return targets
 
-    async def _mx_hosts(self, domain: str) -> list[str]:
+    async def _mx_hosts(self, domain: str) -> tuple[list[str], bool]:
+        """Return the MX hosts in the order to try, and whether DNSSEC vouched for them."""
         try:
             answer = await self._dns.resolve(domain, "MX")
         except dns.resolver.NXDOMAIN:
             raise ResolveError(Reply(550, f"5.1.2 domain {domain} does not exist")) from None
-        except dns.resolver.NoAnswer:
-            return [domain]
+        except dns.resolver.NoAnswer as error:
+            response = error.kwargs.get("response")
+            return [domain], response is not None and bool(response.flags & dns.flags.AD)
         except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.YXDOMAIN) as error:
             raise ResolveError(Reply(451, f"4.4.3 DNS lookup of MX for {domain} failed: {_brief(error)}")) from None
 
@@ -96,16 +105,18 @@ class Resolver:
             hosts = by_preference[preference]
             random.shuffle(hosts)
             ordered.extend(hosts)
-        return ordered
+        return ordered, bool(answer.response.flags & dns.flags.AD)
 
-    async def _addresses(self, host: str) -> list[str]:
+    async def _addresses(self, host: str) -> tuple[list[str], bool]:
+        """Return the host's addresses, IPv6 first, and whether DNSSEC vouched for every answer."""
         try:
             ipaddress.ip_address(host)
-            return [host]
+            return [host], False
         except ValueError:
             pass
 
         addresses = []
+        secure = True
         for record_type in ("AAAA", "A"):
             try:
                 answer = await self._dns.resolve(host, record_type)
@@ -114,10 +125,11 @@ class Resolver:
             except (dns.exception.Timeout, dns.resolver.NoNameservers) as error:
                 raise ResolveError(Reply(451, f"4.4.3 DNS lookup of {host} failed: {_brief(error)}")) from None
             addresses.extend(record.to_text() for record in answer)
+            secure = secure and bool(answer.response.flags & dns.flags.AD)
 
         if not addresses:
             raise ResolveError(Reply(451, f"4.4.4 host {host} has no address"))
-        return addresses
+        return addresses, secure
 
 
 def _brief(error: Exception) -> str:

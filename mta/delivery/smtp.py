@@ -15,8 +15,10 @@ import ssl
 from dataclasses import dataclass
 
 import aiosmtplib
+import dns.asyncresolver
 from aiosmtplib.typing import Default
 
+from mta.delivery import dane
 from mta.delivery.connections import Connection, ConnectionCache
 from mta.delivery.outcome import Outcome, Reply
 from mta.delivery.resolve import Target
@@ -94,26 +96,36 @@ class TlsFailure(Exception):
 
 
 class SmtpDeliverer:
-    def __init__(self, settings: ClientSettings, cache: ConnectionCache, tls: TlsPolicies):
+    def __init__(self, settings: ClientSettings, cache: ConnectionCache, tls: TlsPolicies,
+                 dane_resolver: dns.asyncresolver.Resolver | None = None):
         self.settings = settings
         self.cache = cache
         self.tls = tls
+        # Looks up TLSA records for DNSSEC-secure hosts; None turns DANE off.
+        self.dane_resolver = dane_resolver
 
     async def deliver(self, sender: str, recipients: list[str], body: bytes,
                       targets: list[Target], requirement: TlsRequirement = TlsRequirement("may"),
                       pool: SourcePool | None = None) -> Outcome:
         last_error = Reply(451, "4.4.1 no mail exchanger could be reached")
         connected = False
+        domain_requirement = requirement
         for target in targets:
             source = self.settings.sources.pick(pool, target.address)
             if pool is not None and source is None:
                 last_error = Reply(451, f"4.4.1 source pool {pool.name} has no address of the family of "
                                         f"{target.address}")
                 continue
+            try:
+                requirement = await self._dane_requirement(target, domain_requirement)
+            except dane.DaneLookupError as error:
+                log.info("%s[%s] skipped: %s", target.host, target.address, error)
+                last_error = Reply(451, f"4.7.5 {error}")
+                continue
 
             # A connection serves only destinations with the same requirement, verified for the same name.
             key = (target.address, target.port, source, requirement.mode,
-                   target.host if requirement.mode == "verify" else "")
+                   target.host if requirement.mode in ("verify", "dane") else "")
             cached = self.cache.take(key)
             if cached is not None:
                 outcome = await self._use(cached, key, sender, recipients, body)
@@ -146,6 +158,19 @@ class SmtpDeliverer:
         outcome = Outcome(relay="none", connection_failed=not connected)
         outcome.add_all(recipients, last_error)
         return outcome
+
+    async def _dane_requirement(self, target: Target, requirement: TlsRequirement) -> TlsRequirement:
+        """Return the DANE requirement where the host has secure TLSA records, else the domain's requirement.
+
+        DANE takes precedence over MTA-STS (RFC 8461 section 2), and an entry
+        of the TLS policy table over both.
+        """
+        if self.dane_resolver is None or not target.secure or requirement.source == "policy table":
+            return requirement
+        records = await dane.lookup_tlsa(self.dane_resolver, target.host, target.port)
+        if records is None:
+            return requirement
+        return TlsRequirement("dane", "DANE", tuple(records))
 
     async def _connect(self, target: Target, source: str | None, relay: str,
                        requirement: TlsRequirement) -> Connection:
@@ -185,8 +210,12 @@ class SmtpDeliverer:
                                             f"{requirement.source}): {error}")) from error
             raise
         ssl_object = client.get_transport_info("ssl_object")
+        if requirement.mode == "dane":
+            failure = dane.verify(ssl_object, list(requirement.tlsa), target.host)
+            if failure is not None:
+                raise TlsFailure(Reply(451, f"4.7.5 DANE authentication of {relay} failed: {failure}"))
         if ssl_object is not None:
-            verified = "verified" if requirement.mode == "verify" else "not verified"
+            verified = "verified" if requirement.mode in ("verify", "dane") else "not verified"
             log.info("TLS to %s: %s %s, certificate %s", relay, ssl_object.version(), ssl_object.cipher()[0],
                      verified)
 

@@ -10,6 +10,8 @@
   authority (``ca_file``, or the system's) and name the MX host.
 
 The table maps a domain, or ``.example.org`` for its subdomains, to a mode.
+A host with DNSSEC-secure TLSA records gets the mode ``dane`` instead, unless
+the table names its domain (mta.delivery.dane).
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ MODES = ("none", "may", "encrypt", "verify")
 @dataclass(frozen=True)
 class TlsRequirement:
     mode: str
-    # Where the mode comes from, for replies and logs: "default", "policy table", "MTA-STS".
+    # Where the mode comes from, for replies and logs: "default", "policy table", "MTA-STS", "DANE".
     source: str = "default"
+    # The host's TLSA records, for the mode "dane".
+    tlsa: tuple = ()
 
     @property
     def required(self) -> bool:
-        return self.mode in ("encrypt", "verify")
+        return self.mode in ("encrypt", "verify", "dane")
 
 
 def opportunistic_context() -> ssl.SSLContext:
