@@ -231,6 +231,24 @@ class MtaStsConfig:
 
 
 @dataclass
+class TlsReportsConfig:
+    """Daily TLS reports (RFC 8460) to destinations that publish a _smtp._tls record."""
+
+    enabled: bool = True
+    # Named in reports; empty: server.hostname.
+    organization: str = ""
+    # Contact address in reports; empty: postmaster at the first local domain.
+    contact: str = ""
+    # Envelope and From address of report mail, DKIM-signed when its domain
+    # has a key; empty: noreply-tlsrpt at the first local domain.
+    sender: str = ""
+    # Seconds between adding a node's session counts to the database.
+    flush_seconds: float = 60.0
+    # Seconds between checks for reports of ended days to send.
+    interval: float = 3600.0
+
+
+@dataclass
 class SuppressionConfig:
     # Fail recipients on their sender domain's suppression list before sending.
     enabled: bool = True
@@ -276,6 +294,7 @@ class DeliveryConfig:
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     tls: OutboundTlsConfig = field(default_factory=OutboundTlsConfig)
     mta_sts: MtaStsConfig = field(default_factory=MtaStsConfig)
+    tls_reports: TlsReportsConfig = field(default_factory=TlsReportsConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
 
@@ -640,6 +659,15 @@ def check(config: Config) -> None:
     for domain, target in config.delivery.routes.items():
         parse_route(f"delivery.routes.{domain}", target)
     _check_lmtp(config)
+    reports = config.delivery.tls_reports
+    if not 1.0 <= reports.flush_seconds <= 3600.0:
+        raise ConfigError(f"delivery.tls_reports.flush_seconds must be between 1 and 3600, got {reports.flush_seconds}")
+    if not 1.0 <= reports.interval <= 86400.0:
+        raise ConfigError(f"delivery.tls_reports.interval must be between 1 and 86400, got {reports.interval}")
+    for name in ("contact", "sender"):
+        value = getattr(reports, name)
+        if value and "@" not in value:
+            raise ConfigError(f"delivery.tls_reports.{name} must be an email address, got {value!r}")
 
     if bool(config.tls.cert_file) != bool(config.tls.key_file):
         raise ConfigError("tls.cert_file and tls.key_file must be set together")

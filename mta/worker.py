@@ -27,6 +27,8 @@ from mta.delivery.sites import Sites
 from mta.delivery.smtp import ClientSettings, SmtpDeliverer
 from mta.delivery.sources import source_addresses
 from mta.delivery.tls_policy import TlsPolicies
+from mta.delivery.tlsrpt import TlsSessionCounter
+from mta.delivery.tlsrpt_send import TlsReporter, report_settings
 from mta.delivery.warmup import Warmup
 from mta.smtp import listener
 from mta.smtp.hooks import BeforeQueueChecks
@@ -83,6 +85,11 @@ class Worker:
             if delivery.mta_sts.enabled else None
         warmup = Warmup(pool, delivery.warmup.schedule, delivery.warmup.addresses) if delivery.warmup.addresses else None
         self.agent = DeliveryAgent(config, pool, store, cipher, resolver, smtp, settler, sites, mta_sts, warmup)
+        signer = DkimSigner(self.prepared.dkim_keys)
+        reports = delivery.tls_reports
+        if reports.enabled:
+            smtp.reports = TlsSessionCounter(pool, reports.flush_seconds)
+            reporter = TlsReporter(pool, resolver.dns, spool, signer, report_settings(config), delivery.tls.ca_file)
 
         spool.start()
         settler.start()
@@ -90,9 +97,12 @@ class Worker:
         housekeeper.start()
         connections.start()
         scheduler.start()
+        if reports.enabled:
+            smtp.reports.start()
+            reporter.start()
         inbound = InboundChecker(config.inbound, config.server.hostname, delivery.nameservers, delivery.dns_port)
         checks = BeforeQueueChecks(config.smtp.checks)
-        services = Services(config, pool, spool, DkimSigner(self.prepared.dkim_keys), AuthThrottle(pool, config.smtp),
+        services = Services(config, pool, spool, signer, AuthThrottle(pool, config.smtp),
                             inbound, checks)
         servers = await self._start_listeners(services)
         runner = None
@@ -108,6 +118,9 @@ class Worker:
         await asyncio.sleep(0)
         await scheduler.stop(grace=STOP_GRACE)
         await connections.close()
+        if reports.enabled:
+            await reporter.stop()
+            await smtp.reports.stop()
         await sites.stop()
         await housekeeper.stop()
         await settler.stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mta.delivery.lmtp import LmtpSettings, deliver_lmtp, parse_destination
-from tests.conftest import query
+from tests.conftest import config_error, query
 from tests.dovecot import Dovecot
 from tests.mx import send_mx, wait_until
 
@@ -161,3 +161,15 @@ async def test_refused_connection_defers():
 
     assert outcome.connection_failed
     assert outcome.deferred[0][1].code == 451
+
+
+def test_lmtp_domain_must_be_local(tmp_path):
+    message = config_error(tmp_path, '[delivery.lmtp]\n"other.example" = "127.0.0.1:24"\n')
+
+    assert "delivery.lmtp.other.example: other.example is not in domains.local" in message
+
+
+def test_lmtp_destination_checked(tmp_path):
+    message = config_error(tmp_path, '[domains]\nlocal = ["example.com"]\n[delivery.lmtp]\n"example.com" = "dovecot"\n')
+
+    assert "delivery.lmtp.example.com: expected 'unix:/path', 'host:port' or '[ipv6]:port'" in message

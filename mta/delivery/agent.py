@@ -172,7 +172,7 @@ class DeliveryAgent:
         if not allowed:
             return [], requirement, Reply(451, f"4.7.5 no MX host of {domain} matches its MTA-STS policy "
                                                f"(mx: {', '.join(policy.mx)})")
-        return allowed, TlsRequirement("verify", "MTA-STS"), None
+        return allowed, TlsRequirement("verify", "MTA-STS", policy_lines=policy.lines()), None
 
     async def _act_on_replies(self, key: str, message: MessageInfo, outcome: Outcome) -> None:
         """Slow a site that throttles, and suppress recipients whose mailbox does not exist."""

@@ -38,6 +38,8 @@ class Connection:
     opened: float = field(default_factory=time.monotonic)
     uses: int = 0
     idle_since: float = 0.0
+    # Whether STARTTLS succeeded on it.
+    encrypted: bool = False
 
 
 class ConnectionCache:

@@ -41,7 +41,7 @@ FETCH_TIMEOUT = 30.0
 CHECK_INTERVAL = 300.0
 _POLICY_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
 
-_LOAD = "SELECT policy_id, mode, mx, expires_at > now() AS fresh FROM mta_sts_policy WHERE domain = $1"
+_LOAD = "SELECT policy_id, mode, mx, max_age, expires_at > now() AS fresh FROM mta_sts_policy WHERE domain = $1"
 _STORE = """
 INSERT INTO mta_sts_policy (domain, policy_id, mode, mx, max_age, expires_at)
 VALUES ($1, $2, $3, $4, $5::integer, now() + make_interval(secs => $5::integer))
@@ -60,6 +60,11 @@ class Policy:
     mx: tuple[str, ...]
     max_age: int
     policy_id: str = ""
+
+    def lines(self) -> tuple[str, ...]:
+        """Return the policy as the lines of its file, as TLS reports quote it (RFC 8460 section 4.4)."""
+        return ("version: STSv1", f"mode: {self.mode}", *(f"mx: {pattern}" for pattern in self.mx),
+                f"max_age: {self.max_age}")
 
     def allows(self, host: str) -> bool:
         """Return whether an MX host name matches one of the policy's patterns (section 4.1)."""
@@ -184,4 +189,4 @@ class MtaSts:
 
 
 def _from_row(row: asyncpg.Record) -> Policy:
-    return Policy(row["mode"], tuple(row["mx"]), 0, row["policy_id"])
+    return Policy(row["mode"], tuple(row["mx"]), row["max_age"], row["policy_id"])

@@ -18,7 +18,7 @@ import aiosmtplib
 import dns.asyncresolver
 from aiosmtplib.typing import Default
 
-from mta.delivery import dane
+from mta.delivery import dane, tlsrpt
 from mta.delivery.connections import Connection, ConnectionCache
 from mta.delivery.outcome import Outcome, Reply
 from mta.delivery.resolve import Target
@@ -90,9 +90,11 @@ class CrlfSMTP(aiosmtplib.SMTP):
 class TlsFailure(Exception):
     """A host could not meet the destination's TLS requirement."""
 
-    def __init__(self, reply: Reply):
+    def __init__(self, reply: Reply, result_type: str):
         super().__init__(str(reply))
         self.reply = reply
+        # The failure's RFC 8460 result type, for TLS reports.
+        self.result_type = result_type
 
 
 class SmtpDeliverer:
@@ -103,6 +105,8 @@ class SmtpDeliverer:
         self.tls = tls
         # Looks up TLSA records for DNSSEC-secure hosts; None turns DANE off.
         self.dane_resolver = dane_resolver
+        # Counts TLS sessions for TLS reports (RFC 8460); None turns counting off.
+        self.reports: tlsrpt.TlsSessionCounter | None = None
 
     async def deliver(self, sender: str, recipients: list[str], body: bytes,
                       targets: list[Target], requirement: TlsRequirement = TlsRequirement("may"),
@@ -121,6 +125,7 @@ class SmtpDeliverer:
             except dane.DaneLookupError as error:
                 log.info("%s[%s] skipped: %s", target.host, target.address, error)
                 last_error = Reply(451, f"4.7.5 {error}")
+                self._count(recipients, TlsRequirement("dane", "DANE"), target, tlsrpt.DNSSEC_INVALID, source)
                 continue
 
             # A connection serves only destinations with the same requirement, verified for the same name.
@@ -139,6 +144,7 @@ class SmtpDeliverer:
             except TlsFailure as error:
                 log.info("TLS with %s failed: %s", relay, error.reply)
                 last_error, connected = error.reply, True
+                self._count(recipients, requirement, target, error.result_type, source)
                 continue
             except aiosmtplib.SMTPResponseException as error:
                 # Refused at the greeting, EHLO or STARTTLS: this host is deferred, the next one tried.
@@ -150,6 +156,8 @@ class SmtpDeliverer:
                 log.info("connect to %s failed: %s", relay, error)
                 last_error = Reply(451, f"4.4.1 connection to {relay} failed: {error}")
                 continue
+            if connection.encrypted:
+                self._count(recipients, requirement, target, tlsrpt.SUCCESS, source)
             outcome = await self._use(connection, key, sender, recipients, body, fresh=True)
             outcome.source = source
             return outcome
@@ -158,6 +166,21 @@ class SmtpDeliverer:
         outcome = Outcome(relay="none", connection_failed=not connected)
         outcome.add_all(recipients, last_error)
         return outcome
+
+    def _count(self, recipients: list[str], requirement: TlsRequirement, target: Target, result_type: str,
+               source: str | None) -> None:
+        """Count one TLS session, or a failure to set one up, for the TLS report of the recipients' domain."""
+        if self.reports is None:
+            return
+        if requirement.source == "DANE":
+            policy_type = "tlsa"
+            policy = tuple(f"{r.usage} {r.selector} {r.matching_type} {r.data.hex()}" for r in requirement.tlsa)
+        elif requirement.source == "MTA-STS":
+            policy_type, policy = "sts", requirement.policy_lines
+        else:
+            policy_type, policy = "no-policy-found", ()
+        domain = recipients[0].rpartition("@")[2]
+        self.reports.record(domain, policy_type, policy, target.host, result_type, source or "", target.address)
 
     async def _dane_requirement(self, target: Target, requirement: TlsRequirement) -> TlsRequirement:
         """Return the DANE requirement where the host has secure TLSA records, else the domain's requirement.
@@ -184,22 +207,22 @@ class SmtpDeliverer:
         )
         await client.connect()
         try:
-            await self._secure(client, target, relay, requirement)
+            encrypted = await self._secure(client, target, relay, requirement)
         except BaseException:
             client.close()
             raise
-        return Connection(client, relay)
+        return Connection(client, relay, encrypted=encrypted)
 
-    async def _secure(self, client: CrlfSMTP, target: Target, relay: str, requirement: TlsRequirement) -> None:
-        """Start TLS at the required level; raise TlsFailure when a required level cannot be met."""
+    async def _secure(self, client: CrlfSMTP, target: Target, relay: str, requirement: TlsRequirement) -> bool:
+        """Start TLS at the required level and return whether it started; raise TlsFailure when a required level cannot be met."""
         if requirement.mode == "none":
-            return
+            return False
         await client._ehlo_or_helo_if_needed()
         if not client.supports_extension("starttls"):
             if requirement.required:
                 raise TlsFailure(Reply(451, f"4.7.4 TLS is required ({requirement.mode}, by {requirement.source}) "
-                                            f"but {relay} does not offer STARTTLS"))
-            return
+                                            f"but {relay} does not offer STARTTLS"), tlsrpt.STARTTLS_NOT_SUPPORTED)
+            return False
 
         try:
             await client.starttls(server_hostname=target.host.rstrip("."), tls_context=self.tls.context(requirement),
@@ -207,17 +230,19 @@ class SmtpDeliverer:
         except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as error:
             if requirement.required:
                 raise TlsFailure(Reply(451, f"4.7.5 TLS with {relay} failed ({requirement.mode}, by "
-                                            f"{requirement.source}): {error}")) from error
+                                            f"{requirement.source}): {error}"), tlsrpt.failure_type(error)) from error
             raise
         ssl_object = client.get_transport_info("ssl_object")
         if requirement.mode == "dane":
             failure = dane.verify(ssl_object, list(requirement.tlsa), target.host)
             if failure is not None:
-                raise TlsFailure(Reply(451, f"4.7.5 DANE authentication of {relay} failed: {failure}"))
+                raise TlsFailure(Reply(451, f"4.7.5 DANE authentication of {relay} failed: {failure}"),
+                                 tlsrpt.TLSA_INVALID)
         if ssl_object is not None:
             verified = "verified" if requirement.mode in ("verify", "dane") else "not verified"
             log.info("TLS to %s: %s %s, certificate %s", relay, ssl_object.version(), ssl_object.cipher()[0],
                      verified)
+        return True
 
     async def _use(self, connection: Connection, key: tuple, sender: str, recipients: list[str], body: bytes,
                     fresh: bool = False) -> Outcome | None:

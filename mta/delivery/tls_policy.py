@@ -29,6 +29,8 @@ class TlsRequirement:
     source: str = "default"
     # The host's TLSA records, for the mode "dane".
     tlsa: tuple = ()
+    # The MTA-STS policy's lines, for TLS reports.
+    policy_lines: tuple[str, ...] = ()
 
     @property
     def required(self) -> bool:
