@@ -73,7 +73,7 @@ class LmtpSession:
         while len(lines) < _MAX_REPLY_LINES:
             try:
                 raw = await asyncio.wait_for(self.reader.readuntil(b"\n"), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise LmtpError(f"no reply within {timeout:g} s") from None
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError) as error:
                 raise LmtpError(f"connection lost: {error!r}") from None
@@ -128,7 +128,7 @@ async def deliver_lmtp(destination: LmtpDestination, settings: LmtpSettings, sen
     outcome = Outcome(relay=f"lmtp[{destination.text}]")
     try:
         session = await _open(destination, settings)
-    except (OSError, asyncio.TimeoutError) as error:
+    except (TimeoutError, OSError) as error:
         outcome.add_all(recipients, Reply(451, f"4.4.1 connection to LMTP server {destination.text} failed: "
                                                f"{error!r}"))
         outcome.connection_failed = True

@@ -14,10 +14,11 @@ import logging
 import ssl
 from collections import Counter
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 
 import asyncpg
 
+from mta.background import BackgroundTask
 from mta.db import TRANSIENT_ERRORS
 
 log = logging.getLogger("mta.tlsrpt")
@@ -74,36 +75,29 @@ def failure_type(error: BaseException) -> str:
     return VALIDATION_FAILURE
 
 
-class TlsSessionCounter:
+class TlsSessionCounter(BackgroundTask):
+    task_name = "tls-report-counter"
+
     def __init__(self, pool: asyncpg.Pool, flush_seconds: float):
+        super().__init__()
         self.pool = pool
         self.flush_seconds = flush_seconds
         self.counts: Counter[SessionKey] = Counter()
         self._dropped = 0
-        self._task: asyncio.Task | None = None
 
     def record(self, policy_domain: str, policy_type: str, policy: tuple[str, ...], mx_host: str,
                result_type: str, sending_ip: str = "", receiving_ip: str = "") -> None:
         if result_type == SUCCESS:
             sending_ip = receiving_ip = ""
-        key = SessionKey(datetime.now(timezone.utc).date(), policy_domain.lower().rstrip("."), policy_type,
+        key = SessionKey(datetime.now(UTC).date(), policy_domain.lower().rstrip("."), policy_type,
                          "\n".join(policy), mx_host.lower().rstrip("."), result_type, sending_ip, receiving_ip)
         if key not in self.counts and len(self.counts) >= MAX_KEYS:
             self._dropped += 1
             return
         self.counts[key] += 1
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="tls-report-counter")
-
-    @property
-    def tasks(self) -> list[asyncio.Task]:
-        return [self._task] if self._task is not None else []
-
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await super().stop()
         await self.flush()
 
     async def _loop(self) -> None:
@@ -148,7 +142,7 @@ def build_report(organization: str, contact: str, report_id: str, day: date, pol
             "failed-session-count": row["sessions"],
         })
 
-    start = datetime.combine(day, time.min, timezone.utc)
+    start = datetime.combine(day, time.min, UTC)
     return {
         "organization-name": organization,
         "date-range": {"start-datetime": start.strftime("%Y-%m-%dT%H:%M:%SZ"),

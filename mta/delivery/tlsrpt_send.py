@@ -18,7 +18,7 @@ import logging
 import secrets
 import ssl
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate, make_msgid
@@ -31,6 +31,7 @@ import dns.exception
 import dns.resolver
 
 from mta.addresses import domain_of
+from mta.background import BackgroundTask
 from mta.config import Config
 from mta.db import TRANSIENT_ERRORS
 from mta.delivery.tlsrpt import build_report, encode_report
@@ -99,9 +100,12 @@ def parse_tlsrpt(texts: list[str]) -> list[str] | None:
     return None
 
 
-class TlsReporter:
+class TlsReporter(BackgroundTask):
+    task_name = "tls-reporter"
+
     def __init__(self, pool: asyncpg.Pool, resolver: dns.asyncresolver.Resolver, spool: Spool,
                  signer: DkimSigner, settings: ReportSettings, ca_file: str = ""):
+        super().__init__()
         self.pool = pool
         self.resolver = resolver
         self.spool = spool
@@ -109,19 +113,6 @@ class TlsReporter:
         self.settings = settings
         self.context = ssl.create_default_context(cafile=ca_file or None)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="tls-reporter")
-
-    @property
-    def tasks(self) -> list[asyncio.Task]:
-        return [self._task] if self._task is not None else []
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
     async def _loop(self) -> None:
         while True:
@@ -195,7 +186,7 @@ class TlsReporter:
     def _message(self, address: str, day: date, domain: str, report_id: str, compressed: bytes) -> bytes:
         """Build the report message of RFC 8460 section 5.3."""
         submitter = self.settings.submitter
-        start = int(datetime.combine(day, time.min, timezone.utc).timestamp())
+        start = int(datetime.combine(day, time.min, UTC).timestamp())
         message = EmailMessage(policy=SMTP)
         message["From"] = self.settings.sender
         message["To"] = address

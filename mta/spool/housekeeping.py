@@ -20,7 +20,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
+
 from mta.auth import throttle
+from mta.background import BackgroundTask
 from mta.db import TRANSIENT_ERRORS
 
 log = logging.getLogger("mta.housekeeping")
@@ -79,26 +81,19 @@ async def maintain_partitions(connection: asyncpg.Connection, today: date, histo
     return created, dropped
 
 
-class Housekeeper:
+class Housekeeper(BackgroundTask):
+    task_name = "housekeeping"
+
     def __init__(self, pool: asyncpg.Pool, node_id: str, history_days: int, auth_failure_window: float):
+        super().__init__()
         self.pool = pool
         self.node_id = node_id
         self.history_days = history_days
         self.auth_failure_window = auth_failure_window
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="housekeeping")
-
-    @property
-    def tasks(self) -> list[asyncio.Task]:
-        return [self._task] if self._task is not None else []
 
     async def stop(self) -> None:
         """Stop the heartbeat and remove this node's row, so others stop counting it at once."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await super().stop()
         try:
             await self.pool.execute("DELETE FROM node WHERE id = $1", self.node_id)
         except TRANSIENT_ERRORS as error:
