@@ -89,6 +89,8 @@ class _Handler:
         with self.sink.lock:
             self.sink.ehlos += 1
         session.host_name = hostname
+        if not self.sink.offer_8bitmime:
+            return [line for line in responses if line[4:] != "8BITMIME"]
         return responses
 
     async def handle_QUIT(self, server, session, envelope):
@@ -98,9 +100,12 @@ class _Handler:
 
 
 class Sink:
-    def __init__(self, host: str, port: int, accept_long_lines: bool = False, **smtp_parameters):
+    def __init__(self, host: str, port: int, accept_long_lines: bool = False, offer_8bitmime: bool = True,
+                 **smtp_parameters):
         self.host = host
         self.port = port
+        # Whether EHLO lists 8BITMIME. Without it the sink still takes 8-bit data, so tests can see what arrives.
+        self.offer_8bitmime = offer_8bitmime
         self.script = Script()
         self.messages: list[Received] = []
         # Without TLS each connection sends EHLO once, so this counts connections.
@@ -135,9 +140,10 @@ class Sink:
 
 
 @contextmanager
-def sink_on(host: str, port: int, accept_long_lines: bool = False, **smtp_parameters) -> Iterator[Sink]:
+def sink_on(host: str, port: int, accept_long_lines: bool = False, offer_8bitmime: bool = True,
+            **smtp_parameters) -> Iterator[Sink]:
     """Run a sink for the length of a with block."""
-    server = Sink(host, port, accept_long_lines, **smtp_parameters)
+    server = Sink(host, port, accept_long_lines, offer_8bitmime, **smtp_parameters)
     server.start()
     try:
         yield server

@@ -46,3 +46,54 @@ def test_server_without_smtputf8_fails_with_5_6_7(make_mta):
 def failed_replies(mta) -> list[str]:
     """Return the replies of the recipients that failed for good."""
     return [row["reply"] for row in query(mta.database_url, "SELECT reply FROM delivery_event WHERE status = 'bounced'")]
+
+
+EIGHT_BIT = ("Subject: plain\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+             "Content-Transfer-Encoding: 8bit\r\n\r\nGrüße aus Köln\r\n").encode()
+
+
+def send_8bit(mta, body: bytes) -> None:
+    with RawClient(mta.mx_port) as client:
+        client.ehlo()
+        assert client.command("MAIL FROM:<sender@example.net> BODY=8BITMIME")[0] == 250
+        assert client.command(f"RCPT TO:<user@{RELAY_DOMAIN}>")[0] == 250
+        assert client.data(body + b".\r\n")[0] == 250
+
+
+def test_8bit_body_downgraded_without_8bitmime(make_mta):
+    port = free_port(REMOTE_MX_ADDRESS)
+    mta = make_mta(relay_config(port))
+
+    with sink_on(REMOTE_MX_ADDRESS, port, offer_8bitmime=False) as sink:
+        send_8bit(mta, EIGHT_BIT)
+        arrived = sink.wait_for(1)
+
+    data = arrived[0].data
+    assert data.isascii()
+    assert b"Content-Transfer-Encoding: quoted-printable\r\n" in data
+    assert b"Content-Transfer-Encoding: 8bit" not in data
+    assert b"Gr=C3=BC=C3=9Fe aus K=C3=B6ln" in data
+    assert "converted to 7 bits" in mta.log()
+
+
+def test_8bit_body_kept_with_8bitmime(make_mta, sink, sink_port):
+    mta = make_mta(relay_config(sink_port))
+
+    send_8bit(mta, EIGHT_BIT)
+
+    arrived = sink.wait_for(1)
+    assert "Grüße aus Köln".encode() in arrived[0].data
+
+
+def test_unconvertible_8bit_fails_with_5_6_3(make_mta):
+    port = free_port(REMOTE_MX_ADDRESS)
+    mta = make_mta(relay_config(port))
+    # 8-bit octets inside a part that claims base64 cannot be re-encoded.
+    broken = EIGHT_BIT.replace(b"Content-Transfer-Encoding: 8bit", b"Content-Transfer-Encoding: base64")
+
+    with sink_on(REMOTE_MX_ADDRESS, port, offer_8bitmime=False) as sink:
+        send_8bit(mta, broken)
+        assert wait_until(lambda: failed_replies(mta))
+
+    assert failed_replies(mta)[0].startswith("554 5.6.3 ")
+    assert sink.messages == []

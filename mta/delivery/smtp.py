@@ -25,6 +25,7 @@ from mta.delivery.resolve import Target
 from mta.delivery.sources import SourceAddresses, SourcePool
 from mta.delivery.tls_policy import TlsPolicies, TlsRequirement
 from mta.rfc5322 import header_section
+from mta.smtp.longlines import LineTooLong, seven_bit
 
 log = logging.getLogger("mta.delivery")
 
@@ -301,6 +302,11 @@ class Transaction:
         self.encoding = "ascii"
 
     async def run(self, client: CrlfSMTP, sender: str, body: bytes, data_timeout: float) -> None:
+        if not body.isascii() and not client.supports_extension("8bitmime"):
+            body = self._seven_bit(body)
+            if body is None:
+                self.clean = True
+                return
         options = self._mail_options(client, sender, body)
         if options is None:
             self.clean = True
@@ -335,6 +341,21 @@ class Transaction:
 
         self._add(self.accepted, Reply(250, final.message))
         self.clean = True
+
+    def _seven_bit(self, body: bytes) -> bytes | None:
+        """Downgrade 8-bit parts for a server without 8BITMIME, or fail every recipient and return None.
+
+        NOTE: re-encoding breaks a DKIM signature over the body, as Postfix's
+        conversion does. Only 8-bit text in header fields goes as it is.
+        """
+        try:
+            converted = seven_bit(body)
+        except LineTooLong as error:
+            self.outcome.add_all(self.recipients, Reply(
+                554, f"5.6.3 {self.relay} does not support 8BITMIME and the message cannot be converted: {error}"))
+            return None
+        log.info("message converted to 7 bits for %s, which does not offer 8BITMIME", self.relay)
+        return converted
 
     def _mail_options(self, client: CrlfSMTP, sender: str, body: bytes) -> list[str] | None:
         """Return MAIL parameters, or None after failing every recipient for what the server cannot take.

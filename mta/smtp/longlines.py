@@ -11,12 +11,16 @@ Every other octet stays as it came: only the parts that need it are
 rewritten, with their Content-Transfer-Encoding field replaced. A header
 line over the limit cannot be encoded that way, and such a message is
 rejected.
+
+The same re-encoding downgrades 8-bit parts to 7 bits for a server that does
+not offer 8BITMIME (RFC 6152 section 3), in ``seven_bit``.
 """
 
 from __future__ import annotations
 
 import binascii
 import re
+from collections.abc import Callable
 from email.parser import BytesHeaderParser
 
 from mta.rfc5322 import header_section
@@ -48,12 +52,29 @@ def shorten_lines(data: bytes) -> bytes:
     """
     if not has_long_line(data):
         return data
-    return _shorten_entity(data, top_level=True)
+    return _shorten_entity(data, top_level=True, needs=has_long_line)
 
 
-def _shorten_entity(entity: bytes, top_level: bool) -> bytes:
+def _needs_seven_bit(data: bytes) -> bool:
+    return not data.isascii() or has_long_line(data)
+
+
+def seven_bit(data: bytes) -> bytes:
+    """Return the message with every part that has 8-bit octets (or a long line) quoted-printable encoded.
+
+    Header fields stay as they are, because RFC 2047 encoded words would
+    change what a signature covers; 8-bit octets in them still travel.
+    Raise LineTooLong when a part already in base64 or quoted-printable has
+    8-bit octets or a long line.
+    """
+    if data.isascii() and not has_long_line(data):
+        return data
+    return _shorten_entity(data, top_level=True, needs=_needs_seven_bit)
+
+
+def _shorten_entity(entity: bytes, top_level: bool, needs: Callable[[bytes], bool]) -> bytes:
     header = header_section(entity)
-    if has_long_line(header):
+    if needs is has_long_line and has_long_line(header):
         raise LineTooLong("a header line is longer than 998 octets")
     if header:
         body_start = len(header) + 2
@@ -62,16 +83,17 @@ def _shorten_entity(entity: bytes, top_level: bool) -> bytes:
     else:
         body_start = len(entity)
     body = entity[body_start:]
-    if not has_long_line(body):
+    if not needs(body):
         return entity
 
     fields = BytesHeaderParser().parsebytes(header)
     if fields.get_content_maintype() == "multipart" and fields.get_boundary():
-        return entity[:body_start] + _shorten_parts(body, fields.get_boundary().encode("ascii", "replace"))
+        boundary = fields.get_boundary().encode("ascii", "replace")
+        return entity[:body_start] + _shorten_parts(body, boundary, needs)
 
     encoding = "".join(str(fields.get("Content-Transfer-Encoding", "")).split()).lower()[:40]
     if encoding not in _IDENTITY_ENCODINGS:
-        raise LineTooLong(f"a part in {encoding} has a line longer than 998 octets")
+        raise LineTooLong(f"a part in {encoding} has 8-bit octets or a line longer than 998 octets")
     header = _ENCODING_FIELD.sub(b"", header) + b"Content-Transfer-Encoding: quoted-printable\r\n"
     if top_level and not _MIME_VERSION_FIELD.search(header):
         # Without it, RFC 2045 section 4 lets readers ignore the encoding field.
@@ -85,8 +107,8 @@ def _quoted_printable(body: bytes) -> bytes:
     return _BARE_LF.sub(b"\r\n", encoded)
 
 
-def _shorten_parts(body: bytes, boundary: bytes) -> bytes:
-    """Shorten the lines of each part between the boundary lines of a multipart body."""
+def _shorten_parts(body: bytes, boundary: bytes, needs: Callable[[bytes], bool]) -> bytes:
+    """Re-encode each part between the boundary lines of a multipart body that needs it."""
     # A delimiter is CRLF "--" boundary at a line start (RFC 2046 section 5.1.1).
     delimiter = re.compile(rb"(?:^|\r\n)--" + re.escape(boundary) + rb"(?:--)?[ \t]*(?=\r\n|$)")
     pieces, position = [], 0
@@ -100,8 +122,8 @@ def _shorten_parts(body: bytes, boundary: bytes) -> bytes:
     last_part = len(pieces) - 2
     for index in range(2, last_part + 1, 2):
         part = pieces[index]
-        if part.startswith(b"\r\n") and has_long_line(part):
-            pieces[index] = b"\r\n" + _shorten_entity(part[2:], top_level=False)
+        if part.startswith(b"\r\n") and needs(part):
+            pieces[index] = b"\r\n" + _shorten_entity(part[2:], top_level=False, needs=needs)
     if has_long_line(pieces[0]) or has_long_line(pieces[-1]):
         raise LineTooLong("the preamble or epilogue of a multipart body has a line longer than 998 octets")
     return b"".join(pieces)
