@@ -22,6 +22,8 @@ from mta.config import Config, ConfigError, load
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# Printed by check-config only as "(redacted)".
+SECRET_STORAGE_KEYS = ("access_key_id", "secret_access_key")
 
 
 class _PostfixStyleFormatter(logging.Formatter):
@@ -61,6 +63,9 @@ def setup_logging(level: str) -> None:
     # aiosmtpd logs every command at INFO, with addresses; our session lines replace it.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # At debug level botocore logs request parameters, which include message bodies.
+    for name in ("botocore", "aiobotocore", "aioboto3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +166,11 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
 def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    print(json.dumps(asdict(config), indent=2))
+    settings = asdict(config)
+    for name in SECRET_STORAGE_KEYS:
+        if settings["storage"][name]:
+            settings["storage"][name] = "(redacted)"
+    print(json.dumps(settings, indent=2))
     print("configuration ok", file=sys.stderr)
     return 0
 

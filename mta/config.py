@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import ipaddress
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -43,6 +44,8 @@ class DatabaseConfig:
 
 @dataclass
 class StorageConfig:
+    # "local": a directory on this host (path). "s3": an S3 bucket in an EU
+    # region, one of those mta/storage/residency.py lists with their endpoint hosts.
     kind: str = "local"
     # Relative paths are taken from server.data_dir.
     path: str = "blobs"
@@ -50,6 +53,29 @@ class StorageConfig:
     # Encrypted bodies up to this many octets are kept in PostgreSQL, committed
     # with their envelope; larger ones go to the body store. 0 sends all there.
     inline_max_size: int = 65536
+    bucket: str = ""
+    region: str = ""
+    # Empty: the region's standard endpoint, such as https://s3.eu-west-3.amazonaws.com.
+    endpoint_url: str = ""
+    # Host patterns of an S3 service in the EU that is not built in, such as
+    # one you run yourself; "*" matches one DNS label.
+    extra_endpoint_hosts: list[str] = field(default_factory=list)
+    # Allow an endpoint on 127.0.0.0/8, ::1 or localhost, also over plain
+    # HTTP. For tests and development only.
+    allow_loopback_endpoint: bool = False
+    # Empty: taken from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+    # AWS_SESSION_TOKEN in the environment. Never logged or printed.
+    access_key_id: str = field(default="", repr=False)
+    secret_access_key: str = field(default="", repr=False)
+    # Put before every object name, such as "mta/".
+    prefix: str = ""
+    # Octets per multipart upload part. Bodies up to this size go in one PutObject.
+    part_size: int = 8 * 1024 * 1024
+    # Seconds to connect and to wait for each read, and tries per request with the first included.
+    timeout: float = 30.0
+    max_attempts: int = 3
+    # HTTP connections to the endpoint per worker process.
+    max_connections: int = 50
 
 
 @dataclass
@@ -450,6 +476,11 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("smtp", "auth_failure_window"): (1.0, 86400.0),
     ("smtp", "auth_failure_delay"): (0.0, 30.0),
     ("storage", "inline_max_size"): (0, 16 * 1024 * 1024),
+    # S3 rejects parts under 5 MiB, and each upload holds one part in a worker's memory.
+    ("storage", "part_size"): (5 * 1024 * 1024, 512 * 1024 * 1024),
+    ("storage", "timeout"): (1.0, 3600.0),
+    ("storage", "max_attempts"): (1, 10),
+    ("storage", "max_connections"): (1, 1000),
     ("delivery", "dns_port"): (1, 65535),
     ("delivery", "smtp_port"): (1, 65535),
     ("delivery", "concurrency"): (1, 100_000),
@@ -671,8 +702,7 @@ def check(config: Config) -> None:
 
     if bool(config.tls.cert_file) != bool(config.tls.key_file):
         raise ConfigError("tls.cert_file and tls.key_file must be set together")
-    if config.storage.kind != "local":
-        raise ConfigError(f"storage.kind must be 'local', got {config.storage.kind!r}")
+    _check_storage(config.storage)
     if not config.delivery.retry_schedule:
         raise ConfigError("delivery.retry_schedule must name at least one interval")
     _check_sites(config.delivery.sites)
@@ -687,6 +717,47 @@ def _check_lmtp(config: Config) -> None:
             parse_destination(destination)
         except ValueError as error:
             raise ConfigError(f"delivery.lmtp.{domain}: {error}") from None
+
+
+STORAGE_KINDS = ("local", "s3")
+# S3 bucket naming rules: 3 to 63 lowercase letters, digits, dots and hyphens.
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _check_storage(storage: StorageConfig) -> None:
+    if storage.kind not in STORAGE_KINDS:
+        raise ConfigError(f"storage.kind must be one of {', '.join(STORAGE_KINDS)}, got {storage.kind!r}")
+    if storage.kind != "s3":
+        return
+
+    from mta.storage import residency
+
+    if not _BUCKET_NAME.fullmatch(storage.bucket):
+        raise ConfigError(f"storage.bucket must be an S3 bucket name (3 to 63 lowercase letters, digits, dots "
+                          f"and hyphens), got {storage.bucket!r}")
+    if storage.prefix.startswith("/"):
+        raise ConfigError(f"storage.prefix must not start with '/', got {storage.prefix!r}")
+    try:
+        residency.check_region(storage.region)
+        for pattern in storage.extra_endpoint_hosts:
+            residency.check_host_pattern(pattern)
+        residency.resolve_endpoint(storage.region, storage.endpoint_url, storage.extra_endpoint_hosts,
+                                   storage.allow_loopback_endpoint)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    _check_s3_credentials(storage)
+
+
+def _check_s3_credentials(storage: StorageConfig) -> None:
+    if bool(storage.access_key_id) != bool(storage.secret_access_key):
+        raise ConfigError("storage.access_key_id and storage.secret_access_key go together: set both, or neither "
+                          "to take them from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if storage.access_key_id:
+        return
+    missing = [name for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not os.environ.get(name)]
+    if missing:
+        raise ConfigError(f"storage.kind 's3' needs credentials: set storage.access_key_id and "
+                          f"storage.secret_access_key, or {' and '.join(missing)} in the environment")
 
 
 def _check_sites(sites: SitesConfig) -> None:

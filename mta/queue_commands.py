@@ -203,14 +203,17 @@ def cmd_action(config: Config, args: argparse.Namespace) -> int:
 async def _bounce(config: Config, queue_admin, queue_ids: list[str]):
     from mta.spool.enqueue import Spool
     from mta.storage.crypto import BodyCipher, load_or_create_master_key
-    from mta.storage.local import LocalStore
+    from mta.storage.factory import build_store
 
-    store = LocalStore(config.data_path(config.storage.path))
+    store = build_store(config)
     cipher = BodyCipher(load_or_create_master_key(config.data_path(config.storage.master_key_file)))
     # Only prepare() and insert() are used: the notifications go in the action's own transaction.
     spool = Spool(queue_admin.connection, store, cipher, config.storage.inline_max_size, "admin", 0.0,
                   on_ready=lambda jobs: None)
-    return await queue_admin.bounce(queue_ids, spool, store, cipher, config.server.hostname)
+    try:
+        return await queue_admin.bounce(queue_ids, spool, store, cipher, config.server.hostname)
+    finally:
+        await store.close()
 
 
 def cmd_flush(config: Config, args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ from mta.spool.housekeeping import Housekeeper
 from mta.spool.scheduler import Scheduler
 from mta.spool.settle import Settler
 from mta.storage.crypto import BodyCipher
-from mta.storage.local import LocalStore
+from mta.storage.factory import build_store
 
 if TYPE_CHECKING:
     from mta.server import Prepared
@@ -61,7 +61,8 @@ class Worker:
         config = self.config
         delivery = config.delivery
         pool = await db.create_pool(self.prepared.url, config)
-        store = LocalStore(config.data_path(config.storage.path))
+        store = build_store(config)
+        await store.start()
         cipher = BodyCipher(self.prepared.master_key)
 
         resolver = Resolver(delivery.nameservers, delivery.dns_port, config.route_table(), delivery.smtp_port,
@@ -107,7 +108,7 @@ class Worker:
         servers = await self._start_listeners(services)
         runner = None
         if self.index == 0 and "http" in self.prepared.sockets:
-            runner = await http.serve(http.build_app(config, pool, str(store.root)), self.prepared.sockets["http"])
+            runner = await http.serve(http.build_app(config, pool, store), self.prepared.sockets["http"])
         log.info("worker %d started as node %s", self.index, self.node_id)
 
         await self._wait_for_stop(spool.tasks + settler.tasks + scheduler.tasks + sites.tasks + housekeeper.tasks)
@@ -128,6 +129,7 @@ class Worker:
         if runner is not None:
             await runner.cleanup()
         await checks.close()
+        await store.close()
         await pool.close()
         log.info("worker %d stopped", self.index)
 

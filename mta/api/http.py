@@ -20,6 +20,7 @@ from prometheus_client import multiprocess
 from mta import metrics
 from mta.config import Config
 from mta.db import TRANSIENT_ERRORS
+from mta.storage.store import BodyStore
 
 _DEPTH = """
 SELECT count(*) FILTER (WHERE lease_owner IS NULL AND due_at <= now()) AS due,
@@ -34,7 +35,7 @@ async def queue_depth(pool: asyncpg.Pool) -> dict[str, int]:
     return {"due": row["due"], "deferred": row["deferred"], "active": row["active"]}
 
 
-def build_app(config: Config, pool: asyncpg.Pool, store_root: str) -> web.Application:
+def build_app(config: Config, pool: asyncpg.Pool, store: BodyStore) -> web.Application:
     async def health(request: web.Request) -> web.Response:
         problems = []
         try:
@@ -45,8 +46,9 @@ def build_app(config: Config, pool: asyncpg.Pool, store_root: str) -> web.Applic
                                 f"of {config.http.backlog_threshold}")
         except TRANSIENT_ERRORS as error:
             problems.append(f"database unreachable: {error!r}")
-        if not os.access(store_root, os.W_OK):
-            problems.append(f"body store not writable: {store_root}")
+        store_problem = await store.check()
+        if store_problem is not None:
+            problems.append(store_problem)
 
         if problems:
             return web.Response(status=503, text="\n".join(problems) + "\n")

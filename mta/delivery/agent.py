@@ -33,7 +33,7 @@ from mta.spool.enqueue import Job
 from mta.spool.scheduler import Slot
 from mta.spool.settle import MessageInfo, Settler
 from mta.storage.crypto import BodyCipher
-from mta.storage.local import LocalStore
+from mta.storage.store import BodyStore
 
 log = logging.getLogger("mta.delivery")
 
@@ -46,7 +46,7 @@ WHERE m.id = $1
 
 
 class DeliveryAgent:
-    def __init__(self, config: Config, pool: asyncpg.Pool, store: LocalStore, cipher: BodyCipher,
+    def __init__(self, config: Config, pool: asyncpg.Pool, store: BodyStore, cipher: BodyCipher,
                  resolver: Resolver, smtp: SmtpDeliverer, settler: Settler, sites: Sites,
                  mta_sts: MtaSts | None = None, warmup: Warmup | None = None):
         self.config = config

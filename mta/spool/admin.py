@@ -22,7 +22,7 @@ from mta.delivery.outcome import Reply
 from mta.spool.enqueue import NewMessage, Spool
 from mta.spool.scheduler import NOTIFY_CHANNEL
 from mta.storage.crypto import BodyCipher
-from mta.storage.local import LocalStore
+from mta.storage.store import BodyStore
 
 QUEUE_ID = re.compile(r"^[A-Z2-7]{16}$")
 OPERATOR_BOUNCE = Reply(550, "5.0.0 returned to sender by the mail operator")
@@ -159,7 +159,7 @@ class QueueAdmin:
             await self._audit("delete", {"queue_ids": result.done, "busy": result.busy})
         return result
 
-    async def bounce(self, queue_ids: list[str], spool: Spool, store: LocalStore, cipher: BodyCipher,
+    async def bounce(self, queue_ids: list[str], spool: Spool, store: BodyStore, cipher: BodyCipher,
                      hostname: str) -> ActionResult:
         """Fail the messages' queued recipients and send each sender one notification."""
         async with self.connection.transaction():
@@ -215,7 +215,7 @@ class QueueAdmin:
             " AND NOT EXISTS (SELECT 1 FROM delivery d WHERE d.message_id = m.id)", removed.done)
         return removed
 
-    async def _notification(self, queue_id: str, recipients: list[str], spool: Spool, store: LocalStore,
+    async def _notification(self, queue_id: str, recipients: list[str], spool: Spool, store: BodyStore,
                             cipher: BodyCipher, hostname: str):
         row = await self.connection.fetchrow(
             "SELECT m.sender, m.received_at, m.body_key, m.wrapped_key, b.data AS inline_data"

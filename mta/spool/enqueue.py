@@ -28,7 +28,7 @@ from mta.addresses import group_by_domain
 from mta.ids import new_queue_id
 from mta.spool.batch import GroupCommit, StoppingError
 from mta.storage.crypto import BodyCipher
-from mta.storage.local import LocalStore, StoreError
+from mta.storage.store import BodyStore, StoreError
 
 log = logging.getLogger("mta.spool")
 
@@ -98,7 +98,7 @@ RETURNING id, message_id, domain, recipients
 
 
 class Spool:
-    def __init__(self, pool: asyncpg.Pool, store: LocalStore, cipher: BodyCipher, inline_max_size: int,
+    def __init__(self, pool: asyncpg.Pool, store: BodyStore, cipher: BodyCipher, inline_max_size: int,
                  node_id: str, lease_seconds: float, on_ready: Callable[[list[Job]], None]):
         self.pool = pool
         self.inline_max_size = inline_max_size
