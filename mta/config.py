@@ -234,8 +234,12 @@ class SourceConfig:
     addresses: dict[str, str] = field(default_factory=dict)
     # Pools of declared addresses by name; "default" serves messages no rule names.
     pools: dict[str, list[str]] = field(default_factory=dict)
-    # Sender domain (or a parent) -> pool, checked first; then destination domain (or a parent) -> pool.
+    # Sender domain (or a parent) -> pool, checked first; then the sender's
+    # tenant -> pool; then destination domain (or a parent) -> pool.
     sender_rules: dict[str, str] = field(default_factory=dict)
+    # Tenants (customers of the operator) by name -> their sender domains.
+    tenants: dict[str, list[str]] = field(default_factory=dict)
+    tenant_rules: dict[str, str] = field(default_factory=dict)
     destination_rules: dict[str, str] = field(default_factory=dict)
 
 
@@ -542,7 +546,8 @@ def _check_tls_files(tls: TlsConfig) -> None:
 
 def _check_source(delivery: DeliveryConfig) -> None:
     source = delivery.source
-    if not source.addresses and not source.pools and not source.sender_rules and not source.destination_rules:
+    if not (source.addresses or source.pools or source.sender_rules or source.destination_rules
+            or source.tenants or source.tenant_rules):
         return
     if delivery.source_addresses:
         raise ConfigError("use either delivery.source_addresses or [delivery.source], not both")
@@ -559,10 +564,26 @@ def _check_source(delivery: DeliveryConfig) -> None:
             if address not in source.addresses:
                 raise ConfigError(f"delivery.source.pools.{name}: {address} is not a declared source address "
                                   "(delivery.source.addresses)")
-    for table, rules in (("sender_rules", source.sender_rules), ("destination_rules", source.destination_rules)):
+    tables = (("sender_rules", source.sender_rules), ("tenant_rules", source.tenant_rules),
+              ("destination_rules", source.destination_rules))
+    for table, rules in tables:
         for domain, pool in rules.items():
             if pool not in source.pools:
                 raise ConfigError(f"delivery.source.{table}.{domain}: unknown pool {pool!r}")
+    _check_tenants(source)
+
+
+def _check_tenants(source: SourceConfig) -> None:
+    owners: dict[str, str] = {}
+    for tenant, domains in source.tenants.items():
+        for domain in domains:
+            domain = domain.lower().rstrip(".")
+            if domain in owners:
+                raise ConfigError(f"delivery.source.tenants: {domain} belongs to both {owners[domain]} and {tenant}")
+            owners[domain] = tenant
+    for tenant in source.tenant_rules:
+        if tenant not in source.tenants:
+            raise ConfigError(f"delivery.source.tenant_rules.{tenant}: unknown tenant, not in delivery.source.tenants")
 
 
 def _check_distinct_sockets(config: "Config") -> None:
