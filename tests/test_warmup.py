@@ -69,3 +69,16 @@ def test_invalid_start_date_refused(tmp_path):
                                      '[delivery.warmup.addresses]\n"127.0.0.3" = "yesterday"\n')
 
     assert "invalid date 'yesterday', expected YYYY-MM-DD" in message
+
+
+def test_warming_address_of_other_family_unused(make_mta, sink, sink_port):
+    config = warmup_config(sink_port, ["::1", "127.0.0.3"], [2, 10])
+    config["delivery"]["source"]["addresses"]["::1"] = "new6.example.com"
+    config["delivery"]["warmup"]["addresses"] = {"::1": TODAY}
+    mta = make_mta(config)
+
+    send_many(mta, 3)
+
+    arrived = sink.wait_for(3)
+    assert sorted(message.peer for message in arrived) == ["127.0.0.3"] * 3
+    assert query(mta.database_url, "SELECT address, sent FROM warmup_count") == []

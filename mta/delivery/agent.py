@@ -8,6 +8,7 @@ the row leased: the lease expires and another attempt starts later.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import time
@@ -140,7 +141,8 @@ class DeliveryAgent:
                 return outcome
             pool = self.smtp.settings.sources.pool_for(domain_of(message.sender), job.domain)
             if self.warmup is not None:
-                pool, deferral = await self.warmup.narrow(pool, key)
+                families = {ipaddress.ip_address(target.address).version for target in targets}
+                pool, deferral = await self.warmup.narrow(pool, key, families)
                 if deferral is not None:
                     outcome = Outcome(relay="none", site=key)
                     outcome.add_all(recipients, deferral)

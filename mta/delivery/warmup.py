@@ -18,6 +18,7 @@ finished its schedule should leave the list.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from datetime import date, datetime, timezone
 
@@ -50,13 +51,19 @@ class Warmup:
         """Return whether an address is listed for warm-up; its cap ends with its schedule."""
         return (address or "") in self.starts
 
-    async def narrow(self, sources: SourcePool | None, site: str) -> tuple[SourcePool | None, Reply | None]:
-        """Return the addresses of the pool this message may leave from for the site, or a deferral."""
+    async def narrow(self, sources: SourcePool | None, site: str,
+                     families: set[int] | frozenset[int] = frozenset((4, 6))) -> tuple[SourcePool | None, Reply | None]:
+        """Return the addresses of the pool this message may leave from for the site, or a deferral.
+
+        Only addresses of the IP families of the site's hosts (4, 6) count,
+        so a slot is never taken on an address no connection can use.
+        """
         if sources is None or not any(self.ramping(address) for address in sources.addresses):
             return sources, None
 
         warm = []
-        for address in sources.addresses:
+        usable = [address for address in sources.addresses if ipaddress.ip_address(address).version in families]
+        for address in usable:
             cap = await self._cap(address, site) if self.ramping(address) else None
             if cap is None:
                 warm.append(address)
