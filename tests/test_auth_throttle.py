@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import smtplib
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -130,3 +131,24 @@ def test_locked_and_deleted_users_cannot_log_in(throttled_mta):
     missing = mta.cli("user", "delete", "bob@example.com")
     assert missing.returncode == 2
     assert "mta: user not found: bob@example.com" in missing.stderr
+
+
+def test_parallel_guesses_held_to_limit(throttled_mta):
+    mta = throttled_mta(auth_max_failures_per_client=3, auth_failure_delay=1.0)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        replies = list(pool.map(lambda number: login(mta, "alice@example.com", f"guess-{number}")[0], range(12)))
+
+    assert replies.count(535) == 3
+    assert replies.count(454) == 9
+
+
+def test_success_gives_back_its_attempt(throttled_mta):
+    mta = throttled_mta(auth_max_failures_per_client=3)
+
+    assert login(mta, "alice@example.com", "wrong")[0] == 535
+    assert login(mta, "alice@example.com", "wrong")[0] == 535
+    for _ in range(3):
+        assert login(mta, "alice@example.com", PASSWORD)[0] == 235
+    assert login(mta, "alice@example.com", "wrong")[0] == 535
+    assert login(mta, "alice@example.com", PASSWORD) == THROTTLED

@@ -9,6 +9,10 @@ for that account, gets 454 4.7.0 without a password check until the window
 has passed. Every failure is also answered only after
 ``auth_failure_delay`` seconds, which slows a guesser inside the limits.
 
+Each attempt is counted before its password check and refunded when it
+succeeds. Counting first makes the limit hold for attempts that run at the
+same time on several sessions or nodes: each sees the counts of the others.
+
 An attacker who knows a login name can block it for others by failing on
 purpose, as with any per-account lockout; the per-account limit is set
 higher than the per-address one for that reason.
@@ -23,12 +27,11 @@ import asyncpg
 
 from mta.config import SmtpConfig
 
-_BLOCKED = "SELECT 1 FROM auth_failure WHERE key = ANY($1::text[]) AND blocked_until > now() LIMIT 1"
-
-# A window that has passed starts again at this failure. Reaching a key's
+# A window that has passed starts again at this attempt. Reaching a key's
 # limit blocks it until the window's end. The configuration keeps limits at
-# 2 or more, and the first failure of a key (the INSERT) never blocks.
-_FAILED = """
+# 2 or more, and the first attempt of a key (the INSERT) never blocks. Each
+# row returned says whether this attempt is beyond the key's limit.
+_ATTEMPT = """
 INSERT INTO auth_failure AS f (key, failures)
 SELECT unnest($1::text[]), 1
 ON CONFLICT (key) DO UPDATE SET
@@ -40,6 +43,16 @@ ON CONFLICT (key) DO UPDATE SET
              AND f.failures + 1 >= (CASE WHEN f.key LIKE 'client:%' THEN $3::int ELSE $4::int END)
         THEN f.window_started + make_interval(secs => $2)
         ELSE f.blocked_until END
+RETURNING f.failures > (CASE WHEN f.key LIKE 'client:%' THEN $3::int ELSE $4::int END) AS over_limit
+"""
+
+# A successful attempt gives back what it counted, and lifts the block it set.
+_REFUND = """
+UPDATE auth_failure SET
+    failures = failures - 1,
+    blocked_until = CASE WHEN failures - 1 < (CASE WHEN key LIKE 'client:%' THEN $2::int ELSE $3::int END)
+                         THEN NULL ELSE blocked_until END
+WHERE key = ANY($1::text[]) AND failures > 0
 """
 
 _SWEEP = "DELETE FROM auth_failure WHERE window_started < now() - make_interval(secs => $1)" \
@@ -68,17 +81,22 @@ class AuthThrottle:
         self.pool = pool
         self.config = config
 
-    async def blocked(self, client_address: str, login: str) -> bool:
-        """Return whether the client address or the account has used up its failures."""
+    async def begin(self, client_address: str, login: str) -> bool:
+        """Count an attempt against the client address and the account; return False when either is over its limit."""
         keys = [client_key(client_address), account_key(login)]
-        return await self.pool.fetchval(_BLOCKED, keys) is not None
+        rows = await self.pool.fetch(_ATTEMPT, keys, self.config.auth_failure_window,
+                                     self.config.auth_max_failures_per_client,
+                                     self.config.auth_max_failures_per_account)
+        return not any(row["over_limit"] for row in rows)
 
-    async def failed(self, client_address: str, login: str) -> None:
-        """Count a failure against the client address and the account, then wait out the failure delay."""
+    async def succeeded(self, client_address: str, login: str) -> None:
+        """Give back the attempt counted by begin, because its password was right."""
         keys = [client_key(client_address), account_key(login)]
-        await self.pool.execute(_FAILED, keys, self.config.auth_failure_window,
-                                self.config.auth_max_failures_per_client,
+        await self.pool.execute(_REFUND, keys, self.config.auth_max_failures_per_client,
                                 self.config.auth_max_failures_per_account)
+
+    async def failed(self) -> None:
+        """Wait out the failure delay; begin has already counted the attempt."""
         await asyncio.sleep(self.config.auth_failure_delay)
 
 

@@ -389,16 +389,17 @@ class MtaSmtp(Chunking, SMTP):
 
         client = _peer(self.session)[0]
         throttle = self.handler.services.auth_throttle
-        if await throttle.blocked(client, login):
+        if not await throttle.begin(client, login):
             log.warning("%s: AUTH %s throttled for user=<%s> from [%s]", self.session.id, mechanism, login, client)
             return await self._auth_reply(replies.AUTH_THROTTLED)
 
         valid = password is not None and await users.authenticate(self.handler.services.pool, login, password)
         if not valid:
             log.warning("%s: AUTH %s failed for user=<%s> from [%s]", self.session.id, mechanism, login, client)
-            await throttle.failed(client, login)
+            await throttle.failed()
             return AuthResult(success=False, handled=False, message=str(replies.AUTH_FAILED))
 
+        await throttle.succeeded(client, login)
         log.info("%s: AUTH %s user=<%s>", self.session.id, mechanism, login)
         return AuthResult(success=True, auth_data=login, message=str(replies.AUTH_SUCCEEDED))
 
