@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import query
 from tests.mtaprocess import REPOSITORY
+from tests.mx import wait_until
 
 
 def test_add_list_remove(shared_mta):
@@ -79,3 +80,17 @@ def test_cli_outside_install_directory_names_the_problem(tmp_path):
     assert result.returncode == 1
     assert f"mta: no database at {tmp_path}/var/pg: run mta from the directory where mta serve runs" in result.stderr
     assert not (tmp_path / "var" / "pg").exists()
+
+
+def test_expired_entries_swept_at_start(make_mta):
+    mta = make_mta()
+    query(mta.database_url, "INSERT INTO suppression (sender_domain, address, reason, source, expires_at) VALUES "
+                            "('example.com', 'gone@example.org', 'old bounce', 'bounce', now() - interval '1 day'), "
+                            "('example.com', 'kept@example.org', 'new bounce', 'bounce', now() + interval '1 day')")
+
+    mta.stop()
+    mta.start()
+
+    assert wait_until(lambda: "expired suppression entries deleted: 1" in mta.log())
+    rows = query(mta.database_url, "SELECT address FROM suppression")
+    assert [row["address"] for row in rows] == ["kept@example.org"]

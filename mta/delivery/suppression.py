@@ -140,3 +140,9 @@ def parse_import(text: str, expires_at: datetime | None) -> list[Entry]:
         except SuppressionError as error:
             raise SuppressionError(f"line {number}: {error}") from None
     return parsed
+
+
+async def sweep(pool: asyncpg.Pool) -> int:
+    """Delete the suppression entries whose expiry has passed; return how many."""
+    status = await pool.execute("DELETE FROM suppression WHERE expires_at <= now()")
+    return int(status.split()[-1])

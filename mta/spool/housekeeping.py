@@ -24,6 +24,7 @@ import asyncpg
 from mta.auth import throttle
 from mta.background import BackgroundTask
 from mta.db import TRANSIENT_ERRORS
+from mta.delivery import suppression
 
 log = logging.getLogger("mta.housekeeping")
 
@@ -110,9 +111,12 @@ class Housekeeper(BackgroundTask):
                         created, dropped = await maintain_partitions(connection, datetime.now(UTC).date(),
                                                                      self.history_days)
                     swept = await throttle.sweep(self.pool, self.auth_failure_window)
+                    expired = await suppression.sweep(self.pool)
                     next_partitions = time.monotonic() + PARTITION_INTERVAL
                     if swept:
                         log.info("expired AUTH failure counts deleted: %d", swept)
+                    if expired:
+                        log.info("expired suppression entries deleted: %d", expired)
                     if created or dropped:
                         log.info("history partitions created: %s; dropped: %s", ", ".join(created) or "none",
                                  ", ".join(dropped) or "none")
