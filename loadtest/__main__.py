@@ -8,6 +8,7 @@
     python -m loadtest baseline ...      # smtp-source against this MTA and Postfix
     python -m loadtest sign-bench ...    # DKIM signing rate
     python -m loadtest queue-bench ...   # the queue alone: enqueue, claim, settle
+    python -m loadtest delivery ...      # the delivery side alone: a pre-filled queue drained to sinks
 
 Every target is on loopback: the harness starts the MTA and the sink itself.
 Exit status: 0 when the loss check passed, 1 when it failed, 2 for bad options.
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                         add_help=False)
     commands.add_parser("sign-bench", help="DKIM signing rate (see --help there)", add_help=False)
     commands.add_parser("queue-bench", help="the queue alone, without SMTP (see --help there)", add_help=False)
+    commands.add_parser("delivery", help="the delivery side alone, draining a pre-filled queue (see --help there)",
+                        add_help=False)
     return parser
 
 
@@ -98,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["queue-bench"]:
         from loadtest import queue_bench
         return queue_bench.main(argv[1:])
+    if argv[:1] == ["delivery"]:
+        from loadtest import delivery_bench
+        return delivery_bench.main(argv[1:])
 
     parser = build_parser()
     args = parser.parse_args(argv)
