@@ -142,6 +142,20 @@ def test_encrypt_accepts_bytearray_and_memoryview() -> None:
     assert decrypt_bytes(memoryview(data), key, NAME) == body
 
 
+def test_encrypt_copies_reused_buffer() -> None:
+    key = new_key()
+    body = os.urandom(MIN_CHUNK_SIZE)
+    buffer = bytearray(body)
+    encryptor = StreamEncryptor(key, KEY_ID, NAME, chunk_size=MIN_CHUNK_SIZE)
+
+    # The held-back chunk must not change when the caller reuses its buffer.
+    data = encryptor.update(buffer)
+    buffer[:] = bytes(len(buffer))
+    data += encryptor.finalize()
+
+    assert decrypt_bytes(data, key, NAME) == body
+
+
 def test_encrypt_iter_round_trip() -> None:
     key = new_key()
     body = os.urandom(5 * DEFAULT_CHUNK_SIZE + 17)

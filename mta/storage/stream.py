@@ -402,27 +402,42 @@ class _ChunkSplitter:
 
     def __init__(self, unit_size: int):
         self._unit_size = unit_size
-        self._pending = bytearray()
+        self._pending: bytearray | memoryview = bytearray()
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         """Yield each unit that data completes; consume the iterator before feeding again."""
         view = memoryview(data).cast("B")
         if self._pending and len(self._pending) + len(view) > self._unit_size:
             fill = self._unit_size - len(self._pending)
-            self._pending += view[:fill]
+            unit = self._pending
+            if fill:
+                unit = bytearray(unit) if isinstance(unit, memoryview) else unit
+                unit += view[:fill]
+            self._pending = bytearray()
             view = view[fill:]
-            unit, self._pending = self._pending, bytearray()
             yield unit
 
         # Slices of the caller's buffer go straight to the cipher, uncopied.
         while len(view) > self._unit_size:
             yield view[: self._unit_size]
             view = view[self._unit_size :]
-        self._pending += view
+        self._hold(view)
 
-    def remainder(self) -> bytearray:
+    def remainder(self) -> bytearray | memoryview:
         remainder, self._pending = self._pending, bytearray()
         return remainder
+
+    def _hold(self, view: memoryview) -> None:
+        # A whole bytes object no larger than a unit is kept by reference, so
+        # chunk-sized reads are not copied: it cannot change, and it costs no
+        # more memory than a copy. Other buffers may be reused by the caller.
+        if not self._pending and isinstance(view.obj, bytes) and len(view.obj) <= self._unit_size:
+            self._pending = view
+            return
+
+        if isinstance(self._pending, memoryview):
+            self._pending = bytearray(self._pending)
+        self._pending += view
 
 
 def _check_key(key: bytes) -> None:
