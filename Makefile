@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test venv system-deps loadtest-deps bench-sign clean
+.PHONY: run test venv system-deps loadtest-deps bench-sign bench-crypto clean
 
 $(BIN)/mta: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ loadtest-deps: venv
 
 bench-sign: venv
 	$(BIN)/python -m loadtest.sign_bench
+
+bench-crypto: venv
+	$(BIN)/python -m loadtest.crypto_bench
 
 clean:
 	rm -rf $(VENV) var

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from loadtest.machine import cpu_model
 from mta.dkim import DkimKey, DkimSigner
 
 DOMAIN = "example.com"
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"python {platform.python_version()}, cryptography {cryptography.__version__}, "
           f"{openssl_backend.openssl_version_text()}, dkimpy {_dkimpy_version()}")  # fmt: skip
-    print(f"cpu: {_cpu_model()}, 1 thread")
+    print(f"cpu: {cpu_model()}, 1 thread")
     average_size = sum(map(len, messages)) // len(messages)
     print(f"messages: {average_size} octets on average, RSA-2048, relaxed/relaxed, h={b':'.join(header_list).decode()}")
 
@@ -169,17 +170,6 @@ def _dkimpy_version() -> str:
         return version("dkimpy")
     except PackageNotFoundError:
         return "unknown"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":
