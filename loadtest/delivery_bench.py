@@ -61,6 +61,8 @@ class Options:
     timeout: float = 300.0
     output: Path = Path("loadtest/results")
     keep_temp: bool = False
+    # An older checkout run after each run of this one, labelled "<reuse>-before".
+    before_tree: Path | None = None
 
 
 @dataclass
@@ -140,11 +142,14 @@ class Cluster:
 class DeliveryRun:
     """One run: fill and hold the queue, start the MTA, release, and wait for the queue to drain."""
 
-    def __init__(self, options: Options, cluster: Cluster, sites: int, reuse: Reuse, number: int):
+    def __init__(self, options: Options, cluster: Cluster, sites: int, reuse: Reuse, number: int,
+                 tree: Path | None = None):
         self.options = options
         self.cluster = cluster
         self.reuse = reuse
-        self.result = RunResult(sites=sites, reuse=reuse.name, messages=options.messages)
+        self.tree = tree
+        label = reuse.name if tree is None else f"{reuse.name}-before"
+        self.result = RunResult(sites=sites, reuse=label, messages=options.messages)
         self.directory = Path(tempfile.mkdtemp(prefix="delivery-bench-"))
         self.sink = LoadSink([site_address(index) for index in range(sites)])
         self.messages = delivery_queue.build_messages(options.messages, options.size, sites, f"run{number}")
@@ -154,7 +159,7 @@ class DeliveryRun:
         await self.sink.start()
         routes = {delivery_queue.site_domain(index): f"{site_address(index)}:{self.sink.port}"
                   for index in range(self.result.sites)}
-        mta = DeliveryMta(self.directory, url, routes, self.reuse)
+        mta = DeliveryMta(self.directory, url, routes, self.reuse, *([self.tree] if self.tree else []))
         try:
             config = mta.write_config()
             queue_ids = await delivery_queue.fill(config, url, self.messages)
@@ -254,10 +259,11 @@ async def run_benchmark(options: Options) -> list[RunResult]:
             for repetition in range(options.repeat):
                 for sites in options.sites:
                     for reuse in options.reuse:
-                        number = len(results) + 1
-                        result = await DeliveryRun(options, cluster, sites, reuse, number).run()
-                        report_run(result)
-                        results.append(result)
+                        for tree in (None, options.before_tree) if options.before_tree else (None,):
+                            number = len(results) + 1
+                            result = await DeliveryRun(options, cluster, sites, reuse, number, tree).run()
+                            report_run(result)
+                            results.append(result)
         finally:
             cluster.stop()
     return results
@@ -287,7 +293,12 @@ def parse_arguments(argv: list[str]) -> Options:
                         help="seconds one run may take from the release (default %(default)s)")
     parser.add_argument("--output", type=Path, default=Options.output, help="folder for the JSON results")
     parser.add_argument("--keep-temp", action="store_true", help="keep each run's folder with the MTA's log")
+    parser.add_argument("--before-tree", type=Path,
+                        help="an older checkout (git worktree add DIR COMMIT) run after each run of this one, "
+                             "for before/after ratios measured in one invocation")
     args = parser.parse_args(argv)
+    if args.before_tree is not None and not (args.before_tree / "mta" / "__main__.py").is_file():
+        parser.error(f"--before-tree {args.before_tree} is not a checkout of this project")
 
     if not 1 <= args.messages <= MAX_MESSAGES:
         parser.error(f"--messages must be between 1 and {MAX_MESSAGES}, got {args.messages}")
@@ -308,7 +319,8 @@ def parse_arguments(argv: list[str]) -> Options:
     if not names or set(names) - set(settings):
         parser.error(f"--reuse must name on and/or off, got {args.reuse!r}")
     return Options(messages=args.messages, size=args.size, sites=sites, reuse=tuple(settings[n] for n in names),
-                   repeat=args.repeat, timeout=args.timeout, output=args.output, keep_temp=args.keep_temp)
+                   repeat=args.repeat, timeout=args.timeout, output=args.output, keep_temp=args.keep_temp,
+                   before_tree=args.before_tree.resolve() if args.before_tree else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,10 @@ class MtaError(RuntimeError):
 
 
 class DeliveryMta:
-    def __init__(self, directory: Path, database_url: str, routes: dict[str, str], reuse: Reuse):
+    def __init__(self, directory: Path, database_url: str, routes: dict[str, str], reuse: Reuse,
+                 tree: Path = REPOSITORY):
+        # The checkout whose mta runs: this one, or an older one to compare with.
+        self.tree = tree
         self.directory = directory
         self.database_url = database_url
         self.routes = routes
@@ -82,7 +85,7 @@ class DeliveryMta:
 
     def start(self) -> None:
         # PYTHONPATH comes before the editable install's finder, so this checkout's mta runs.
-        environment = {**os.environ, "PYTHONPATH": str(REPOSITORY), "MTA_MIGRATIONS_DIR": str(REPOSITORY / "queue")}
+        environment = {**os.environ, "PYTHONPATH": str(self.tree), "MTA_MIGRATIONS_DIR": str(self.tree / "queue")}
         command = [sys.executable, "-m", "mta", "--config", str(self.config_path), "serve"]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,

@@ -51,7 +51,22 @@ def summarize(results: list[RunResult]) -> dict:
                 "messages_per_second": _ratio(on["messages_per_second"], off["messages_per_second"]),
                 "mta_cpu_ms_per_message": _ratio(on["mta_cpu_ms_per_message"], off["mta_cpu_ms_per_message"]),
             }
-    return {"settings": settings, "reuse_on_to_off": ratios}
+    return {"settings": settings, "reuse_on_to_off": ratios, "this_to_before": _before_ratios(settings)}
+
+
+def _before_ratios(settings: dict[str, dict]) -> dict[str, dict]:
+    """Return this checkout's figures over the --before-tree checkout's, per site count and reuse setting."""
+    ratios = {}
+    for key, before in settings.items():
+        if not key.endswith("-before"):
+            continue
+        this = settings.get(key.removesuffix("-before"))
+        if this:
+            ratios[key.removesuffix("-before")] = {
+                "messages_per_second": _ratio(this["messages_per_second"], before["messages_per_second"]),
+                "mta_cpu_ms_per_message": _ratio(this["mta_cpu_ms_per_message"], before["mta_cpu_ms_per_message"]),
+            }
+    return ratios
 
 
 def _per_message_ms(seconds: float | None, run: RunResult) -> float | None:
@@ -59,16 +74,20 @@ def _per_message_ms(seconds: float | None, run: RunResult) -> float | None:
 
 
 def print_table(summary: dict) -> None:
-    print(f"\n{'sites':>5} {'reuse':>5} {'runs':>4} {'msg/s':>9} {'MTA CPU ms/msg':>15} {'PG CPU ms/msg':>14}"
+    print(f"\n{'sites':>5} {'reuse':>10} {'runs':>4} {'msg/s':>9} {'MTA CPU ms/msg':>15} {'PG CPU ms/msg':>14}"
           f" {'connections':>11} {'other CPU s':>11}")
     for row in summary["settings"].values():
-        print(f"{row['sites']:>5} {row['reuse']:>5} {row['runs']:>4} {_text(row['messages_per_second']):>9}"
+        print(f"{row['sites']:>5} {row['reuse']:>10} {row['runs']:>4} {_text(row['messages_per_second']):>9}"
               f" {_text(row['mta_cpu_ms_per_message']):>15} {_text(row['postgres_cpu_ms_per_message']):>14}"
               f" {_text(row['connections']):>11} {_text(row['other_cpu_seconds']):>11}")
     if summary["reuse_on_to_off"]:
         print(f"\n{'sites':>5} {'msg/s on/off':>13} {'MTA CPU on/off':>15}")
         for sites, ratio in summary["reuse_on_to_off"].items():
             print(f"{sites:>5} {_text(ratio['messages_per_second']):>13} {_text(ratio['mta_cpu_ms_per_message']):>15}")
+    if summary["this_to_before"]:
+        print(f"\n{'sites/reuse':>11} {'msg/s this/before':>18} {'MTA CPU this/before':>20}")
+        for key, ratio in summary["this_to_before"].items():
+            print(f"{key:>11} {_text(ratio['messages_per_second']):>18} {_text(ratio['mta_cpu_ms_per_message']):>20}")
 
 
 def _text(value: float | None) -> str:
@@ -92,7 +111,8 @@ def write_results(options: Options, argv: list[str], results: list[RunResult], s
     finished = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     options.output.mkdir(parents=True, exist_ok=True)
     path = options.output / f"delivery-{finished}.json"
-    described = asdict(options) | {"output": str(options.output)}
+    described = asdict(options) | {"output": str(options.output),
+                                   "before_tree": str(options.before_tree) if options.before_tree else None}
     path.write_text(json.dumps({
         "date": finished,
         "command": ["python", "-m", "loadtest", "delivery", *argv],

@@ -90,7 +90,10 @@ class _Handler:
             self.sink.ehlos += 1
         session.host_name = hostname
         if not self.sink.offer_8bitmime:
-            return [line for line in responses if line[4:] != "8BITMIME"]
+            responses = [line for line in responses if line[4:] != "8BITMIME"]
+        if self.sink.offer_pipelining:
+            # aiosmtpd reads pipelined commands in order but does not list the extension itself.
+            responses = [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_QUIT(self, server, session, envelope):
@@ -101,11 +104,12 @@ class _Handler:
 
 class Sink:
     def __init__(self, host: str, port: int, accept_long_lines: bool = False, offer_8bitmime: bool = True,
-                 **smtp_parameters):
+                 offer_pipelining: bool = True, **smtp_parameters):
         self.host = host
         self.port = port
         # Whether EHLO lists 8BITMIME. Without it the sink still takes 8-bit data, so tests can see what arrives.
         self.offer_8bitmime = offer_8bitmime
+        self.offer_pipelining = offer_pipelining
         self.script = Script()
         self.messages: list[Received] = []
         # Without TLS each connection sends EHLO once, so this counts connections.
@@ -141,9 +145,9 @@ class Sink:
 
 @contextmanager
 def sink_on(host: str, port: int, accept_long_lines: bool = False, offer_8bitmime: bool = True,
-            **smtp_parameters) -> Iterator[Sink]:
+            offer_pipelining: bool = True, **smtp_parameters) -> Iterator[Sink]:
     """Run a sink for the length of a with block."""
-    server = Sink(host, port, accept_long_lines, offer_8bitmime, **smtp_parameters)
+    server = Sink(host, port, accept_long_lines, offer_8bitmime, offer_pipelining, **smtp_parameters)
     server.start()
     try:
         yield server

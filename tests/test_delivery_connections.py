@@ -124,18 +124,24 @@ def test_connection_reused_after_refusals(make_mta, sink, sink_port):
 
 
 @pytest.mark.parametrize("limit_reply", ["452 4.5.3 Too many recipients", "552 5.5.3 Too many recipients"])
-def test_recipients_over_remote_limit_go_in_next_transaction(make_mta, sink, sink_port, limit_reply):
-    mta = make_mta(cached(sink_port, 30.0) | {"smtp": {"max_recipients": 200}})
-    sink.script.rcpt_replies.extend(["250 2.1.5 OK"] * 100 + [limit_reply])
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_recipients_over_remote_limit_go_in_next_transaction(make_mta, limit_reply, pipelining):
+    port = free_port(REMOTE_MX_ADDRESS)
+    mta = make_mta(cached(port, 30.0) | {"smtp": {"max_recipients": 200}})
     recipients = [f"r{number:03d}@{RELAY_DOMAIN}" for number in range(1, 151)]
 
-    with smtplib.SMTP("127.0.0.1", mta.mx_port, timeout=30) as client:
-        assert client.sendmail("sender@example.net", recipients, b"Subject: many\r\n\r\nhello\r\n") == {}
+    with sink_on(REMOTE_MX_ADDRESS, port, offer_pipelining=pipelining) as sink:
+        # A pipelining client sends every RCPT of the group, and each one past the limit is refused.
+        refused = 50 if pipelining else 1
+        sink.script.rcpt_replies.extend(["250 2.1.5 OK"] * 100 + [limit_reply] * refused)
+        with smtplib.SMTP("127.0.0.1", mta.mx_port, timeout=30) as client:
+            assert client.sendmail("sender@example.net", recipients, b"Subject: many\r\n\r\nhello\r\n") == {}
 
-    first, second = sink.wait_for(2)
+        first, second = sink.wait_for(2)
+        assert wait_until(lambda: mta.log().count("status=sent") == 150)
+
     assert len(first.recipients) == 100
     assert sorted(first.recipients + second.recipients) == recipients
-    assert wait_until(lambda: mta.log().count("status=sent") == 150)
     assert "status=deferred" not in mta.log()
     assert sink.ehlos == 1
 

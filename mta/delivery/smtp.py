@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import aiosmtplib
 import dns.asyncresolver
 from aiosmtplib.typing import Default
 
-from mta.delivery import dane, tlsrpt
+from mta.delivery import dane, pipelining, tlsrpt
 from mta.delivery.connections import Connection, ConnectionCache
 from mta.delivery.outcome import Outcome, Reply
 from mta.delivery.resolve import Target
@@ -62,30 +63,42 @@ class CrlfSMTP(aiosmtplib.SMTP):
         await self._ehlo_or_helo_if_needed()
         if timeout is Default.token:
             timeout = self.timeout
-        # RFC 5321 section 4.5.2: a line that starts with a period gets one more.
-        stuffed = message.replace(b"\r\n.", b"\r\n..")
-        if stuffed.startswith(b"."):
-            stuffed = b"." + stuffed
-        # Written after the body rather than appended, which would copy a large body once more.
-        terminator = b".\r\n" if not stuffed or stuffed.endswith(b"\r\n") else b"\r\n.\r\n"
-
         try:
             async with protocol._command_lock:
                 protocol._response_pending = True
                 protocol.write(b"DATA\r\n")
                 start = await protocol.read_response(timeout=timeout)
-                if start.code != 354:
-                    raise aiosmtplib.SMTPDataError(start.code, start.message)
-                protocol._response_pending = True
-                protocol.write(stuffed)
-                protocol.write(terminator)
-                response = await protocol.read_response(timeout=timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+            self.close()
+            raise
+        if start.code != 354:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        return await self.send_body(message, timeout)
+
+    async def send_body(self, message: bytes, timeout: float) -> aiosmtplib.SMTPResponse:
+        """Send the body after DATA got 354; raise SMTPDataError unless the server takes it."""
+        try:
+            async with self.protocol._command_lock:
+                response = await self._write_body(message, timeout)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
             self.close()
             raise
         if response.code != 250:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
         return response
+
+    async def _write_body(self, message: bytes, timeout: float) -> aiosmtplib.SMTPResponse:
+        protocol = self.protocol
+        # RFC 5321 section 4.5.2: a line that starts with a period gets one more.
+        stuffed = message.replace(b"\r\n.", b"\r\n..")
+        if stuffed.startswith(b"."):
+            stuffed = b"." + stuffed
+        # Written after the body rather than appended, which would copy a large body once more.
+        terminator = b".\r\n" if not stuffed or stuffed.endswith(b"\r\n") else b"\r\n.\r\n"
+        protocol._response_pending = True
+        protocol.write(stuffed)
+        protocol.write(terminator)
+        return await protocol.read_response(timeout=timeout)
 
 
 class TlsFailure(Exception):
@@ -277,6 +290,11 @@ class SmtpDeliverer:
         return outcome
 
 
+def _command(verb: str, options: list[str], encoding: str) -> bytes:
+    # Addresses were parsed by the SMTP server before queueing, so they contain no line break.
+    return (" ".join([verb, *options]) + "\r\n").encode(encoding)
+
+
 def _too_many_recipients(reply: Reply) -> bool:
     """Return whether a RCPT refusal is about the number of recipients (X.5.3), not about the recipient."""
     return reply.enhanced in ("4.5.3", "5.5.3") or (
@@ -312,6 +330,9 @@ class Transaction:
             self.clean = True
             return
         self.encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+        if client.supports_extension("pipelining") and pipelining.enable(client.protocol):
+            await self._run_pipelined(client, sender, options, body, data_timeout)
+            return
 
         try:
             await client.mail(sender, options=options, encoding=self.encoding, timeout=COMMAND_TIMEOUT)
@@ -324,12 +345,20 @@ class Transaction:
 
         try:
             await self._recipients(client)
-            if not self.accepted:
-                await self._reset(client)
-                return
-            final = await client.data(body, timeout=data_timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, ConnectionError) as error:
+            self.lost(str(error))
+            return
+        if not self.accepted:
+            await self._reset(client)
+            return
+        await self._finish_data(client, client.data(body, timeout=data_timeout))
+
+    async def _finish_data(self, client: CrlfSMTP, sending: Awaitable[aiosmtplib.SMTPResponse]) -> None:
+        """Record the reply to DATA and the body for the accepted recipients."""
+        try:
+            final = await sending
         except aiosmtplib.SMTPResponseException as error:
-            # Only DATA raises here: each refused RCPT was recorded with its own reply.
+            # Each refused RCPT was recorded with its own reply already.
             self._add(self.accepted, Reply(error.code, error.message))
             await self._reset(client)
             return
@@ -341,6 +370,64 @@ class Transaction:
 
         self._add(self.accepted, Reply(250, final.message))
         self.clean = True
+
+    async def _run_pipelined(self, client: CrlfSMTP, sender: str, options: list[str], body: bytes,
+                             data_timeout: float) -> None:
+        """Send MAIL, the RCPTs and DATA as one group (RFC 2920), then the body if DATA got 354."""
+        commands = [_command(f"MAIL FROM:<{sender}>", options, self.encoding)]
+        commands += [_command(f"RCPT TO:<{recipient}>", [], self.encoding) for recipient in self.recipients]
+        commands.append(b"DATA\r\n")
+        try:
+            replies = await pipelining.exchange(client.protocol, commands, COMMAND_TIMEOUT)
+        except pipelining.PipelineBroken as broken:
+            client.close()
+            if not broken.replies:
+                raise StaleConnection(str(broken.error)) from broken.error
+            self._take_group_replies(broken.replies)
+            self.lost(str(broken.error))
+            return
+
+        start = self._take_group_replies(replies)
+        if start.code != 354 or not self.accepted:
+            if start.code == 354:
+                # RFC 2920 section 3.1: DATA went ahead with no recipient, so an empty message ends it.
+                await self._end_empty_data(client)
+            elif self.accepted:
+                self._add(self.accepted, Reply(start.code, start.message))
+            await self._reset(client)
+            return
+
+        await self._finish_data(client, client.send_body(body, data_timeout))
+
+    def _take_group_replies(self, replies: list) -> aiosmtplib.SMTPResponse | None:
+        """Record the replies to MAIL and the RCPTs of a group; return the reply to DATA, if it came."""
+        if not replies:
+            return None
+        mail, recipient_replies = replies[0], replies[1:1 + len(self.recipients)]
+        if mail.code != 250:
+            self.outcome.add_all(self.recipients, Reply(mail.code, mail.message))
+        else:
+            for recipient, reply in zip(self.recipients, recipient_replies):
+                self._take_recipient_reply(recipient, Reply(reply.code, reply.message))
+            if self.postponed and not self.accepted:
+                # Not even one recipient was taken: a temporary condition, even when the reply was 552.
+                self.outcome.add_all(self.postponed, Reply(452, "4.5.3 too many recipients"))
+                self.postponed = []
+        return replies[len(self.recipients) + 1] if len(replies) > len(self.recipients) + 1 else None
+
+    def _take_recipient_reply(self, recipient: str, reply: Reply) -> None:
+        if 200 <= reply.code < 300:
+            self.accepted.append(recipient)
+        elif _too_many_recipients(reply):
+            self.postponed.append(recipient)
+        else:
+            self.outcome.add(recipient, reply)
+
+    async def _end_empty_data(self, client: CrlfSMTP) -> None:
+        try:
+            await client.send_body(b"", COMMAND_TIMEOUT)
+        except (aiosmtplib.SMTPException, OSError):
+            pass
 
     def _seven_bit(self, body: bytes) -> bytes | None:
         """Downgrade 8-bit parts for a server without 8BITMIME, or fail every recipient and return None.
