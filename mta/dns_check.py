@@ -18,6 +18,7 @@ import dns.resolver
 from mta.delivery.mta_sts import parse_txt
 from mta.delivery.tlsrpt_send import parse_tlsrpt
 from mta.dns_records import DomainRecords, Record
+from mta.inbound.dmarc import parse_tags
 
 OK = "OK"
 MISSING = "MISSING"
@@ -121,9 +122,9 @@ def compare_dkim(record: Record, published: list[str]) -> Finding:
     if not published:
         return Finding(record, MISSING, ())
 
-    expected_key = _tags(record.values[0])["p"]
+    expected_key = parse_tags(record.values[0])["p"]
     for text in published:
-        if "".join(_tags(text).get("p", "").split()) == expected_key:
+        if "".join(parse_tags(text).get("p", "").split()) == expected_key:
             return Finding(record, OK, tuple(published))
     return Finding(record, DIFFERENT, tuple(published), "p= is not this domain's public key")
 
@@ -136,8 +137,8 @@ def compare_dmarc(record: Record, published: list[str]) -> Finding:
         return Finding(record, DIFFERENT, tuple(found),
                        f"{len(found)} DMARC records, so receivers apply none (RFC 7489 section 6.6.3)")
 
-    expected_policy = _tags(record.values[0])["p"]
-    found_policy = _tags(found[0]).get("p", "").lower()
+    expected_policy = parse_tags(record.values[0])["p"]
+    found_policy = parse_tags(found[0]).get("p", "").lower()
     if found_policy == expected_policy:
         return Finding(record, OK, tuple(found))
     return Finding(record, DIFFERENT, tuple(found), f"p={found_policy or '(none)'}, expected p={expected_policy}")
@@ -148,7 +149,7 @@ def compare_mta_sts(record: Record, published: list[str]) -> Finding:
     if not found:
         return Finding(record, MISSING, ())
 
-    expected_id = _tags(record.values[0])["id"]
+    expected_id = parse_tags(record.values[0])["id"]
     found_id = parse_txt(found)
     if found_id == expected_id:
         return Finding(record, OK, tuple(found))
@@ -164,7 +165,7 @@ def compare_tlsrpt(record: Record, published: list[str]) -> Finding:
     if not found:
         return Finding(record, MISSING, ())
 
-    expected_uri = _tags(record.values[0])["rua"].lower()
+    expected_uri = parse_tags(record.values[0])["rua"].lower()
     uris = parse_tlsrpt(found)
     if uris is None:
         return Finding(record, DIFFERENT, tuple(found), "no valid TLSRPTv1 record with a rua= (RFC 8460 section 3)")
@@ -190,16 +191,6 @@ def _host(mx_data: str) -> str:
 def _version(text: str) -> str:
     """Return the first tag of a DMARC, STS or TLSRPT record without spaces, in lower case, such as v=dmarc1."""
     return text.split(";")[0].replace(" ", "").lower()
-
-
-def _tags(text: str) -> dict[str, str]:
-    """Parse a tag list such as "v=DMARC1; p=reject" into lower-case names and stripped values."""
-    tags = {}
-    for part in text.split(";"):
-        name, separator, value = part.partition("=")
-        if separator:
-            tags[name.strip().lower()] = value.strip()
-    return tags
 
 
 def _spf_allows(terms: list[str], mechanism: str) -> bool:

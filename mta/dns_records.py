@@ -101,7 +101,7 @@ def source_addresses(config: Config) -> list[str]:
 
 
 def spf_text(config: Config) -> str:
-    """Return the SPF record: the source addresses, or the host's own A record without them, then -all."""
+    """Return the SPF record: the source addresses, or without them this host's name (a:), then -all."""
     addresses = source_addresses(config)
     if addresses:
         mechanisms = [f"ip{ipaddress.ip_address(address).version}:{address}" for address in addresses]
