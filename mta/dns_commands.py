@@ -11,9 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from mta.cli_support import EXIT_USAGE
 from mta.config import Config
+
+if TYPE_CHECKING:
+    from mta.dns_check import Finding
+    from mta.dns_records import DomainRecords
 
 EXIT_FAILURE = 1
 # Seconds each DNS query of mta dns check may take by default.
@@ -104,7 +109,7 @@ def cmd_check(config: Config, args: argparse.Namespace) -> int:
     return EXIT_FAILURE
 
 
-def _expected_records(config: Config, domain: str):
+def _expected_records(config: Config, domain: str) -> DomainRecords:
     """Build the records of a local domain, or exit 2 (not local) or 1 (DKIM key file missing)."""
     from mta import dkim_keys, dns_records
 
@@ -121,20 +126,20 @@ def _expected_records(config: Config, domain: str):
     return dns_records.build(config, domain, keys)
 
 
-def _records_json(expected) -> dict:
+def _records_json(expected: DomainRecords) -> dict:
     records = [{"kind": record.kind, "name": record.name, "type": record.rdtype, "ttl": expected.ttl,
                 "values": list(record.values)} for record in expected.records]
     return {"domain": expected.domain, "records": records,
             "mta_sts_policy": {"url": expected.policy_url, "text": expected.policy_text}}
 
 
-def _finding_json(finding) -> dict:
+def _finding_json(finding: Finding) -> dict:
     record = finding.record
     return {"kind": record.kind, "name": record.name, "type": record.rdtype, "status": finding.status,
             "expected": list(record.values), "found": list(finding.found), "reason": finding.reason}
 
 
-def _print_findings(findings: list) -> None:
+def _print_findings(findings: list[Finding]) -> None:
     for finding in findings:
         record = finding.record
         print(f"{finding.status:<10} {record.kind:<8} {record.name}")
