@@ -111,7 +111,7 @@ def compare_spf(record: Record, published: list[str]) -> Finding:
     for mechanism in record.values[0].split()[1:-1]:
         if not _spf_allows(terms, mechanism):
             return Finding(record, DIFFERENT, tuple(found),
-                           f"{mechanism} is not allowed (include: and redirect= are not followed)")
+                           f"{mechanism} is not allowed (include:, redirect= and mx are not followed)")
     # +all passes mail from any host, so forged mail would pass DMARC too.
     if "all" in terms or "+all" in terms:
         return Finding(record, DIFFERENT, tuple(found), "+all lets any host send for the domain")
