@@ -17,7 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from mta import audit_commands, queue_commands, suppression_commands, user_commands
+from mta import audit_commands, dns_commands, queue_commands, suppression_commands, user_commands
 from mta.config import Config, ConfigError, load
 
 EXIT_FAILURE = 1
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dkim = commands.add_parser("dkim", help="DKIM keys").add_subparsers(metavar="ACTION")
     dkim.add_parser("records", help="print the DNS TXT record of every signing key").set_defaults(run=cmd_dkim_records)
+    dns_commands.add_parser(commands)
     return parser
 
 

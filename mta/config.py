@@ -351,6 +351,27 @@ class HttpConfig:
 
 
 @dataclass
+class DnsConfig:
+    """The records that ``mta dns records`` prints for a local domain and ``mta dns check`` expects."""
+
+    # TTL in seconds of every printed record.
+    ttl: int = 3600
+    # Public MX host names in order of preference (printed with priority 10,
+    # 20, ...); empty: server.hostname.
+    mx: list[str] = field(default_factory=list)
+    # p= of the _dmarc record: none, quarantine or reject.
+    dmarc_policy: str = "quarantine"
+    # Address for DMARC aggregate reports (rua=mailto:); empty: postmaster@ the domain.
+    dmarc_rua: str = ""
+    # mode of the MTA-STS policy (RFC 8461): testing, enforce or none.
+    mta_sts_mode: str = "testing"
+    # Seconds senders may cache the MTA-STS policy.
+    mta_sts_max_age: int = 604800
+    # Address for TLS reports (RFC 8460, rua=mailto:); empty: tls-reports@ the domain.
+    tlsrpt_rua: str = ""
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -361,6 +382,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     inbound: InboundConfig = field(default_factory=InboundConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -501,6 +523,9 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("delivery", "connection_reuse_limit"): (1, 100_000),
     ("http", "port"): (1, 65535),
     ("http", "backlog_threshold"): (0, 2 ** 31 - 1),
+    ("dns", "ttl"): (60, 604800),
+    # RFC 8461 section 3.2: max_age is at most 31557600 seconds (about a year).
+    ("dns", "mta_sts_max_age"): (60, 31_557_600),
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -727,6 +752,7 @@ def check(config: Config) -> None:
     if not config.delivery.retry_schedule:
         raise ConfigError("delivery.retry_schedule must name at least one interval")
     _check_sites(config.delivery.sites)
+    _check_dns(config.dns)
 
 
 def _check_lmtp(config: Config) -> None:
@@ -738,6 +764,30 @@ def _check_lmtp(config: Config) -> None:
             parse_destination(destination)
         except ValueError as error:
             raise ConfigError(f"delivery.lmtp.{domain}: {error}") from None
+
+
+DMARC_POLICIES = ("none", "quarantine", "reject")
+MTA_STS_MODES = ("testing", "enforce", "none")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+# One address for a mailto: URI in rua=. White space, ',' ';' and '!' are excluded
+# because they end the URI or the tag, or start a size limit, in DMARC's rua= (RFC 7489).
+_RUA_ADDRESS = re.compile(r"[^\s,;!@]+@[A-Za-z0-9.-]+")
+
+
+def _check_dns(dns: DnsConfig) -> None:
+    for host in dns.mx:
+        labels = host.rstrip(".").split(".")
+        if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+            raise ConfigError(f"dns.mx: invalid host name {host!r}, expected a name such as mx1.example.com")
+    if dns.dmarc_policy not in DMARC_POLICIES:
+        raise ConfigError(f"dns.dmarc_policy must be one of {', '.join(DMARC_POLICIES)}, got {dns.dmarc_policy!r}")
+    if dns.mta_sts_mode not in MTA_STS_MODES:
+        raise ConfigError(f"dns.mta_sts_mode must be one of {', '.join(MTA_STS_MODES)}, got {dns.mta_sts_mode!r}")
+    for name in ("dmarc_rua", "tlsrpt_rua"):
+        value = getattr(dns, name)
+        if value and not _RUA_ADDRESS.fullmatch(value):
+            raise ConfigError(f"dns.{name} must be one email address without mailto:, such as "
+                              f"reports@example.com, got {value!r}")
 
 
 STORAGE_KINDS = ("local", "s3")

@@ -49,13 +49,19 @@ def aligned(domain: str, author_domain: str, mode: str) -> bool:
     return organisational_domain(domain) == organisational_domain(author_domain)
 
 
-def parse_record(text: str) -> dict[str, str]:
-    """Return the tags of a DMARC record, or raise DmarcRecordError."""
+def parse_tags(text: str) -> dict[str, str]:
+    """Parse a DKIM or DMARC tag list such as "v=DMARC1; p=reject" into lower-case names and stripped values."""
     tags = {}
     for part in text.split(";"):
         name, separator, value = part.partition("=")
         if separator:
             tags[name.strip().lower()] = value.strip()
+    return tags
+
+
+def parse_record(text: str) -> dict[str, str]:
+    """Return the tags of a DMARC record, or raise DmarcRecordError."""
+    tags = parse_tags(text)
     if tags.get("v") != "DMARC1":
         raise DmarcRecordError("record does not start with v=DMARC1")
     if tags.get("p", "").lower() not in _POLICIES:
