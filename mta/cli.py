@@ -258,6 +258,9 @@ async def connect_or_exit(config: Config, create: bool = False):
         raise SystemExit(EXIT_FAILURE)
     try:
         connection = await asyncpg.connect(db.database_url(config), timeout=10)
+    except ConfigError as error:
+        print(f"mta: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
     except (OSError, asyncpg.PostgresError) as error:
         print(f"mta: database unreachable: {error}", file=sys.stderr)
         raise SystemExit(EXIT_FAILURE) from None

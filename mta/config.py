@@ -50,6 +50,9 @@ class LoggingConfig:
 class DatabaseConfig:
     # Empty means: start the embedded PostgreSQL under data_dir/pg.
     url: str = ""
+    # A file whose first line is the password for url, such as a container
+    # secret or a systemd credential, so the URL can be written without it.
+    password_file: str = ""
     pool_min: int = 2
     pool_max: int = 10
 
@@ -661,6 +664,8 @@ def check(config: Config) -> None:
     if config.database.pool_min > config.database.pool_max:
         raise ConfigError(f"database.pool_min ({config.database.pool_min}) must not exceed "
                           f"database.pool_max ({config.database.pool_max})")
+    if config.database.password_file and not config.database.url:
+        raise ConfigError("database.password_file needs database.url: the embedded PostgreSQL has no password")
     for index, interval in enumerate(config.delivery.retry_schedule):
         if not 1.0 <= interval <= 7 * 86400.0:
             raise ConfigError(f"delivery.retry_schedule[{index}] must be between 1 and 604800 seconds, "
