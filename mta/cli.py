@@ -19,53 +19,12 @@ from pathlib import Path
 
 from mta import audit_commands, dns_commands, queue_commands, suppression_commands, user_commands
 from mta.config import Config, ConfigError, load
+from mta.logs import setup_logging
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 # Printed by check-config only as "(redacted)".
 SECRET_STORAGE_KEYS = ("access_key_id", "secret_access_key")
-
-
-class _PostfixStyleFormatter(logging.Formatter):
-    """``time name[pid]: message``, with the level named only for warnings and worse."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        if record.levelno >= logging.WARNING:
-            prefix, _, message = text.partition("]: ")
-            text = f"{prefix}]: {record.levelname.lower()}: {message}"
-        return text
-
-
-class _OneLineLibraryErrors(logging.Filter):
-    """Fold a library's exception into its log line instead of a traceback.
-
-    asyncpg's pool logs a full traceback each time it fails to reconnect
-    during a database outage; one line with the error is enough.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.name.startswith("asyncpg"):
-            error = record.exc_info[1]
-            record.msg = f"{record.getMessage()}: {error!r}"
-            record.args = ()
-            record.exc_info = None
-        return True
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_OneLineLibraryErrors())
-    handler.setFormatter(_PostfixStyleFormatter("%(asctime)s %(name)s[%(process)d]: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # aiosmtpd logs every command at INFO, with addresses; our session lines replace it.
-    logging.getLogger("mail.log").setLevel(logging.ERROR)
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
-    # At debug level botocore logs request parameters, which include message bodies.
-    for name in ("botocore", "aiobotocore", "aioboto3"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mta: {error}", file=sys.stderr)
         return EXIT_USAGE
 
-    setup_logging(config.server.log_level)
+    setup_logging(config.server.log_level, config.logging, config.data_dir)
     # pgserver's lock file falls back to /tmp when XDG_RUNTIME_DIR is unset, which is fine here.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     # aiosmtpd warns about the implicit-TLS listener, where AUTH needs no STARTTLS because TLS came first.
@@ -300,6 +259,9 @@ async def connect_or_exit(config: Config, create: bool = False):
         raise SystemExit(EXIT_FAILURE)
     try:
         connection = await asyncpg.connect(db.database_url(config), timeout=10)
+    except ConfigError as error:
+        print(f"mta: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
     except (OSError, asyncpg.PostgresError) as error:
         print(f"mta: database unreachable: {error}", file=sys.stderr)
         raise SystemExit(EXIT_FAILURE) from None

@@ -35,9 +35,24 @@ class ServerConfig:
 
 
 @dataclass
+class LoggingConfig:
+    # "plain": Postfix-style lines; "json": one object per line (mta/logs.py).
+    format: str = "plain"
+    # Replace every email address in the log by a keyed pseudonym that keeps the domain (mta/pseudonym.py).
+    pseudonymise_addresses: bool = False
+    # 32 random octets, created with mode 0600 on first use. A relative path is taken
+    # from server.data_dir. Nodes that share a database need the same file for their
+    # pseudonyms to match.
+    pseudonym_key_file: str = "keys/log-pseudonym.key"
+
+
+@dataclass
 class DatabaseConfig:
     # Empty means: start the embedded PostgreSQL under data_dir/pg.
     url: str = ""
+    # A file whose first line is the password for url, such as a container
+    # secret or a systemd credential, so the URL can be written without it.
+    password_file: str = ""
     pool_min: int = 2
     pool_max: int = 10
 
@@ -374,6 +389,7 @@ class DnsConfig:
 @dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -529,6 +545,7 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("plain", "json")
 LISTENERS = ("mx", "submission", "submissions")
 
 
@@ -611,6 +628,13 @@ def _check_tenants(source: SourceConfig) -> None:
             raise ConfigError(f"delivery.source.tenant_rules.{tenant}: unknown tenant, not in delivery.source.tenants")
 
 
+def _check_logging(config: "Config") -> None:
+    if config.logging.format not in LOG_FORMATS:
+        raise ConfigError(f"logging.format must be one of {', '.join(LOG_FORMATS)}, got {config.logging.format!r}")
+    if config.logging.pseudonymise_addresses and not config.logging.pseudonym_key_file.strip():
+        raise ConfigError("logging.pseudonym_key_file must not be empty when logging.pseudonymise_addresses is on")
+
+
 def _check_distinct_sockets(config: "Config") -> None:
     """Refuse two listeners on one address and port: with SO_REUSEPORT they would share it silently."""
     seen: list[tuple[str, int, str]] = []
@@ -661,9 +685,12 @@ def check(config: Config) -> None:
         raise ConfigError("server.hostname must not be empty: it names this host in EHLO, Received and bounces")
     if config.server.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"server.log_level must be one of {', '.join(LOG_LEVELS)}, got {config.server.log_level!r}")
+    _check_logging(config)
     if config.database.pool_min > config.database.pool_max:
         raise ConfigError(f"database.pool_min ({config.database.pool_min}) must not exceed "
                           f"database.pool_max ({config.database.pool_max})")
+    if config.database.password_file and not config.database.url:
+        raise ConfigError("database.password_file needs database.url: the embedded PostgreSQL has no password")
     for index, interval in enumerate(config.delivery.retry_schedule):
         if not 1.0 <= interval <= 7 * 86400.0:
             raise ConfigError(f"delivery.retry_schedule[{index}] must be between 1 and 604800 seconds, "

@@ -14,11 +14,12 @@ import logging
 import os
 import re
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import psutil
 
-from mta.config import Config
+from mta.config import Config, ConfigError
 
 log = logging.getLogger("mta.db")
 
@@ -73,8 +74,30 @@ def _forget_dead_handles(pgdata: Path) -> None:
 def database_url(config: Config) -> str:
     """Return the configured URL, starting the embedded server when none is set."""
     if config.database.url:
-        return config.database.url
+        return with_password(config.database.url, config.database.password_file)
     return embedded_server(config).get_uri()
+
+
+def with_password(url: str, password_file: str) -> str:
+    """Put the first line of password_file into url as its password; raise ConfigError when that fails."""
+    if not password_file:
+        return url
+    try:
+        password = Path(password_file).read_text().partition("\n")[0].rstrip("\r")
+    except OSError as error:
+        raise ConfigError(f"database.password_file {password_file} could not be read: {error.strerror}") from None
+    if not password:
+        raise ConfigError(f"database.password_file {password_file} is empty")
+
+    parts = urlsplit(url)
+    credentials, at, host = parts.netloc.rpartition("@")
+    user, colon, _ = credentials.partition(":")
+    if not at or not user:
+        raise ConfigError("database.url must name the user, as in postgresql://mta@db.example.eu/mta, "
+                          "when database.password_file is set")
+    if colon:
+        raise ConfigError("database.url contains a password and database.password_file is set: keep only the file")
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
 async def create_pool(url: str, config: Config) -> asyncpg.Pool:

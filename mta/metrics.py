@@ -33,3 +33,14 @@ TLS_CERTIFICATE_EXPIRY = Gauge(
 REMOTE_REPLIES = Counter(
     "mta_remote_replies_total", "Refusals and deferrals from remote servers, by class (mta.delivery.feedback).",
     ["reply_class"])
+NODES = Gauge(
+    "mta_nodes", "Nodes in the node table by heartbeat, read at scrape time: alive (seen within 30 s) or lost "
+    "(silent for 30 s to 1 h; older rows are left out).", ["state"], multiprocess_mode="max")
+OUTBOUND_TLS_FAILURES = Counter(
+    "mta_outbound_tls_failures_total", "Outbound connections that failed a required TLS level, "
+    "by RFC 8460 result type.", ["result_type"])
+INBOUND_TLS_FAILURES = Counter(
+    "mta_inbound_tls_failures_total", "Failed STARTTLS handshakes of clients.", ["listener"])
+STORE_ERRORS = Counter(
+    "mta_store_errors_total", "Body store failures: write (at acceptance), delete (of an uncommitted body) "
+    "or delivery (reading or deleting the body in a delivery attempt).", ["operation"])

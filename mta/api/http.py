@@ -2,8 +2,8 @@
 
 Health returns 200 when the database responds and the number of queued
 deliveries is under its threshold, else 503 with the reasons, one per line.
-Queue depth is read from the database at scrape time, so every worker
-reports the same, correct number.
+Queue depth and node heartbeats are read from the database at scrape time,
+so every worker reports the same, correct numbers.
 """
 
 from __future__ import annotations
@@ -27,6 +27,16 @@ SELECT count(*) FILTER (WHERE lease_owner IS NULL AND due_at <= now()) AS due,
        count(*) FILTER (WHERE lease_owner IS NULL AND due_at > now()) AS deferred,
        count(*) FILTER (WHERE lease_owner IS NOT NULL) AS active
 FROM delivery
+"""
+
+# Alive as `mta nodes` and the site shares count them (30 s). A crashed node's
+# row is never removed, so lost counts only the last hour: an alert on it
+# fires after a crash and then clears by itself.
+_NODES = """
+SELECT count(*) FILTER (WHERE seen_at > now() - interval '30 seconds') AS alive,
+       count(*) FILTER (WHERE seen_at <= now() - interval '30 seconds'
+                          AND seen_at > now() - interval '1 hour') AS lost
+FROM node
 """
 
 
@@ -58,6 +68,9 @@ def build_app(config: Config, pool: asyncpg.Pool, store: BodyStore) -> web.Appli
         try:
             for state, count in (await queue_depth(pool)).items():
                 metrics.QUEUE_DEPTH.labels(state=state).set(count)
+            nodes = await asyncio.wait_for(pool.fetchrow(_NODES), timeout=3)
+            for state in ("alive", "lost"):
+                metrics.NODES.labels(state=state).set(nodes[state])
         except TRANSIENT_ERRORS:
             pass
         return web.Response(body=generate_latest(_registry()), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -19,6 +19,7 @@ import aiosmtplib
 import dns.asyncresolver
 from aiosmtplib.typing import Default
 
+from mta import metrics
 from mta.delivery import dane, pipelining, tlsrpt
 from mta.delivery.connections import Connection, ConnectionCache
 from mta.delivery.outcome import Outcome, Reply
@@ -139,6 +140,7 @@ class SmtpDeliverer:
             except dane.DaneLookupError as error:
                 log.info("%s[%s] skipped: %s", target.host, target.address, error)
                 last_error = Reply(451, f"4.7.5 {error}")
+                metrics.OUTBOUND_TLS_FAILURES.labels(result_type=tlsrpt.DNSSEC_INVALID).inc()
                 self._count(recipients, TlsRequirement("dane", "DANE"), target, tlsrpt.DNSSEC_INVALID, source)
                 continue
 
@@ -158,6 +160,7 @@ class SmtpDeliverer:
             except TlsFailure as error:
                 log.info("TLS with %s failed: %s", relay, error.reply)
                 last_error, connected = error.reply, True
+                metrics.OUTBOUND_TLS_FAILURES.labels(result_type=error.result_type).inc()
                 self._count(recipients, requirement, target, error.result_type, source)
                 continue
             except aiosmtplib.SMTPResponseException as error:

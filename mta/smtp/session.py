@@ -448,6 +448,7 @@ class Handler:
         if isinstance(error, TLSSetupException):
             # A client that cannot agree on TLS 1.2 or newer; nothing is wrong here.
             log.info("STARTTLS handshake failed: %r", error.__cause__)
+            metrics.INBOUND_TLS_FAILURES.labels(listener=self.listener.name).inc()
             return str(replies.TLS_FAILED)
         reference = new_session_id()
         if isinstance(error, TRANSIENT_ERRORS):

@@ -130,6 +130,7 @@ class Spool:
         try:
             await self.store.put(queue_id, data)
         except StoreError as error:
+            metrics.STORE_ERRORS.labels(operation="write").inc()
             log.error("%s: body store write failed: %s", message.session_id, error)
             raise SpoolError("body store unavailable") from error
         return Prepared(queue_id, message, wrapped_key, None)
@@ -169,6 +170,7 @@ class Spool:
         try:
             await self.store.delete(queue_id)
         except StoreError as error:
+            metrics.STORE_ERRORS.labels(operation="delete").inc()
             # NOTE: an orphaned object is unreadable without its wrapped key
             # (never committed), so it leaks space but no data.
             log.warning("%s: failed to delete uncommitted body: %s", queue_id, error)

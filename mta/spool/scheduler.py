@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from mta import metrics
 from mta.db import TRANSIENT_ERRORS
 from mta.spool.enqueue import Job
 from mta.storage.local import StoreError
@@ -171,6 +172,9 @@ class Scheduler:
         try:
             await self.execute(job, slot)
         except (*TRANSIENT_ERRORS, StoreError) as error:
+            if isinstance(error, StoreError):
+                # The attempt read the body, or deleted it once every recipient was done.
+                metrics.STORE_ERRORS.labels(operation="delivery").inc()
             log.warning("%s: delivery attempt %d failed, retried when its lease expires: %r",
                         job.message_id, job.attempt, error)
         except Exception:
