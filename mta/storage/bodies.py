@@ -89,7 +89,7 @@ class BodyCodec:
 
 
 def decrypt_object(content_key: bytes, object_name: str, data: bytes) -> bytes:
-    """Decrypt an MTAS or MTA1 object, told apart by its magic."""
+    """Decrypt an MTAS or MTA1 object, choosing the format by its magic."""
     if data[:4] == crypto.MAGIC:
         return crypto.decrypt_mta1(content_key, object_name, data)
     return stream.decrypt_bytes(data, content_key, object_name)

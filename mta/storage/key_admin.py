@@ -55,7 +55,7 @@ class Rotation:
 
 
 async def check_master_keys(connection: asyncpg.Connection, masters: MasterKeys | None) -> None:
-    """Raise ConfigError when the database holds wraps that the loaded master keys cannot open.
+    """Raise ConfigError when the database contains wraps that the loaded master keys cannot open.
 
     masters is None when the master key file does not exist yet: that is
     fine only for a database with nothing wrapped under a master key, so a

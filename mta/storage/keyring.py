@@ -88,7 +88,7 @@ class Keyring:
             data_key = await self._load_or_create(owner)
         except BaseException as error:
             future.set_exception(error)
-            # Marked as retrieved, so a lookup nobody else awaited logs no warning.
+            # Marked as retrieved, so that asyncio logs no warning when no other lookup awaited it.
             future.exception()
             raise
         finally:
@@ -97,7 +97,7 @@ class Keyring:
         return data_key
 
     async def by_id(self, data_key_id: int) -> DataKey:
-        """Return the data key with this id; raise KeyDestroyedError or UnknownDataKeyError when there is none."""
+        """Return the data key with this id, or raise KeyDestroyedError or UnknownDataKeyError when it cannot be used."""
         cached = self._by_id.get(data_key_id)
         if cached is not None:
             return cached
@@ -117,6 +117,8 @@ class Keyring:
             wrapped = self.masters.wrap_data_key(key, owner)
             await self.database.execute(_CREATE, owner, wrapped, self.masters.current.key_id)
             row = await self.database.fetchrow(_BY_OWNER, owner)
+            if row is None:
+                raise KeyDestroyedError(f"the data key of {owner} was destroyed while it was being created")
             log.info("data key %d created for %s under master key %s", row["id"], owner, row["master_key_id"])
         return self._remember(row)
 

@@ -62,12 +62,12 @@ class MasterKeys:
         return [key.key_id for key in self.keys()]
 
     def wrap_data_key(self, data_key: bytes, owner: str) -> bytes:
-        """Wrap a data key under the current master key; the owner is bound in, so a wrap moved to another row fails."""
+        """Wrap a data key under the current master key, binding the owner in so that a wrap moved to another row fails."""
         nonce = secrets.token_bytes(NONCE_SIZE)
         return nonce + self._aeads[self.current.key_id].encrypt(nonce, data_key, _DATA_KEY_CONTEXT + owner.encode())
 
     def unwrap_data_key(self, wrapped: bytes, owner: str, key_id: str) -> bytes:
-        """Unwrap a data key with the master key named key_id; raise DecryptionError when it is not loaded or fails."""
+        """Unwrap a data key with the master key named key_id, or raise DecryptionError when that key is not loaded or fails."""
         aead = self._aeads.get(key_id)
         if aead is None:
             raise MasterKeyMismatchError(
