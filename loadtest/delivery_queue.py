@@ -24,7 +24,9 @@ from mta.config import Config
 from mta.spool.admin import QueueAdmin
 from mta.spool.enqueue import NewMessage, Spool
 from mta.spool.scheduler import NOTIFY_CHANNEL
-from mta.storage.crypto import BodyCipher, load_or_create_master_key
+from mta.storage.bodies import BodyCodec
+from mta.storage.keyring import Keyring
+from mta.storage.master_key import create_master_key, read_master_keys
 from mta.storage.local import LocalStore
 
 SENDER_DOMAIN = "bench.example"
@@ -68,8 +70,8 @@ async def fill(config: Config, url: str, messages: dict[str, tuple[str, bytes]])
     moment between the unlease and the hold.
     """
     pool = await db.create_pool(url, config)
-    master_key = load_or_create_master_key(config.data_path(config.storage.master_key_file))
-    spool = Spool(pool, LocalStore(config.data_path(config.storage.path)), BodyCipher(master_key),
+    masters = read_master_keys(config) or create_master_key(config)
+    spool = Spool(pool, LocalStore(config.data_path(config.storage.path)), BodyCodec(Keyring(pool, masters)),
                   config.storage.inline_max_size, FILL_NODE, config.delivery.lease_seconds,
                   on_ready=lambda jobs: None)
     spool.start()

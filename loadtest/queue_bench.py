@@ -44,7 +44,9 @@ from mta.ids import new_queue_id
 from mta.spool.enqueue import Job, NewMessage, Spool
 from mta.spool.scheduler import Scheduler
 from mta.spool.settle import MessageInfo, Settler
-from mta.storage.crypto import BodyCipher
+from mta.storage.bodies import BodyCodec
+from mta.storage.keyring import Keyring
+from mta.storage.master_key import MasterKey, MasterKeys
 from mta.storage.local import LocalStore
 
 # About 5 KB: a header section and 64 lines of 78 octets.
@@ -72,10 +74,10 @@ class Node:
 
     async def run(self, phase: str) -> dict:
         pool = await db.create_pool(self.url, Config())
-        cipher = BodyCipher(os.urandom(32))
+        bodies = BodyCodec(Keyring(pool, MasterKeys(MasterKey.from_bytes(os.urandom(32)))))
         scheduler = Scheduler(pool, self.url, self.node_id, self.concurrency, LEASE_SECONDS, 0.05,
                               execute=self._deliver)
-        spool = Spool(pool, LocalStore(self.work_dir / self.node_id), cipher, 65536, self.node_id, LEASE_SECONDS,
+        spool = Spool(pool, LocalStore(self.work_dir / self.node_id), bodies, 65536, self.node_id, LEASE_SECONDS,
                       on_ready=scheduler.submit)
         self.settler = Settler(pool, spool, self.node_id, "bench.invalid", [60.0], 86400.0)
         spool.start()

@@ -65,6 +65,17 @@ class StorageConfig:
     # Relative paths are taken from server.data_dir.
     path: str = "blobs"
     master_key_file: str = "keys/master.key"
+    # The name of an environment variable that contains the master key as
+    # base64 of 32 octets. When set, it replaces master_key_file.
+    master_key_env: str = ""
+    # A master key used only to unwrap data keys during a rotation (mta keys
+    # rotate-master), never to wrap new ones. Empty: none.
+    previous_master_key_file: str = ""
+    # Unwrapped data keys each worker keeps in memory, and seconds each entry
+    # is kept before it is read again. A destroyed key can stay usable in a
+    # running worker for at most data_key_cache_seconds.
+    data_key_cache_size: int = 10000
+    data_key_cache_seconds: float = 300.0
     # Encrypted bodies up to this many octets are kept in PostgreSQL, committed
     # with their envelope; larger ones go to the body store. 0 sends all there.
     inline_max_size: int = 65536
@@ -518,6 +529,8 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("smtp", "auth_failure_window"): (1.0, 86400.0),
     ("smtp", "auth_failure_delay"): (0.0, 30.0),
     ("storage", "inline_max_size"): (0, 16 * 1024 * 1024),
+    ("storage", "data_key_cache_size"): (1, 10_000_000),
+    ("storage", "data_key_cache_seconds"): (1.0, 86400.0),
     # S3 rejects parts under 5 MiB, and each upload holds one part in a worker's memory.
     ("storage", "part_size"): (5 * 1024 * 1024, 512 * 1024 * 1024),
     ("storage", "timeout"): (1.0, 3600.0),
@@ -820,11 +833,16 @@ def _check_dns(dns: DnsConfig) -> None:
 STORAGE_KINDS = ("local", "s3")
 # S3 bucket naming rules: 3 to 63 lowercase letters, digits, dots and hyphens.
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_ENVIRONMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _check_storage(storage: StorageConfig) -> None:
     if storage.kind not in STORAGE_KINDS:
         raise ConfigError(f"storage.kind must be one of {', '.join(STORAGE_KINDS)}, got {storage.kind!r}")
+    # The value is not echoed: an operator may have pasted the key itself here.
+    if storage.master_key_env and not _ENVIRONMENT_NAME.fullmatch(storage.master_key_env):
+        raise ConfigError("storage.master_key_env must be the name of an environment variable (letters, digits "
+                          "and _, not starting with a digit), not the key itself")
     if storage.kind != "s3":
         return
 

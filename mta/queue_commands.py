@@ -87,8 +87,9 @@ def _actor(args: argparse.Namespace) -> str:
 
 def _run(config: Config, work: Callable[..., Awaitable[object]]) -> object:
     """Run work(connection) and turn AdminError into exit status 2."""
-    from mta.cli import connect_or_exit
+    from mta.cli import EXIT_FAILURE, connect_or_exit
     from mta.spool import admin
+    from mta.storage.crypto import DecryptionError
 
     async def run() -> object:
         connection = await connect_or_exit(config)
@@ -102,6 +103,9 @@ def _run(config: Config, work: Callable[..., Awaitable[object]]) -> object:
     except admin.AdminError as error:
         print(f"mta: {error}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
+    except DecryptionError as error:
+        print(f"mta: cannot decrypt a message body: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILURE) from None
 
 
 def cmd_list(config: Config, args: argparse.Namespace) -> int:
@@ -201,17 +205,17 @@ def cmd_action(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _bounce(config: Config, queue_admin, queue_ids: list[str]):
+    from mta.key_commands import body_codec
     from mta.spool.enqueue import Spool
-    from mta.storage.crypto import BodyCipher, load_or_create_master_key
     from mta.storage.factory import build_store
 
     store = build_store(config)
-    cipher = BodyCipher(load_or_create_master_key(config.data_path(config.storage.master_key_file)))
+    bodies = body_codec(config, queue_admin.connection)
     # Only prepare() and insert() are used: the notifications go in the action's own transaction.
-    spool = Spool(queue_admin.connection, store, cipher, config.storage.inline_max_size, "admin", 0.0,
+    spool = Spool(queue_admin.connection, store, bodies, config.storage.inline_max_size, "admin", 0.0,
                   on_ready=lambda jobs: None)
     try:
-        return await queue_admin.bounce(queue_ids, spool, store, cipher, config.server.hostname)
+        return await queue_admin.bounce(queue_ids, spool, store, bodies, config.server.hostname)
     finally:
         await store.close()
 

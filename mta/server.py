@@ -25,7 +25,7 @@ from mta.config import LISTENERS, Config, ConfigError, ListenerConfig
 from mta.dkim import DkimKey, dns_txt_value, load_or_create_key
 from mta.smtp.hooks import BeforeQueueChecks
 from mta.smtp.tls import ServerTls, ensure_self_signed
-from mta.storage.crypto import load_or_create_master_key
+from mta.storage.master_key import MasterKeys, create_master_key, read_master_keys
 
 log = logging.getLogger("mta.master")
 
@@ -33,7 +33,7 @@ log = logging.getLogger("mta.master")
 @dataclass
 class Prepared:
     url: str
-    master_key: bytes
+    master_keys: MasterKeys
     dkim_keys: list[DkimKey]
     cert_file: str
     key_file: str
@@ -43,8 +43,17 @@ class Prepared:
 def prepare(config: Config) -> Prepared:
     """Do the once-per-host work before any worker starts."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    master_keys = read_master_keys(config)
+    if config.storage.master_key_env:
+        # Read once; child processes such as the embedded PostgreSQL must not inherit it.
+        os.environ.pop(config.storage.master_key_env, None)
     url = db.database_url(config)
-    asyncio.run(_migrate(url))
+    asyncio.run(_migrate(url, master_keys))
+    if master_keys is None:
+        master_keys = create_master_key(config)
+    log.info("master key %s loaded%s", master_keys.current.key_id,
+             f", and previous master key {master_keys.previous.key_id} for unwrapping only"
+             if master_keys.previous else "")
 
     if config.tls.cert_file:
         cert_file, key_file = config.tls.cert_file, config.tls.key_file
@@ -55,10 +64,9 @@ def prepare(config: Config) -> Prepared:
     ServerTls.from_config(config.tls, cert_file, key_file)
 
     _try_checks(config)
-    master_key = load_or_create_master_key(config.data_path(config.storage.master_key_file))
     dkim_keys = load_dkim_keys(config)
     sockets = bind_sockets(config)
-    return Prepared(url, master_key, dkim_keys, cert_file, key_file, sockets)
+    return Prepared(url, master_keys, dkim_keys, cert_file, key_file, sockets)
 
 
 def load_dkim_keys(config: Config) -> list[DkimKey]:
@@ -86,12 +94,16 @@ def bind_sockets(config: Config) -> dict[str, socket.socket]:
     return sockets
 
 
-async def _migrate(url: str) -> None:
+async def _migrate(url: str, master_keys: MasterKeys | None) -> None:
+    """Apply migrations, then check that the master keys open what the database holds."""
     import asyncpg
+
+    from mta.storage.key_admin import check_master_keys
 
     connection = await asyncpg.connect(url)
     try:
         await db.migrate(connection)
+        await check_master_keys(connection, master_keys)
     finally:
         await connection.close()
 

@@ -38,7 +38,8 @@ from mta.spool.enqueue import Spool
 from mta.spool.housekeeping import Housekeeper
 from mta.spool.scheduler import Scheduler
 from mta.spool.settle import Settler
-from mta.storage.crypto import BodyCipher
+from mta.storage.bodies import BodyCodec
+from mta.storage.keyring import Keyring
 from mta.storage.factory import build_store
 
 if TYPE_CHECKING:
@@ -63,7 +64,9 @@ class Worker:
         pool = await db.create_pool(self.prepared.url, config)
         store = build_store(config)
         await store.start()
-        cipher = BodyCipher(self.prepared.master_key)
+        keyring = Keyring(pool, self.prepared.master_keys, config.storage.data_key_cache_size,
+                          config.storage.data_key_cache_seconds)
+        bodies = BodyCodec(keyring)
 
         resolver = Resolver(delivery.nameservers, delivery.dns_port, config.route_table(), delivery.smtp_port,
                             dnssec=delivery.tls.dane)
@@ -79,13 +82,13 @@ class Worker:
         housekeeper = Housekeeper(pool, self.node_id, delivery.history_days, config.smtp.auth_failure_window)
         scheduler = Scheduler(pool, self.prepared.url, self.node_id, delivery.concurrency, delivery.lease_seconds,
                               delivery.poll_interval, execute=self._deliver, busy_sites=sites.busy_keys)
-        spool = Spool(pool, store, cipher, config.storage.inline_max_size, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit)
+        spool = Spool(pool, store, bodies, config.storage.inline_max_size, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit)
         settler = Settler(pool, spool, self.node_id, config.server.hostname, delivery.retry_schedule,
                           delivery.max_age, delivery.delay_notice_after)
         mta_sts = MtaSts(pool, resolver.dns, delivery.tls.ca_file, delivery.mta_sts.port) \
             if delivery.mta_sts.enabled else None
         warmup = Warmup(pool, delivery.warmup.schedule, delivery.warmup.addresses) if delivery.warmup.addresses else None
-        self.agent = DeliveryAgent(config, pool, store, cipher, resolver, smtp, settler, sites, mta_sts, warmup)
+        self.agent = DeliveryAgent(config, pool, store, bodies, resolver, smtp, settler, sites, mta_sts, warmup)
         signer = DkimSigner(self.prepared.dkim_keys)
         reports = delivery.tls_reports
         if reports.enabled:

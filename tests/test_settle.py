@@ -14,7 +14,9 @@ from mta import db
 from mta.delivery.outcome import Outcome, Reply
 from mta.spool.enqueue import Job, Spool
 from mta.spool.settle import MessageInfo, Settler
-from mta.storage.crypto import BodyCipher
+from mta.storage.bodies import BodyCodec
+from mta.storage.keyring import Keyring
+from mta.storage.master_key import MasterKey, MasterKeys
 from mta.storage.local import LocalStore
 from tests.conftest import create_database
 
@@ -30,10 +32,10 @@ async def _with_settlers(url: str, tmp_path: Path, nodes: list[str],
     await connection.close()
 
     pool = await asyncpg.create_pool(url, min_size=2, max_size=6)
-    cipher = BodyCipher(os.urandom(32))
+    bodies = BodyCodec(Keyring(pool, MasterKeys(MasterKey.from_bytes(os.urandom(32)))))
     settlers = {}
     for node in nodes:
-        spool = Spool(pool, LocalStore(tmp_path / node), cipher, 65536, node, 30.0, on_ready=lambda jobs: None)
+        spool = Spool(pool, LocalStore(tmp_path / node), bodies, 65536, node, 30.0, on_ready=lambda jobs: None)
         settlers[node] = Settler(pool, spool, node, "mta.test", [60.0], 86400.0, delay_notice_after=3600.0)
         settlers[node].start()
     try:

@@ -33,13 +33,14 @@ from mta.delivery.warmup import Warmup
 from mta.spool.enqueue import Job
 from mta.spool.scheduler import Slot
 from mta.spool.settle import MessageInfo, Settler
-from mta.storage.crypto import BodyCipher
+from mta.storage.bodies import BodyCodec, Opened
+from mta.storage.crypto import DecryptionError
 from mta.storage.store import BodyStore
 
 log = logging.getLogger("mta.delivery")
 
 _LOAD = f"""
-SELECT m.sender, m.body_key, m.wrapped_key, m.received_at, m.delay_notified_at, m.dsn, b.data AS inline_data,
+SELECT m.sender, m.body_key, m.wrapped_key, m.data_key_id, m.received_at, m.delay_notified_at, m.dsn, b.data AS inline_data,
        {suppression.suppressed_column("m", "$2::text[]")} AS suppressed
 FROM message m LEFT JOIN message_body b ON b.message_id = m.id
 WHERE m.id = $1
@@ -47,13 +48,13 @@ WHERE m.id = $1
 
 
 class DeliveryAgent:
-    def __init__(self, config: Config, pool: asyncpg.Pool, store: BodyStore, cipher: BodyCipher,
+    def __init__(self, config: Config, pool: asyncpg.Pool, store: BodyStore, bodies: BodyCodec,
                  resolver: Resolver, smtp: SmtpDeliverer, settler: Settler, sites: Sites,
                  mta_sts: MtaSts | None = None, warmup: Warmup | None = None):
         self.config = config
         self.pool = pool
         self.store = store
-        self.cipher = cipher
+        self.bodies = bodies
         self.resolver = resolver
         self.smtp = smtp
         self.settler = settler
@@ -75,13 +76,13 @@ class DeliveryAgent:
         message = MessageInfo(job.message_id, row["sender"], row["received_at"],
                               delay_notified=row["delay_notified_at"] is not None,
                               dsn=json.loads(row["dsn"]) if row["dsn"] else None)
-        data = row["inline_data"]
-        if data is None:
-            data = await self.store.get(row["body_key"])
-        body = self.cipher.decrypt(job.message_id, data, row["wrapped_key"])
+        opened = await self._open_body(job, row)
+        if opened is None:
+            return
+        body = opened.body
 
         suppressed = set(row["suppressed"]) if self.config.delivery.suppression.enabled else set()
-        outcome = await self._attempt(job, message, body, slot, suppressed)
+        outcome = await self._attempt(job, message, opened, slot, suppressed)
         settlement = await self.settler.settle(job, message, outcome, body)
         if not settlement.applied:
             return
@@ -95,14 +96,32 @@ class DeliveryAgent:
                 await self.store.delete(row["body_key"])
             log.info("%s: removed", message.queue_id)
 
-    async def _attempt(self, job: Job, message: MessageInfo, body: bytes, slot: Slot,
+    async def _open_body(self, job: Job, row: asyncpg.Record) -> Opened | None:
+        """Read and decrypt the body, or log why not and return None, leaving the row leased until it expires.
+
+        A StoreError propagates to the scheduler, which logs it the same way.
+        """
+        data = row["inline_data"]
+        if data is None:
+            data = await self.store.get(row["body_key"])
+        try:
+            return await self.bodies.open(job.message_id, data, row["wrapped_key"], row["data_key_id"])
+        except DecryptionError as error:
+            # TODO: a body whose data key was destroyed can never be delivered,
+            # yet it is retried after every lease until an operator deletes it.
+            log.error("%s: cannot decrypt the body, delivery %d retried after its lease: %s",
+                      job.message_id, job.delivery_id, error)
+            return None
+
+    async def _attempt(self, job: Job, message: MessageInfo, opened: Opened, slot: Slot,
                        suppressed: set[str]) -> Outcome:
+        body = opened.body
         local = self.config.is_local_domain(job.domain) and self.resolver.route_for(job.domain) is None
         if local:
             destination = self.lmtp.get(job.domain.lower())
             if destination is not None:
                 return await deliver_lmtp(destination, self.lmtp_settings, message.sender, job.recipients, body)
-            return await deliver_local(self.pool, job.message_id, job.recipients)
+            return await deliver_local(self.pool, self.bodies, job.message_id, job.recipients, opened.content_key)
 
         recipients = [recipient for recipient in job.recipients if recipient.lower() not in suppressed]
         if len(recipients) < len(job.recipients):

@@ -21,7 +21,7 @@ from mta.delivery.bounce import build_dsn
 from mta.delivery.outcome import Reply
 from mta.spool.enqueue import NewMessage, Spool
 from mta.spool.scheduler import NOTIFY_CHANNEL
-from mta.storage.crypto import BodyCipher
+from mta.storage.bodies import BodyCodec
 from mta.storage.store import BodyStore
 
 QUEUE_ID = re.compile(r"^[A-Z2-7]{16}$")
@@ -159,14 +159,14 @@ class QueueAdmin:
             await self._audit("delete", {"queue_ids": result.done, "busy": result.busy})
         return result
 
-    async def bounce(self, queue_ids: list[str], spool: Spool, store: BodyStore, cipher: BodyCipher,
+    async def bounce(self, queue_ids: list[str], spool: Spool, store: BodyStore, bodies: BodyCodec,
                      hostname: str) -> ActionResult:
         """Fail the messages' queued recipients and send each sender one notification."""
         async with self.connection.transaction():
             result = await self._take_rows(queue_ids, status="bounced", reply=OPERATOR_BOUNCE)
             notifications = []
             for queue_id, recipients in result.recipients.items():
-                notification = await self._notification(queue_id, recipients, spool, store, cipher, hostname)
+                notification = await self._notification(queue_id, recipients, spool, store, bodies, hostname)
                 if notification is not None:
                     notifications.append(notification)
             if notifications:
@@ -216,15 +216,15 @@ class QueueAdmin:
         return removed
 
     async def _notification(self, queue_id: str, recipients: list[str], spool: Spool, store: BodyStore,
-                            cipher: BodyCipher, hostname: str):
+                            bodies: BodyCodec, hostname: str):
         row = await self.connection.fetchrow(
-            "SELECT m.sender, m.received_at, m.body_key, m.wrapped_key, b.data AS inline_data"
+            "SELECT m.sender, m.received_at, m.body_key, m.wrapped_key, m.data_key_id, b.data AS inline_data"
             " FROM message m LEFT JOIN message_body b ON b.message_id = m.id WHERE m.id = $1", queue_id)
         if row["sender"] == "":
             # RFC 5321 section 6.1: never a notification about a notification.
             return None
         data = row["inline_data"] if row["inline_data"] is not None else await store.get(row["body_key"])
-        original = cipher.decrypt(queue_id, data, row["wrapped_key"])
+        original = (await bodies.open(queue_id, data, row["wrapped_key"], row["data_key_id"])).body
         dsn = build_dsn(hostname, queue_id, row["sender"], row["received_at"],
                         [(recipient, OPERATOR_BOUNCE) for recipient in recipients], original)
         return await spool.prepare(NewMessage(sender="", recipients=[row["sender"]], body=dsn, origin="bounce",

@@ -27,12 +27,17 @@ from mta import metrics
 from mta.addresses import group_by_domain
 from mta.ids import new_queue_id
 from mta.spool.batch import GroupCommit, StoppingError
-from mta.storage.crypto import BodyCipher
+from mta.storage.bodies import BodyCodec
+from mta.storage.crypto import DecryptionError
+from mta.storage.keyring import QUEUE_INBOUND, sender_owner
 from mta.storage.store import BodyStore, StoreError
 
 log = logging.getLogger("mta.spool")
 
 MAX_BATCH = 100
+# Listeners whose senders are local users who logged in. Their mail is sealed
+# under the sender's own data key, and all other mail under the inbound queue's.
+_SUBMISSION_ORIGINS = ("submission", "submissions")
 # Seconds the writer waits for more messages once the first one is in.
 BATCH_WINDOW = 0.002
 
@@ -73,7 +78,9 @@ class Prepared:
 
     queue_id: str
     message: NewMessage
+    # The content key wrapped under the data key data_key_id.
     wrapped_key: bytes
+    data_key_id: int
     # The ciphertext of a small body, committed with the envelope; None when
     # the body is an object in the body store.
     inline_data: bytes | None
@@ -84,9 +91,9 @@ INSERT INTO message_body (message_id, data) SELECT * FROM unnest($1::text[], $2:
 """
 
 _INSERT_MESSAGES = """
-INSERT INTO message (id, sender, size, body_key, wrapped_key, origin, session_id, dsn, quarantine)
+INSERT INTO message (id, sender, size, body_key, wrapped_key, origin, session_id, dsn, quarantine, data_key_id)
 SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bytea[], $6::text[], $7::text[],
-                     $8::jsonb[], $9::text[])
+                     $8::jsonb[], $9::text[], $10::bigint[])
 """
 
 _INSERT_DELIVERIES = """
@@ -98,12 +105,12 @@ RETURNING id, message_id, domain, recipients
 
 
 class Spool:
-    def __init__(self, pool: asyncpg.Pool, store: BodyStore, cipher: BodyCipher, inline_max_size: int,
+    def __init__(self, pool: asyncpg.Pool, store: BodyStore, bodies: BodyCodec, inline_max_size: int,
                  node_id: str, lease_seconds: float, on_ready: Callable[[list[Job]], None]):
         self.pool = pool
         self.inline_max_size = inline_max_size
         self.store = store
-        self.cipher = cipher
+        self.bodies = bodies
         self.node_id = node_id
         self.lease_seconds = lease_seconds
         self.on_ready = on_ready
@@ -123,17 +130,22 @@ class Spool:
     async def prepare(self, message: NewMessage) -> Prepared:
         """Encrypt the body; write it to the body store unless it is small enough to go inline."""
         queue_id = message.queue_id or new_queue_id()
-        data, wrapped_key = self.cipher.encrypt(queue_id, message.body)
-        if len(data) <= self.inline_max_size:
-            return Prepared(queue_id, message, wrapped_key, data)
+        try:
+            sealed = await self.bodies.seal(queue_id, message.body, queue_owner(message))
+        except (asyncpg.PostgresError, OSError, asyncio.TimeoutError, DecryptionError) as error:
+            # Only a data key's first use, or a cache miss, reaches the database here.
+            log.error("%s: data key lookup failed: %r", message.session_id, error)
+            raise SpoolError("data key unavailable") from error
+        if len(sealed.data) <= self.inline_max_size:
+            return Prepared(queue_id, message, sealed.wrapped_key, sealed.data_key_id, sealed.data)
 
         try:
-            await self.store.put(queue_id, data)
+            await self.store.put(queue_id, sealed.data)
         except StoreError as error:
             metrics.STORE_ERRORS.labels(operation="write").inc()
             log.error("%s: body store write failed: %s", message.session_id, error)
             raise SpoolError("body store unavailable") from error
-        return Prepared(queue_id, message, wrapped_key, None)
+        return Prepared(queue_id, message, sealed.wrapped_key, sealed.data_key_id, None)
 
     async def enqueue(self, message: NewMessage) -> str:
         """Make the message durable and return its queue id, or raise SpoolError."""
@@ -210,7 +222,8 @@ class Spool:
             [m.origin for m in messages],
             [m.session_id for m in messages],
             [None if m.dsn is None else json.dumps(m.dsn) for m in messages],
-            [m.quarantine for m in messages])
+            [m.quarantine for m in messages],
+            [item.data_key_id for item in batch])
         inline = [item for item in batch if item.inline_data is not None]
         if inline:
             await connection.execute(
@@ -219,3 +232,10 @@ class Spool:
             _INSERT_DELIVERIES, *delivery_columns, self.node_id, self.lease_seconds)
 
         return [Job(row["id"], row["message_id"], row["domain"], list(row["recipients"]), 1) for row in rows]
+
+
+def queue_owner(message: NewMessage) -> str:
+    """Return the owner of the data key that the queue copy of the message is sealed under."""
+    if message.origin in _SUBMISSION_ORIGINS and message.sender:
+        return sender_owner(message.sender)
+    return QUEUE_INBOUND

@@ -7,6 +7,10 @@ associated data, so a ciphertext copied under another name fails to decrypt.
 
 Object layout (version 1): ``b"MTA1"``, a 12-octet nonce, then the GCM
 ciphertext with its 16-octet tag.
+
+New bodies use the MTAS format and the key hierarchy (mta.storage.bodies).
+BodyCipher stays to write MTA1 in benchmarks and tests, and the functions
+below read the MTA1 bodies queued before the upgrade.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import secrets
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MAGIC = b"MTA1"
@@ -55,17 +60,39 @@ class BodyCipher:
         nonce = secrets.token_bytes(NONCE_SIZE)
         ciphertext = AESGCM(body_key).encrypt(nonce, body, object_key.encode())
 
-        wrap_nonce = secrets.token_bytes(NONCE_SIZE)
-        wrapped = wrap_nonce + self._master.encrypt(wrap_nonce, body_key, _WRAP_CONTEXT)
-        return MAGIC + nonce + ciphertext, wrapped
+        return MAGIC + nonce + ciphertext, wrap_legacy_body_key(self._master, body_key)
 
     def decrypt(self, object_key: str, data: bytes, wrapped_key: bytes) -> bytes:
-        if data[:4] != MAGIC:
-            raise DecryptionError(f"object {object_key} has an unknown format")
+        body_key = unwrap_legacy_body_key([self._master], object_key, wrapped_key)
+        return decrypt_mta1(body_key, object_key, data)
 
+
+def unwrap_legacy_body_key(masters: list[AESGCM], object_key: str, wrapped_key: bytes) -> bytes:
+    """Unwrap an MTA1 body key wrapped directly under a master key, trying each master key given in turn.
+
+    Such wraps carry no master key id, so every loaded master key is tried.
+    """
+    for master in masters:
         try:
-            body_key = self._master.decrypt(wrapped_key[:NONCE_SIZE], wrapped_key[NONCE_SIZE:], _WRAP_CONTEXT)
-            nonce = data[4:4 + NONCE_SIZE]
-            return AESGCM(body_key).decrypt(nonce, data[4 + NONCE_SIZE:], object_key.encode())
-        except Exception as error:
-            raise DecryptionError(f"object {object_key} failed authentication") from error
+            return master.decrypt(wrapped_key[:NONCE_SIZE], wrapped_key[NONCE_SIZE:], _WRAP_CONTEXT)
+        except InvalidTag:
+            continue
+    raise DecryptionError(f"the body key of object {object_key} failed authentication under every loaded master key")
+
+
+def wrap_legacy_body_key(master: AESGCM, body_key: bytes) -> bytes:
+    """Wrap a body key directly under a master key, as MTA1 rows are; used to re-wrap them on rotation."""
+    wrap_nonce = secrets.token_bytes(NONCE_SIZE)
+    return wrap_nonce + master.encrypt(wrap_nonce, body_key, _WRAP_CONTEXT)
+
+
+def decrypt_mta1(body_key: bytes, object_key: str, data: bytes) -> bytes:
+    """Decrypt an MTA1 object with its unwrapped body key."""
+    if data[:4] != MAGIC:
+        raise DecryptionError(f"object {object_key} has an unknown format")
+
+    try:
+        nonce = data[4:4 + NONCE_SIZE]
+        return AESGCM(body_key).decrypt(nonce, data[4 + NONCE_SIZE:], object_key.encode())
+    except Exception as error:
+        raise DecryptionError(f"object {object_key} failed authentication") from error

@@ -1,0 +1,95 @@
+"""Sealing and opening message bodies through the key hierarchy.
+
+A new body gets a fresh 32-octet content key and becomes an MTAS object
+(mta.storage.stream), whether it is kept inline in PostgreSQL or in the body
+store. The content key is wrapped under a data key and the wrap is stored on
+the row that references the body: ``message`` for the queue copy, and each
+``mailbox_message`` row for a local delivery. The wrap binds the object name,
+so a wrap copied onto another message's row fails.
+
+A row whose data key id is NULL comes from before the key hierarchy: its
+wrap is under the master key itself, and its object may be in the MTA1
+format. The first four octets of the object tell MTA1 from MTAS.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from mta.storage import crypto, stream
+from mta.storage.crypto import KEY_SIZE, NONCE_SIZE, DecryptionError
+from mta.storage.keyring import DataKey, Keyring
+
+_CONTENT_KEY_CONTEXT = b"mta content key v1\x00"
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A body encrypted for its first owner."""
+
+    data: bytes = field(repr=False)
+    content_key: bytes = field(repr=False)
+    wrapped_key: bytes = field(repr=False)
+    data_key_id: int
+
+
+@dataclass(frozen=True)
+class Opened:
+    body: bytes = field(repr=False)
+    content_key: bytes = field(repr=False)
+
+
+def wrap_content_key(data_key: DataKey, content_key: bytes, object_name: str) -> bytes:
+    nonce = secrets.token_bytes(NONCE_SIZE)
+    return nonce + data_key.aead.encrypt(nonce, content_key, _CONTENT_KEY_CONTEXT + object_name.encode())
+
+
+def unwrap_content_key(data_key: DataKey, wrapped: bytes, object_name: str) -> bytes:
+    try:
+        return data_key.aead.decrypt(wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:],
+                                     _CONTENT_KEY_CONTEXT + object_name.encode())
+    except InvalidTag:
+        raise DecryptionError(f"content key of object {object_name} failed authentication under "
+                              f"data key {data_key.id}") from None
+
+
+class BodyCodec:
+    """Seal new bodies under an owner's data key, and open bodies in either format."""
+
+    def __init__(self, keyring: Keyring):
+        self.keyring = keyring
+        self._legacy_masters = [AESGCM(key.key) for key in keyring.masters.keys()]
+
+    async def seal(self, object_name: str, body: bytes, owner: str) -> Sealed:
+        data_key = await self.keyring.for_owner(owner)
+        content_key = AESGCM.generate_key(bit_length=KEY_SIZE * 8)
+        data = stream.encrypt_bytes(body, content_key, data_key.key_id, object_name)
+        return Sealed(data, content_key, wrap_content_key(data_key, content_key, object_name), data_key.id)
+
+    async def wrap_for(self, owner: str, content_key: bytes, object_name: str) -> tuple[bytes, int]:
+        """Wrap an existing body's content key for another owner; return the wrap and its data key id."""
+        data_key = await self.keyring.for_owner(owner)
+        return wrap_content_key(data_key, content_key, object_name), data_key.id
+
+    async def content_key(self, object_name: str, wrapped_key: bytes, data_key_id: int | None) -> bytes:
+        """Unwrap a row's content key; raise KeyDestroyedError when its data key was destroyed."""
+        if data_key_id is None:
+            return crypto.unwrap_legacy_body_key(self._legacy_masters, object_name, bytes(wrapped_key))
+        data_key = await self.keyring.by_id(data_key_id)
+        return unwrap_content_key(data_key, bytes(wrapped_key), object_name)
+
+    async def open(self, object_name: str, data: bytes, wrapped_key: bytes, data_key_id: int | None) -> Opened:
+        """Decrypt a body object with the content key from a row's wrap."""
+        content_key = await self.content_key(object_name, wrapped_key, data_key_id)
+        return Opened(decrypt_object(content_key, object_name, data), content_key)
+
+
+def decrypt_object(content_key: bytes, object_name: str, data: bytes) -> bytes:
+    """Decrypt an MTAS or MTA1 object, choosing the format by its magic."""
+    if data[:4] == crypto.MAGIC:
+        return crypto.decrypt_mta1(content_key, object_name, data)
+    return stream.decrypt_bytes(data, content_key, object_name)

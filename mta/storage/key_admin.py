@@ -1,0 +1,137 @@
+"""Operations on all data keys: the start-up check, listing, destroying and master key rotation.
+
+Rotation re-wraps every live data key, and every MTA1 body key from before
+the key hierarchy, under a new master key. Bodies are not touched: their
+content keys stay wrapped under the same data keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from mta.config import ConfigError
+from mta.storage import crypto
+from mta.storage.master_key import MasterKey, MasterKeys
+
+# Rows whose wraps depend on the master key: live data keys, and message
+# rows from before the key hierarchy (wrapped directly under the master key).
+_WRAPPED_UNDER_MASTER = """
+SELECT (SELECT count(*) FROM data_key WHERE destroyed_at IS NULL) AS data_keys,
+       (SELECT array_agg(DISTINCT master_key_id) FROM data_key WHERE destroyed_at IS NULL) AS master_key_ids,
+       (SELECT count(*) FROM message WHERE data_key_id IS NULL AND wrapped_key IS NOT NULL) AS legacy_wraps
+"""
+_LIVE_KEYS = """
+SELECT id, owner, wrapped, master_key_id FROM data_key WHERE destroyed_at IS NULL ORDER BY id FOR UPDATE
+"""
+_REWRAP_KEYS = """
+UPDATE data_key d SET wrapped = f.wrapped, master_key_id = $3
+FROM unnest($1::bigint[], $2::bytea[]) AS f (id, wrapped) WHERE d.id = f.id
+"""
+_LEGACY_WRAPS = """
+SELECT id, wrapped_key FROM message WHERE data_key_id IS NULL AND wrapped_key IS NOT NULL ORDER BY id FOR UPDATE
+"""
+_REWRAP_LEGACY = """
+UPDATE message m SET wrapped_key = f.wrapped FROM unnest($1::text[], $2::bytea[]) AS f (id, wrapped) WHERE m.id = f.id
+"""
+_DESTROY = """
+UPDATE data_key SET wrapped = NULL, destroyed_at = now() WHERE owner = $1 AND destroyed_at IS NULL RETURNING id
+"""
+_LIST = "SELECT id, owner, master_key_id, created_at, destroyed_at FROM data_key ORDER BY id"
+
+
+class KeyAdminError(Exception):
+    """An operator's key command cannot run as requested."""
+
+
+@dataclass(frozen=True)
+class Rotation:
+    old_master_key_ids: list[str]
+    new_master_key_id: str
+    data_keys: int
+    legacy_body_keys: int
+
+
+async def check_master_keys(connection: asyncpg.Connection, masters: MasterKeys | None) -> None:
+    """Raise ConfigError when the database contains wraps that the loaded master keys cannot open.
+
+    masters is None when the master key file does not exist yet: that is
+    fine only for a database with nothing wrapped under a master key, so a
+    lost key file is not silently replaced by a new key.
+    """
+    row = await connection.fetchrow(_WRAPPED_UNDER_MASTER)
+    found_ids = sorted(row["master_key_ids"] or [])
+    if masters is None:
+        if row["data_keys"] or row["legacy_wraps"]:
+            raise ConfigError(
+                f"the master key file is missing, but the database has {row['data_keys']} data key(s) wrapped "
+                f"under master key(s) {', '.join(found_ids) or 'without an id'} and {row['legacy_wraps']} older "
+                "body key(s): restore the key file (storage.master_key_file) or set storage.master_key_env")
+        return
+
+    unknown = [key_id for key_id in found_ids if key_id not in masters.ids]
+    if unknown:
+        raise ConfigError(
+            f"data keys in the database are wrapped under master key(s) {', '.join(unknown)}, but the loaded "
+            f"master key is {masters.current.key_id}: configure the right storage.master_key_file or "
+            "master_key_env, or give the other key as storage.previous_master_key_file during a rotation")
+
+
+async def rotate_master(connection: asyncpg.Connection, masters: MasterKeys, new: MasterKey) -> Rotation:
+    """Re-wrap every live data key and every MTA1 body key under new, inside the caller's transaction."""
+    rows = await connection.fetch(_LIVE_KEYS)
+    target = MasterKeys(new)
+    old_ids = sorted({row["master_key_id"] for row in rows if row["master_key_id"] != new.key_id})
+    ids, wraps = [], []
+    for row in rows:
+        if row["master_key_id"] == new.key_id:
+            continue
+        key = masters.unwrap_data_key(bytes(row["wrapped"]), row["owner"], row["master_key_id"])
+        ids.append(row["id"])
+        wraps.append(target.wrap_data_key(key, row["owner"]))
+    if ids:
+        await connection.execute(_REWRAP_KEYS, ids, wraps, new.key_id)
+
+    legacy = await _rewrap_legacy(connection, masters, new)
+    return Rotation(old_ids or [masters.current.key_id], new.key_id, len(ids), legacy)
+
+
+async def _rewrap_legacy(connection: asyncpg.Connection, masters: MasterKeys, new: MasterKey) -> int:
+    """Re-wrap the body keys of messages queued before the key hierarchy, which sit directly under the master."""
+    rows = await connection.fetch(_LEGACY_WRAPS)
+    old_aeads = [AESGCM(key.key) for key in masters.keys()]
+    new_aead = AESGCM(new.key)
+    ids, wraps = [], []
+    for row in rows:
+        wrapped = bytes(row["wrapped_key"])
+        # These wraps carry no master key id, so a second run finds the ones already moved by trying the new key.
+        if _opens(new_aead, row["id"], wrapped):
+            continue
+        body_key = crypto.unwrap_legacy_body_key(old_aeads, row["id"], wrapped)
+        ids.append(row["id"])
+        wraps.append(crypto.wrap_legacy_body_key(new_aead, body_key))
+    if ids:
+        await connection.execute(_REWRAP_LEGACY, ids, wraps)
+    return len(ids)
+
+
+def _opens(master: AESGCM, queue_id: str, wrapped: bytes) -> bool:
+    try:
+        crypto.unwrap_legacy_body_key([master], queue_id, wrapped)
+    except crypto.DecryptionError:
+        return False
+    return True
+
+
+async def destroy_data_key(connection: asyncpg.Connection, owner: str) -> int:
+    """Delete the wrapped octets of the owner's live data key, keeping a tombstone row; return its id."""
+    data_key_id = await connection.fetchval(_DESTROY, owner)
+    if data_key_id is None:
+        raise KeyAdminError(f"no live data key for owner {owner!r}: see mta keys list")
+    return data_key_id
+
+
+async def list_data_keys(connection: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await connection.fetch(_LIST)
