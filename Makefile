@@ -21,9 +21,9 @@ run: venv
 test: venv system-deps
 	$(BIN)/python -m pytest -q
 
-## Debian packages the tests use as real peers: swaks (with the Perl TLS modules it only recommends), OpenDKIM, HAProxy, SpamAssassin, Dovecot LMTP.
+## Debian packages the tests use as real peers: swaks (with the Perl TLS modules it only recommends), OpenDKIM, HAProxy, SpamAssassin, Dovecot LMTP, and promtool (from prometheus) to check the alert rules.
 system-deps:
-	scripts/install-system-deps.sh swaks libnet-ssleay-perl libio-socket-ssl-perl opendkim opendkim-tools haproxy spamd spamassassin dovecot-lmtpd
+	scripts/install-system-deps.sh swaks libnet-ssleay-perl libio-socket-ssl-perl opendkim opendkim-tools haproxy spamd spamassassin dovecot-lmtpd prometheus
 
 ## Postfix for its load tools and as the comparison peer.
 loadtest-deps: venv
