@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ POLICY_ADDRESS = "127.0.0.9"
 class PolicyServer:
     """An HTTPS server that serves one MTA-STS policy per host name and counts the requests."""
 
-    def __init__(self, authority: trustme.CA):
+    def __init__(self, authority: trustme.CA, address: str = POLICY_ADDRESS):
         self.policies: dict[str, str] = {}
         self.requests: list[str] = []
         server = self
@@ -44,10 +45,14 @@ class PolicyServer:
             def log_message(self, *_: object) -> None:
                 pass
 
-        self.port = free_port(POLICY_ADDRESS)
-        self.httpd = http.server.ThreadingHTTPServer((POLICY_ADDRESS, self.port), Handler)
+        server_class = http.server.ThreadingHTTPServer
+        if ":" in address:
+            server_class = type("Ipv6Server", (server_class,), {"address_family": socket.AF_INET6})
+        self.httpd = server_class((address, 0), Handler)
+        self.port = self.httpd.server_address[1]
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        authority.issue_cert("mta-sts.sts.example", "mta-sts.testing.example").configure_cert(context)
+        authority.issue_cert("mta-sts.sts.example", "mta-sts.testing.example", "mta-sts.six.example") \
+            .configure_cert(context)
         self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -117,6 +122,26 @@ def test_enforce_delivers_with_verified_certificate(make_mta, authority, tmp_pat
     assert [tuple(row) for row in rows] == [("20261205", "enforce", ["mx.sts.example"])]
 
 
+def test_policy_host_with_ipv6_only(make_mta, authority, tmp_path, dns):
+    port = free_port(REMOTE_MX_ADDRESS)
+    with PolicyServer(authority, "::1") as server:
+        dns.add("six.example", "MX", "10 mx.six.example.")
+        dns.add("mx.six.example", "A", REMOTE_MX_ADDRESS)
+        dns.add("mta-sts.six.example", "AAAA", "::1")
+        publish(dns, server, "six.example", "six1", "enforce", "mx.six.example")
+        mta = start_mta(make_mta, authority, tmp_path, port, server.port)
+        try:
+            with sink_on(REMOTE_MX_ADDRESS, port, tls_context=mx_context(authority, "mx.six.example")) as sink:
+                assert send_mx(mta, "sender@example.net", "user@six.example")[0] == 250
+                assert len(sink.wait_for(1)) == 1
+        finally:
+            for name in ("six.example", "mx.six.example", "mta-sts.six.example", "_mta-sts.six.example"):
+                dns.remove(name)
+
+    assert server.requests == ["mta-sts.six.example"]
+    assert "MTA-STS policy of six.example fetched: id six1, mode enforce" in mta.log()
+
+
 def test_enforce_defers_on_bad_certificate_never_in_clear(make_mta, authority, tmp_path, dns, policy_server):
     port = free_port(REMOTE_MX_ADDRESS)
     publish(dns, policy_server, "sts.example", "20261206", "enforce", "mx.sts.example")
@@ -184,3 +209,16 @@ def test_txt_record_id(records, expected):
 def test_mx_patterns(host, expected):
     policy = Policy("enforce", ("*.example.net", "mail.example.org"), 86400)
     assert policy.allows(host) is expected
+
+
+def test_recent_results_bounded(monkeypatch):
+    from mta.delivery import mta_sts
+
+    monkeypatch.setattr(mta_sts, "MAX_RECENT", 4)
+    checker = mta_sts.MtaSts(None, None, "")
+    far = mta_sts.time.monotonic() + 1000
+    checker._recent = {"gone.example": (0.0, None)} | {f"d{number}.example": (far, None) for number in range(4)}
+
+    checker._forget_expired()
+
+    assert list(checker._recent) == ["d2.example", "d3.example"]

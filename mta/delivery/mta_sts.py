@@ -37,6 +37,8 @@ POLICY_PATH = "/.well-known/mta-sts.txt"
 MAX_POLICY_OCTETS = 64 * 1024
 MAX_AGE_LIMIT = 31_557_600
 FETCH_TIMEOUT = 30.0
+# Domains whose recent result a node keeps in memory; past it, expired and then the oldest are dropped.
+MAX_RECENT = 10_000
 # Seconds a node keeps a domain's policy (or its absence) before it checks the TXT record again.
 CHECK_INTERVAL = 300.0
 _POLICY_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
@@ -138,8 +140,18 @@ class MtaSts:
         if known is not None and known[0] > time.monotonic():
             return known[1]
         policy = await self._current(domain)
+        if len(self._recent) >= MAX_RECENT:
+            self._forget_expired()
         self._recent[domain] = (time.monotonic() + CHECK_INTERVAL, policy)
         return policy
+
+    def _forget_expired(self) -> None:
+        """Drop results past their interval, and the oldest half when that is not enough."""
+        now = time.monotonic()
+        self._recent = {domain: entry for domain, entry in self._recent.items() if entry[0] > now}
+        if len(self._recent) >= MAX_RECENT:
+            # Entries were added in time order, so the first half is the oldest.
+            self._recent = dict(list(self._recent.items())[MAX_RECENT // 2:])
 
     async def _current(self, domain: str) -> Policy | None:
         cached = await self.pool.fetchrow(_LOAD, domain)
@@ -172,8 +184,7 @@ class MtaSts:
 
     async def _fetch(self, domain: str) -> Policy:
         host = f"mta-sts.{domain}"
-        answer = await self.resolver.resolve(host, "A")
-        address = answer[0].address
+        address = await self._policy_host_address(host)
         timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             async with session.get(f"https://{address}:{self.port}{POLICY_PATH}", headers={"Host": host},
@@ -186,6 +197,15 @@ class MtaSts:
         if len(body) > MAX_POLICY_OCTETS:
             raise PolicyError(f"policy of {host} is over {MAX_POLICY_OCTETS} octets")
         return parse_policy(body.decode("utf-8", "replace"))
+
+    async def _policy_host_address(self, host: str) -> str:
+        """Return the policy host's IPv4 address, else its IPv6 one in URL brackets."""
+        try:
+            answer = await self.resolver.resolve(host, "A")
+            return answer[0].address
+        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+            answer = await self.resolver.resolve(host, "AAAA")
+            return f"[{answer[0].address}]"
 
 
 def _from_row(row: asyncpg.Record) -> Policy:
