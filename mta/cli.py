@@ -18,6 +18,8 @@ import warnings
 from pathlib import Path
 
 from mta import audit_commands, dns_commands, key_commands, queue_commands, suppression_commands, user_commands
+from mta.cli_support import audit, run_in_transaction
+from mta.queue_commands import _actor
 from mta.config import Config, ConfigError, load
 from mta.logs import setup_logging
 
@@ -64,10 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     user_add = user.add_parser("add", help="add a user or set a new password")
     user_add.add_argument("address")
     user_add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    user_add.add_argument("--actor", help="who does this, for the audit log (default: the login name)")
     user_add.set_defaults(run=cmd_user_add)
     user_import = user.add_parser("import", help="add many users from a file")
     user_import.add_argument("file", help="one user per line: ADDRESS, or ADDRESS and a password after a space;"
                                           " a user without a password receives mail but cannot log in")
+    user_import.add_argument("--actor", help="who does this, for the audit log (default: the login name)")
     user_import.set_defaults(run=cmd_user_import)
     user_commands.add_parsers(user, commands)
     audit_commands.add_parser(commands)
@@ -159,14 +163,12 @@ def cmd_user_add(config: Config, args: argparse.Namespace) -> int:
         print(f"mta: note: {domain} is not in domains.local, so this user can log in and send, "
               "but mail to the address is relayed elsewhere", file=sys.stderr)
 
-    async def run() -> None:
-        connection = await connect_or_exit(config)
-        try:
-            await users.add_user(connection, args.address, password)
-        finally:
-            await connection.close()
+    async def work(connection) -> None:
+        await users.add_user(connection, args.address, password)
+        # The password and its hash stay out of the audit log.
+        await audit(connection, _actor(args), "user add", {"address": args.address.lower()})
 
-    asyncio.run(run())
+    run_in_transaction(config, work)
     print(f"user {args.address.lower()} saved")
     return 0
 
@@ -194,14 +196,12 @@ def cmd_user_import(config: Config, args: argparse.Namespace) -> int:
             return EXIT_USAGE
         entries.append((address, password or None))
 
-    async def run() -> int:
-        connection = await connect_or_exit(config)
-        try:
-            return await users.import_users(connection, entries)
-        finally:
-            await connection.close()
+    async def work(connection) -> int:
+        saved = await users.import_users(connection, entries)
+        await audit(connection, _actor(args), "user import", {"file": str(args.file), "users": saved})
+        return saved
 
-    print(f"{asyncio.run(run())} users saved")
+    print(f"{run_in_transaction(config, work)} users saved")
     return 0
 
 

@@ -118,3 +118,21 @@ def test_moved_field_boundary_detected(make_mta):
 
     assert result.returncode == 1
     assert f"audit entry {entry['id']} is altered" in result.stderr
+
+
+def test_user_changes_audited_without_passwords(make_mta, tmp_path):
+    mta = make_mta()
+    added = mta.cli("user", "add", "Carol@example.com", "--password-stdin", "--actor", "ops",
+                    input_text="a long secret password\n")
+    assert added.returncode == 0, added.stderr
+    users = tmp_path / "users.txt"
+    users.write_text("dave@example.com another secret password\nerin@example.com\n")
+    imported = mta.cli("user", "import", str(users), "--actor", "ops")
+    assert imported.returncode == 0, imported.stderr
+
+    rows = query(mta.database_url, "SELECT action, detail FROM audit_log WHERE actor = 'ops' ORDER BY id")
+    assert [row["action"] for row in rows] == ["user add", "user import"]
+    assert json.loads(rows[0]["detail"]) == {"address": "carol@example.com"}
+    assert json.loads(rows[1]["detail"])["users"] == 2
+    assert "secret" not in json.dumps([row["detail"] for row in rows])
+    assert mta.cli("audit", "verify").returncode == 0
