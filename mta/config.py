@@ -368,6 +368,17 @@ class InboundConfig:
 
 
 @dataclass
+class AuditConfig:
+    """The message auditor (mta/message_audit.py), which one node at a time runs."""
+
+    # Seconds between audit rounds: an accepted message or delivery outcome
+    # is normally in the audit log within about this long.
+    interval: float = 1.0
+    # Messages and delivery events read per transaction, each at most.
+    batch_size: int = 500
+
+
+@dataclass
 class HttpConfig:
     address: str = "127.0.0.1"
     port: int = 8025
@@ -409,6 +420,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     inbound: InboundConfig = field(default_factory=InboundConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
 
     @property
@@ -550,6 +562,8 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("delivery", "poll_interval"): (0.05, 3600.0),
     ("delivery", "connection_cache_seconds"): (0.0, 300.0),
     ("delivery", "connection_reuse_limit"): (1, 100_000),
+    ("audit", "interval"): (0.05, 3600.0),
+    ("audit", "batch_size"): (1, 100_000),
     ("http", "port"): (1, 65535),
     ("http", "backlog_threshold"): (0, 2 ** 31 - 1),
     ("dns", "ttl"): (60, 604800),
