@@ -295,6 +295,8 @@ class OurMta:
         self.log_path = directory / "mta.log"
         self.process: subprocess.Popen | None = None
         self.postmaster: psutil.Process | None = None
+        # Extra environment of the MTA process, such as an S3 store's credentials.
+        self.environment: dict[str, str] = {}
 
     def write_config(self, sink_port: int) -> Path:
         path = self.directory / "mta.toml"
@@ -321,16 +323,13 @@ class OurMta:
 
     def start(self, sink_port: int) -> None:
         config_path = self.write_config(sink_port)
-        # The mta next to this interpreter is the one installed from this checkout.
-        mta = Path(sys.executable).parent / "mta"
-        if not mta.exists():
-            mta = Path(shutil.which("mta") or "mta")
-        command = [str(mta), "--config", str(config_path), "serve"]
-        environment = None
-        if self.tree is not None:
-            # PYTHONPATH comes before the editable install's finder, so this tree's package is imported.
-            command = [sys.executable, "-m", "mta", "--config", str(config_path), "serve"]
-            environment = {**os.environ, "PYTHONPATH": str(self.tree), "MTA_MIGRATIONS_DIR": str(self.tree / "queue")}
+        # The virtualenv's editable install may point at another checkout (a
+        # shared one does), so the package is imported from the tree itself:
+        # PYTHONPATH comes before the editable install's finder.
+        tree = self.tree or REPOSITORY
+        command = [sys.executable, "-m", "mta", "--config", str(config_path), "serve"]
+        environment = {**os.environ, **self.environment, "PYTHONPATH": str(tree),
+                       "MTA_MIGRATIONS_DIR": str(tree / "queue")}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True, env=environment, cwd=self.directory)
