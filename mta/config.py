@@ -102,6 +102,12 @@ class StorageConfig:
     max_attempts: int = 3
     # HTTP connections to the endpoint per worker process.
     max_connections: int = 50
+    # Seconds between sweeps for orphaned objects (mta/storage/sweep.py), one
+    # node at a time; 0 turns the background sweep off.
+    sweep_interval: float = 21600.0
+    # Seconds an object must exist before a sweep may delete it, far above
+    # the time between writing a body and committing its envelope.
+    sweep_min_age: float = 86400.0
 
 
 @dataclass
@@ -548,6 +554,8 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("storage", "timeout"): (1.0, 3600.0),
     ("storage", "max_attempts"): (1, 10),
     ("storage", "max_connections"): (1, 1000),
+    ("storage", "sweep_interval"): (0.0, 30 * 86400.0),
+    ("storage", "sweep_min_age"): (3600.0, 365 * 86400.0),
     ("delivery", "dns_port"): (1, 65535),
     ("delivery", "smtp_port"): (1, 65535),
     ("delivery", "concurrency"): (1, 100_000),

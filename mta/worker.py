@@ -42,6 +42,7 @@ from mta.spool.settle import Settler
 from mta.storage.bodies import BodyCodec
 from mta.storage.keyring import Keyring
 from mta.storage.factory import build_store
+from mta.storage.sweep import StoreSweeper
 
 if TYPE_CHECKING:
     from mta.server import Prepared
@@ -81,6 +82,8 @@ class Worker:
 
         sites = Sites(pool, delivery.sites)
         housekeeper = Housekeeper(pool, self.node_id, delivery.history_days, config.smtp.auth_failure_window)
+        sweeper = StoreSweeper(self.prepared.url, store, config.storage.sweep_interval,
+                               config.storage.sweep_min_age) if config.storage.sweep_interval else None
         auditor = MessageAuditor(pool, config.data_path(config.logging.pseudonym_key_file), config.audit.interval,
                                  config.audit.batch_size)
         scheduler = Scheduler(pool, self.prepared.url, self.node_id, delivery.concurrency, delivery.lease_seconds,
@@ -103,6 +106,8 @@ class Worker:
         sites.start()
         housekeeper.start()
         auditor.start()
+        if sweeper is not None:
+            sweeper.start()
         connections.start()
         scheduler.start()
         if reports.enabled:
@@ -119,7 +124,7 @@ class Worker:
         log.info("worker %d started as node %s", self.index, self.node_id)
 
         await self._wait_for_stop(spool.tasks + settler.tasks + scheduler.tasks + sites.tasks + housekeeper.tasks
-                                  + auditor.tasks)
+                                  + auditor.tasks + (sweeper.tasks if sweeper is not None else []))
 
         log.info("worker %d stopping: no new sessions, finishing work in flight", self.index)
         for server in servers:
@@ -134,6 +139,8 @@ class Worker:
         await housekeeper.stop()
         await settler.stop()
         await auditor.stop()
+        if sweeper is not None:
+            await sweeper.stop()
         await spool.stop()
         if runner is not None:
             await runner.cleanup()
