@@ -49,6 +49,7 @@ from pathlib import Path
 import psutil
 
 from loadtest import target
+from loadtest.s3_store import moto_store
 from loadtest.signing import SELECTOR, SIGNING_DOMAIN, OpenDkim, SigningError, check_signature, write_key
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -280,10 +281,11 @@ class Sink:
 class OurMta:
     """``mta serve`` as a child process, with its embedded PostgreSQL under the temporary directory."""
 
-    def __init__(self, directory: Path, workers: int, tree: Path | None = None, sign: bool = False):
+    def __init__(self, directory: Path, workers: int, tree: Path | None = None, sign: bool = False,
+                 name: str = ""):
         # tree: another checkout of this project to run instead of the installed
         # one, for before/after figures of a change measured in one invocation.
-        self.name = "before" if tree is not None else "mta"
+        self.name = name or ("before" if tree is not None else "mta")
         self.tree = tree
         self.directory = directory
         self.workers = workers
@@ -295,6 +297,10 @@ class OurMta:
         self.log_path = directory / "mta.log"
         self.process: subprocess.Popen | None = None
         self.postmaster: psutil.Process | None = None
+        # Extra environment of the MTA process, such as an S3 store's credentials.
+        self.environment: dict[str, str] = {}
+        # A [storage] section that replaces the default local store.
+        self.storage_section = ""
 
     def write_config(self, sink_port: int) -> Path:
         path = self.directory / "mta.toml"
@@ -316,21 +322,20 @@ class OurMta:
         if self.tree is None:
             # Earlier checkouts may not know this listener; this one gets a free port like the others.
             sections.append(f'[smtp.submissions]\naddress = "{LOOPBACK}"\nport = {free_port()}\n')
+        if self.storage_section:
+            sections.append(self.storage_section)
         path.write_text("\n".join(sections))
         return path
 
     def start(self, sink_port: int) -> None:
         config_path = self.write_config(sink_port)
-        # The mta next to this interpreter is the one installed from this checkout.
-        mta = Path(sys.executable).parent / "mta"
-        if not mta.exists():
-            mta = Path(shutil.which("mta") or "mta")
-        command = [str(mta), "--config", str(config_path), "serve"]
-        environment = None
-        if self.tree is not None:
-            # PYTHONPATH comes before the editable install's finder, so this tree's package is imported.
-            command = [sys.executable, "-m", "mta", "--config", str(config_path), "serve"]
-            environment = {**os.environ, "PYTHONPATH": str(self.tree), "MTA_MIGRATIONS_DIR": str(self.tree / "queue")}
+        # The virtualenv's editable install may point at another checkout (a
+        # shared one does), so the package is imported from the tree itself:
+        # PYTHONPATH comes before the editable install's finder.
+        tree = self.tree or REPOSITORY
+        command = [sys.executable, "-m", "mta", "--config", str(config_path), "serve"]
+        environment = {**os.environ, **self.environment, "PYTHONPATH": str(tree),
+                       "MTA_MIGRATIONS_DIR": str(tree / "queue")}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True, env=environment, cwd=self.directory)
@@ -586,11 +591,22 @@ def measure(relay: OurMta | Postfix, sink: Sink, load: LoadOptions, result: RunR
 
 def run_relay(kind: str, load: LoadOptions, workers: int, temp_root: Path, keep_temp: bool,
               before_tree: Path | None = None) -> RunResult:
+    if kind == "mta-s3":
+        with moto_store() as (storage_section, environment):
+            return _run_relay(kind, load, workers, temp_root, keep_temp, before_tree,
+                              storage_section, environment)
+    return _run_relay(kind, load, workers, temp_root, keep_temp, before_tree)
+
+
+def _run_relay(kind: str, load: LoadOptions, workers: int, temp_root: Path, keep_temp: bool,
+               before_tree: Path | None, storage_section: str = "", environment: dict | None = None) -> RunResult:
     directory = Path(tempfile.mkdtemp(prefix=f"baseline-{kind}-", dir=temp_root))
     if kind == "postfix":
         relay = Postfix(directory, load.sign)
     else:
-        relay = OurMta(directory, workers, before_tree if kind == "before" else None, load.sign)
+        relay = OurMta(directory, workers, before_tree if kind == "before" else None, load.sign, name=kind)
+        relay.storage_section = storage_section
+        relay.environment = environment or {}
     result = RunResult(relay=kind, workers=None if kind == "postfix" else workers,
                        messages_sent=load.messages, messages_arrived=0)
     sink = Sink(directory, load.messages)
@@ -735,6 +751,14 @@ def cpu_per_message_ms(results: list[RunResult]) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
+# The medians compared between relays, with their labels.
+FIGURES = (("accepted_per_second", "accepted msg/s"), ("arriving_per_second", "arriving msg/s"),
+           ("cpu_ms_per_message", "CPU ms per message"))
+# Relays compared with another besides Postfix, when the first one ran: (left, right, summary key of the ratios).
+COMPARISONS = (("before", "mta", "before", "ratio_mta_to_before"),
+               ("mta-s3", "mta-s3", "mta", "ratio_mta_s3_to_mta"))
+
+
 def print_table(results: list[RunResult]) -> dict:
     """Print each run and the medians with the ours/Postfix ratios; return the summary."""
     print()
@@ -760,29 +784,33 @@ def print_table(results: list[RunResult]) -> dict:
         key: ratio(summary["mta"][key], summary["postfix"][key])
         for key in ("accepted_per_second", "arriving_per_second", "cpu_ms_per_message")
     }
-    before = [result for result in results if result.relay == "before"]
-    if before:
-        summary["before"] = {"accepted_per_second": median_of(before, "accepted_per_second"),
-                             "arriving_per_second": median_of(before, "arriving_per_second"),
-                             "cpu_ms_per_message": cpu_per_message_ms(before)}
-        summary["ratio_mta_to_before"] = {
-            key: ratio(summary["mta"][key], summary["before"][key])
-            for key in ("accepted_per_second", "arriving_per_second", "cpu_ms_per_message")
-        }
+    relays = {result.relay for result in results}
+    comparisons = [comparison[1:] for comparison in COMPARISONS if comparison[0] in relays]
+    for left, right, ratio_key in comparisons:
+        for relay in (left, right):
+            summary[relay] = summary.get(relay) or relay_medians(results, relay)
+        summary[ratio_key] = {key: ratio(summary[left][key], summary[right][key]) for key, _ in FIGURES}
+
     print()
     print("medians of the runs that succeeded; CPU columns are mta+postgres for ours")
-    print(f"{'':<24}{'mta':>10}{'postfix':>10}{'ratio':>8}")
-    for key, label in (("accepted_per_second", "accepted msg/s"), ("arriving_per_second", "arriving msg/s"),
-                       ("cpu_ms_per_message", "CPU ms per message")):
-        print(f"{label:<24}{summary['mta'][key] or '-':>10}{summary['postfix'][key] or '-':>10}"
-              f"{summary['ratio_mta_to_postfix'][key] or '-':>8}")
-    if before:
-        print(f"{'':<24}{'mta':>10}{'before':>10}{'ratio':>8}")
-        for key, label in (("accepted_per_second", "accepted msg/s"), ("arriving_per_second", "arriving msg/s"),
-                           ("cpu_ms_per_message", "CPU ms per message")):
-            print(f"{label:<24}{summary['mta'][key] or '-':>10}{summary['before'][key] or '-':>10}"
-                  f"{summary['ratio_mta_to_before'][key] or '-':>8}")
+    print_comparison(summary, "mta", "postfix", "ratio_mta_to_postfix")
+    for left, right, ratio_key in comparisons:
+        print_comparison(summary, left, right, ratio_key)
     return summary
+
+
+def relay_medians(results: list[RunResult], relay: str) -> dict:
+    runs = [result for result in results if result.relay == relay]
+    return {"accepted_per_second": median_of(runs, "accepted_per_second"),
+            "arriving_per_second": median_of(runs, "arriving_per_second"),
+            "cpu_ms_per_message": cpu_per_message_ms(runs)}
+
+
+def print_comparison(summary: dict, left: str, right: str, ratio_key: str) -> None:
+    print(f"{'':<24}{left:>10}{right:>10}{'ratio':>8}")
+    for key, label in FIGURES:
+        print(f"{label:<24}{summary[left][key] or '-':>10}{summary[right][key] or '-':>10}"
+              f"{summary[ratio_key][key] or '-':>8}")
 
 
 def _or_dash(value: float | None) -> str:
@@ -832,7 +860,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                         help="also run the MTA from this other checkout (git worktree of an earlier commit)"
                              " as relay 'before', and print the ratios mta/before")
     parser.add_argument("--relays", default="mta,postfix",
-                        help="comma-separated relays to run: mta, postfix (default: %(default)s)")
+                        help="comma-separated relays to run: mta, postfix, or mta-s3, which is this MTA with "
+                             "its bodies in moto's S3 server on loopback (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds one run may take from the first message sent (default: %(default)s)")
     parser.add_argument("--temp-dir", type=Path, default=Path(tempfile.gettempdir()),
@@ -852,9 +881,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     args.relays = [name.strip() for name in args.relays.split(",") if name.strip()]
     if args.before_tree is not None and "before" not in args.relays:
         args.relays.insert(0, "before")
-    unknown = set(args.relays) - {"mta", "postfix", "before"}
+    unknown = set(args.relays) - {"mta", "mta-s3", "postfix", "before"}
     if unknown or not args.relays:
-        parser.error(f"--relays must name mta, postfix or before, got {sorted(unknown) or 'nothing'}")
+        parser.error(f"--relays must name mta, mta-s3, postfix or before, got {sorted(unknown) or 'nothing'}")
     if "before" in args.relays and args.before_tree is None:
         parser.error("--relays names before, which needs --before-tree DIR")
     return args

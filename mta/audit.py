@@ -19,8 +19,22 @@ GENESIS = bytes(32)
 _ENTRIES = """
 SELECT id, at, actor, action, detail::text AS detail, prev_hash, hash FROM audit_log
 WHERE ($1::timestamptz IS NULL OR at >= $1) AND ($2::timestamptz IS NULL OR at < $2)
+  AND ($3::bigint IS NULL OR id > $3) AND ($4::bigint IS NULL OR id <= $4)
+  AND ($5::text[] IS NULL OR action = ANY($5))
 ORDER BY id
 """
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which entries an export returns; None leaves a bound open."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    # Entries with ids after after_id, up to and including to_id.
+    after_id: int | None = None
+    to_id: int | None = None
+    actions: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +62,7 @@ async def verify(connection: asyncpg.Connection) -> Verification:
     previous = GENESIS
     count = 0
     async with connection.transaction():
-        async for entry in connection.cursor(_ENTRIES, None, None):
+        async for entry in connection.cursor(_ENTRIES, None, None, None, None, None):
             count += 1
             if bytes(entry["prev_hash"]) != previous:
                 return Verification(count, previous, entry["id"], "its link to the previous entry does not match: "
@@ -61,9 +75,10 @@ async def verify(connection: asyncpg.Connection) -> Verification:
     return Verification(count, previous)
 
 
-async def export(connection: asyncpg.Connection, start: datetime | None, end: datetime | None) -> list[dict]:
-    """Return the entries of a time range with their hashes, for an auditor to check against a verified head."""
-    rows = await connection.fetch(_ENTRIES, start, end)
+async def export(connection: asyncpg.Connection, selection: Selection) -> list[dict]:
+    """Return the selected entries with their hashes, for an auditor to check against a verified head."""
+    rows = await connection.fetch(_ENTRIES, selection.start, selection.end, selection.after_id, selection.to_id,
+                                  selection.actions)
     return [{"id": row["id"], "at": row["at"].astimezone(timezone.utc).isoformat(), "actor": row["actor"],
              "action": row["action"], "detail": row["detail"], "prev_hash": bytes(row["prev_hash"]).hex(),
              "hash": bytes(row["hash"]).hex()} for row in rows]

@@ -21,6 +21,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--from", dest="start", type=_moment, metavar="TIME",
                         help="first moment, ISO 8601 (for example 2026-12-01 or 2026-12-01T08:00:00+00:00)")
     export.add_argument("--to", dest="end", type=_moment, metavar="TIME", help="moment after the last entry")
+    export.add_argument("--after-id", type=_entry_id, metavar="N", help="only entries with ids greater than N")
+    export.add_argument("--to-id", type=_entry_id, metavar="N", help="only entries with ids up to and including N")
+    export.add_argument("--action", dest="actions", action="append", metavar="ACTION",
+                        help='only entries of this action, such as "message accepted"; repeat for several')
     export.set_defaults(run=cmd_export)
 
 
@@ -30,6 +34,16 @@ def _moment(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid time {text!r}, expected ISO 8601 such as 2026-12-01") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _entry_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid entry id {text!r}, expected a whole number 0 or greater")
+    return value
 
 
 def _with_connection(config: Config, work):
@@ -59,6 +73,7 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
 def cmd_export(config: Config, args: argparse.Namespace) -> int:
     from mta import audit
 
-    for entry in _with_connection(config, lambda connection: audit.export(connection, args.start, args.end)):
+    selection = audit.Selection(args.start, args.end, args.after_id, args.to_id, args.actions)
+    for entry in _with_connection(config, lambda connection: audit.export(connection, selection)):
         print(json.dumps(entry))
     return 0

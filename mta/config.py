@@ -102,6 +102,12 @@ class StorageConfig:
     max_attempts: int = 3
     # HTTP connections to the endpoint per worker process.
     max_connections: int = 50
+    # Seconds between sweeps for orphaned objects (mta/storage/sweep.py), one
+    # node at a time; 0 turns the background sweep off.
+    sweep_interval: float = 21600.0
+    # Seconds an object must exist before a sweep may delete it, far above
+    # the time between writing a body and committing its envelope.
+    sweep_min_age: float = 86400.0
 
 
 @dataclass
@@ -368,6 +374,17 @@ class InboundConfig:
 
 
 @dataclass
+class AuditConfig:
+    """The message auditor (mta/message_audit.py), which one node at a time runs."""
+
+    # Seconds between audit rounds: an accepted message or delivery outcome
+    # is normally in the audit log within about this long.
+    interval: float = 1.0
+    # Messages and delivery events read per transaction, each at most.
+    batch_size: int = 500
+
+
+@dataclass
 class HttpConfig:
     address: str = "127.0.0.1"
     port: int = 8025
@@ -409,6 +426,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     inbound: InboundConfig = field(default_factory=InboundConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
 
     @property
@@ -536,6 +554,8 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("storage", "timeout"): (1.0, 3600.0),
     ("storage", "max_attempts"): (1, 10),
     ("storage", "max_connections"): (1, 1000),
+    ("storage", "sweep_interval"): (0.0, 30 * 86400.0),
+    ("storage", "sweep_min_age"): (3600.0, 365 * 86400.0),
     ("delivery", "dns_port"): (1, 65535),
     ("delivery", "smtp_port"): (1, 65535),
     ("delivery", "concurrency"): (1, 100_000),
@@ -550,6 +570,8 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("delivery", "poll_interval"): (0.05, 3600.0),
     ("delivery", "connection_cache_seconds"): (0.0, 300.0),
     ("delivery", "connection_reuse_limit"): (1, 100_000),
+    ("audit", "interval"): (0.05, 3600.0),
+    ("audit", "batch_size"): (1, 100_000),
     ("http", "port"): (1, 65535),
     ("http", "backlog_threshold"): (0, 2 ** 31 - 1),
     ("dns", "ttl"): (60, 604800),

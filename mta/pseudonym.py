@@ -63,8 +63,7 @@ class Pseudonymiser:
         key = self._load_key()
         if key is None:
             return UNKEYED
-        digest = hmac.new(key, address.lower().encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
-        return PREFIX + digest[:PSEUDONYM_HEX_DIGITS]
+        return pseudonym(key, address)
 
     def _replace(self, match: re.Match) -> str:
         return f"{self.pseudonym(match.group(0))}@{match.group('domain').lower()}"
@@ -82,6 +81,12 @@ class Pseudonymiser:
                           f"replaced by {UNKEYED}: {error}", file=sys.stderr)
                     self._key_failed = True
         return self._key
+
+
+def pseudonym(key: bytes, address: str) -> str:
+    """Return the keyed pseudonym of a whole address, without its domain."""
+    digest = hmac.new(key, address.lower().encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return PREFIX + digest[:PSEUDONYM_HEX_DIGITS]
 
 
 def load_or_create_key(path: Path) -> bytes:

@@ -20,6 +20,7 @@ from mta.config import Config
 from mta.delivery.agent import DeliveryAgent
 from mta.delivery.connections import ConnectionCache
 from mta.dkim import DkimSigner
+from mta.message_audit import MessageAuditor
 from mta.inbound.check import InboundChecker
 from mta.delivery.mta_sts import MtaSts
 from mta.delivery.resolve import Resolver
@@ -41,6 +42,7 @@ from mta.spool.settle import Settler
 from mta.storage.bodies import BodyCodec
 from mta.storage.keyring import Keyring
 from mta.storage.factory import build_store
+from mta.storage.sweep import StoreSweeper
 
 if TYPE_CHECKING:
     from mta.server import Prepared
@@ -80,6 +82,10 @@ class Worker:
 
         sites = Sites(pool, delivery.sites)
         housekeeper = Housekeeper(pool, self.node_id, delivery.history_days, config.smtp.auth_failure_window)
+        sweeper = StoreSweeper(self.prepared.url, store, config.storage.sweep_interval,
+                               config.storage.sweep_min_age) if config.storage.sweep_interval else None
+        auditor = MessageAuditor(pool, config.data_path(config.logging.pseudonym_key_file), config.audit.interval,
+                                 config.audit.batch_size)
         scheduler = Scheduler(pool, self.prepared.url, self.node_id, delivery.concurrency, delivery.lease_seconds,
                               delivery.poll_interval, execute=self._deliver, busy_sites=sites.busy_keys)
         spool = Spool(pool, store, bodies, config.storage.inline_max_size, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit)
@@ -99,6 +105,9 @@ class Worker:
         settler.start()
         sites.start()
         housekeeper.start()
+        auditor.start()
+        if sweeper is not None:
+            sweeper.start()
         connections.start()
         scheduler.start()
         if reports.enabled:
@@ -114,7 +123,8 @@ class Worker:
             runner = await http.serve(http.build_app(config, pool, store), self.prepared.sockets["http"])
         log.info("worker %d started as node %s", self.index, self.node_id)
 
-        await self._wait_for_stop(spool.tasks + settler.tasks + scheduler.tasks + sites.tasks + housekeeper.tasks)
+        await self._wait_for_stop(spool.tasks + settler.tasks + scheduler.tasks + sites.tasks + housekeeper.tasks
+                                  + auditor.tasks + (sweeper.tasks if sweeper is not None else []))
 
         log.info("worker %d stopping: no new sessions, finishing work in flight", self.index)
         for server in servers:
@@ -128,6 +138,9 @@ class Worker:
         await sites.stop()
         await housekeeper.stop()
         await settler.stop()
+        await auditor.stop()
+        if sweeper is not None:
+            await sweeper.stop()
         await spool.stop()
         if runner is not None:
             await runner.cleanup()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import secrets
@@ -357,3 +358,48 @@ def test_config_error_names_key(tmp_path):
         path = tmp_path / "mta.toml"
         path.write_text('[storage]\nkind = "ftp"\n')
         load(path)
+
+
+def message_rows(url: str) -> dict[str, int]:
+    counts = {}
+    for table in ("message", "message_body", "delivery"):
+        counts[table] = query(url, f"SELECT count(*) FROM {table}")[0][0]
+    return counts
+
+
+@pytest.mark.parametrize("mode", ["down", "reset"])
+async def test_s3_failure_during_accept_gives_451(make_mta, sink, sink_port, endpoint, bucket, mode):
+    proxy = FailingProxy(endpoint, parts_allowed=1, mode=mode)
+    await proxy.start()
+    try:
+        extra = relay_config(sink_port)
+        extra["smtp"] = {"max_message_size": 32 * MIB}
+        extra["storage"] = {"kind": "s3", "bucket": bucket, "region": REGION, "endpoint_url": proxy.endpoint_url,
+                            "allow_loopback_endpoint": True, "part_size": 5 * MIB, "timeout": 5.0,
+                            "max_attempts": 2}
+        # Blocking steps run in threads, so the proxy on this event loop keeps serving the MTA.
+        mta = await asyncio.to_thread(make_mta, extra)
+        body = large_message(12 * MIB)
+
+        code, text = await asyncio.to_thread(send_mx, mta, "sender@example.net", f"user@{RELAY_DOMAIN}", body)
+
+        assert code == 451, text
+        assert text.startswith(b"4.3.0"), text
+        assert proxy.failed_requests >= 1
+        assert await asyncio.to_thread(message_rows, mta.database_url) == {"message": 0, "message_body": 0,
+                                                                           "delivery": 0}
+        client = inspection_client(endpoint)
+        assert client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+        assert "not queued, 451 sent: body store unavailable" in mta.log()
+
+        proxy.down = False
+        proxy.parts_allowed = 1_000_000
+        code, text = await asyncio.to_thread(send_mx, mta, "sender@example.net", f"user@{RELAY_DOMAIN}", body)
+
+        assert code == 250, text
+        queue_id = text.decode().rsplit(" ", 1)[1]
+        rows = await asyncio.to_thread(query, mta.database_url, "SELECT id, body_key FROM message")
+        assert [(row["id"], row["body_key"]) for row in rows] == [(queue_id, queue_id)]
+        assert len(await asyncio.to_thread(sink.wait_for, 1, 60)) == 1
+    finally:
+        await proxy.stop()

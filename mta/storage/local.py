@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterable, AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
-from mta.storage.store import StoreError
+from mta.storage.store import StoredObject, StoreError
 
 __all__ = ["LocalStore", "StoreError"]
 
@@ -103,6 +104,18 @@ class LocalStore:
                         yield key
         except OSError as error:
             raise StoreError(f"failed to list objects under {self.root}: {error.strerror}") from error
+
+    async def list_objects(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        """Yield the objects whose keys start with ``prefix``, in sorted order, with their modification times."""
+        async for key in self.list_keys(prefix):
+            try:
+                status = await asyncio.to_thread(os.stat, self._path(key))
+            except FileNotFoundError:
+                # Deleted since it was listed.
+                continue
+            except OSError as error:
+                raise StoreError(f"failed to read the time of object {key}: {error.strerror}") from error
+            yield StoredObject(key, datetime.fromtimestamp(status.st_mtime, UTC))
 
     async def delete(self, key: str) -> None:
         try:

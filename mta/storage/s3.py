@@ -26,7 +26,7 @@ import aiohttp
 from botocore.config import Config as BotocoreConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from mta.storage.store import StoreError
+from mta.storage.store import StoredObject, StoreError
 
 log = logging.getLogger("mta.storage")
 
@@ -157,6 +157,15 @@ class S3Store:
 
     async def list_keys(self, prefix: str = "") -> AsyncIterator[str]:
         """Yield the keys that start with ``prefix``, in S3's order (ascending UTF-8)."""
+        async for stored in self.list_objects(prefix):
+            yield stored.key
+
+    async def list_objects(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        """Yield the objects whose keys start with ``prefix``, in S3's order, with their LastModified times.
+
+        NOTE: a provider may date a multipart object from the start of its
+        upload rather than its completion, which makes it look older.
+        """
         try:
             client = await self._connected()
             pages = client.get_paginator("list_objects_v2").paginate(
@@ -164,7 +173,7 @@ class S3Store:
                 PaginationConfig={"PageSize": self.settings.page_size})
             async for page in pages:
                 for item in page.get("Contents", []):
-                    yield item["Key"][len(self.prefix):]
+                    yield StoredObject(item["Key"][len(self.prefix):], item["LastModified"])
         except _FAILURES as error:
             raise StoreError(f"failed to list objects in {self.location}: {_describe(error)}") from error
 

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 
 class StoreError(Exception):
     """The body store failed to write, read, list or delete an object."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object's key and when it was last written, in UTC."""
+
+    key: str
+    modified: datetime
 
 
 class BodyStore(Protocol):
@@ -33,5 +43,7 @@ class BodyStore(Protocol):
     def get_stream(self, key: str) -> AsyncIterator[bytes]: ...
 
     def list_keys(self, prefix: str = "") -> AsyncIterator[str]: ...
+
+    def list_objects(self, prefix: str = "") -> AsyncIterator[StoredObject]: ...
 
     async def delete(self, key: str) -> None: ...
