@@ -63,8 +63,7 @@ class Pseudonymiser:
         key = self._load_key()
         if key is None:
             return UNKEYED
-        digest = hmac.new(key, address.lower().encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
-        return PREFIX + digest[:PSEUDONYM_HEX_DIGITS]
+        return local_pseudonym(key, address)
 
     def _replace(self, match: re.Match) -> str:
         return f"{self.pseudonym(match.group(0))}@{match.group('domain').lower()}"
@@ -82,6 +81,18 @@ class Pseudonymiser:
                           f"replaced by {UNKEYED}: {error}", file=sys.stderr)
                     self._key_failed = True
         return self._key
+
+
+def local_pseudonym(key: bytes, address: str) -> str:
+    """Return ``anon.`` and the first 16 hex digits of HMAC-SHA256 over the lower-cased address."""
+    digest = hmac.new(key, address.lower().encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return PREFIX + digest[:PSEUDONYM_HEX_DIGITS]
+
+
+def address_pseudonym(key: bytes, address: str) -> str:
+    """Return the pseudonym that log lines give a whole address: ``anon.<hex>@domain``."""
+    domain = address.rpartition("@")[2].lower()
+    return f"{local_pseudonym(key, address)}@{domain}"
 
 
 def load_or_create_key(path: Path) -> bytes:

@@ -20,6 +20,7 @@ from mta.config import Config
 from mta.delivery.agent import DeliveryAgent
 from mta.delivery.connections import ConnectionCache
 from mta.dkim import DkimSigner
+from mta.gdpr.retention import RetentionTask
 from mta.inbound.check import InboundChecker
 from mta.delivery.mta_sts import MtaSts
 from mta.delivery.resolve import Resolver
@@ -80,6 +81,7 @@ class Worker:
 
         sites = Sites(pool, delivery.sites)
         housekeeper = Housekeeper(pool, self.node_id, delivery.history_days, config.smtp.auth_failure_window)
+        retention = RetentionTask(pool, store, config.retention)
         scheduler = Scheduler(pool, self.prepared.url, self.node_id, delivery.concurrency, delivery.lease_seconds,
                               delivery.poll_interval, execute=self._deliver, busy_sites=sites.busy_keys)
         spool = Spool(pool, store, bodies, config.storage.inline_max_size, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit)
@@ -99,6 +101,7 @@ class Worker:
         settler.start()
         sites.start()
         housekeeper.start()
+        retention.start()
         connections.start()
         scheduler.start()
         if reports.enabled:
@@ -114,7 +117,8 @@ class Worker:
             runner = await http.serve(http.build_app(config, pool, store), self.prepared.sockets["http"])
         log.info("worker %d started as node %s", self.index, self.node_id)
 
-        await self._wait_for_stop(spool.tasks + settler.tasks + scheduler.tasks + sites.tasks + housekeeper.tasks)
+        await self._wait_for_stop(spool.tasks + settler.tasks + scheduler.tasks + sites.tasks + housekeeper.tasks
+                                  + retention.tasks)
 
         log.info("worker %d stopping: no new sessions, finishing work in flight", self.index)
         for server in servers:
@@ -127,6 +131,7 @@ class Worker:
             await smtp.reports.stop()
         await sites.stop()
         await housekeeper.stop()
+        await retention.stop()
         await settler.stop()
         await spool.stop()
         if runner is not None:

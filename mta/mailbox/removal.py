@@ -46,7 +46,7 @@ _DONE = "DELETE FROM object_deletion WHERE object_key = $1"
 
 @dataclass(frozen=True)
 class Removed:
-    """What one removal took out: mailbox rows, message bodies and objects queued for deletion."""
+    """Counts of one removal: mailbox rows and message bodies, and the objects queued for deletion."""
 
     rows: int
     bodies: int
@@ -66,7 +66,7 @@ async def remove_mailbox_rows(connection: asyncpg.Connection, row_ids: list[int]
     bodies = await release_bodies(connection, message_ids)
     objects += bodies.objects
     await connection.execute(_QUEUE, objects)
-    return Removed(len(row_ids), bodies.rows, objects)
+    return Removed(len(row_ids), bodies.bodies, objects)
 
 
 async def release_bodies(connection: asyncpg.Connection, message_ids: list[str]) -> Removed:
