@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from mta.config import Config
 
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
@@ -36,3 +37,34 @@ async def audit(connection, actor: str, action: str, detail: dict) -> None:
     """Append an operator's action to the audit log."""
     await connection.execute("INSERT INTO audit_log (actor, action, detail) VALUES ($1, $2, $3::jsonb)",
                              actor, action, json.dumps(detail))
+
+
+def run_with_bodies(config: Config, work: Callable[..., Awaitable[object]],
+                    usage_errors: tuple[type[Exception], ...] = ()) -> object:
+    """Run work(connection, store, bodies) with the body store and a BodyCodec; exit 2 on a usage error.
+
+    Exits 1 when the body store cannot be opened.
+    """
+    from mta.cli import connect_or_exit
+    from mta.key_commands import body_codec
+    from mta.storage.factory import build_store
+    from mta.storage.store import StoreError
+
+    async def run() -> object:
+        connection = await connect_or_exit(config)
+        store = build_store(config)
+        try:
+            await store.start()
+            return await work(connection, store, body_codec(config, connection))
+        finally:
+            await store.close()
+            await connection.close()
+
+    try:
+        return asyncio.run(run())
+    except usage_errors as error:
+        print(f"mta: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    except StoreError as error:
+        print(f"mta: body store failed: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILURE) from None

@@ -415,6 +415,36 @@ class DnsConfig:
 
 
 @dataclass
+class MailboxConfig:
+    """The mailbox store of local deliveries (mta/mailbox)."""
+
+    # Octets: a decoded attachment larger than this is also stored as an
+    # object of its own, listed and fetched separately. The message body
+    # keeps it too, so such attachments take their size twice. 0: never.
+    attachment_threshold: int = 256 * 1024
+
+
+@dataclass
+class RetentionConfig:
+    """How long mailbox messages are kept after delivery (mta/gdpr/retention.py).
+
+    Days count from delivery to the mailbox; 0 keeps mail until it is deleted
+    or erased. A mailbox entry takes precedence over its domain's entry, and
+    that over mailbox_days. Addresses under a legal hold are never purged.
+    """
+
+    mailbox_days: int = 0
+    # Domain -> days, such as "example.com" = 365.
+    domains: dict[str, int] = field(default_factory=dict)
+    # Address -> days, such as "archive@example.com" = 0.
+    mailboxes: dict[str, int] = field(default_factory=dict)
+    # Seconds between purges; one node at a time runs each.
+    interval: float = 3600.0
+    # Mailbox messages removed per transaction.
+    batch_size: int = 500
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -428,6 +458,8 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    mailbox: MailboxConfig = field(default_factory=MailboxConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -575,6 +607,10 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("http", "port"): (1, 65535),
     ("http", "backlog_threshold"): (0, 2 ** 31 - 1),
     ("dns", "ttl"): (60, 604800),
+    ("mailbox", "attachment_threshold"): (0, 2 ** 31 - 1),
+    ("retention", "mailbox_days"): (0, 36500),
+    ("retention", "interval"): (1.0, 86400.0),
+    ("retention", "batch_size"): (1, 100_000),
     # RFC 8461 section 3.2: max_age is at most 31557600 seconds (about a year).
     ("dns", "mta_sts_max_age"): (60, 31_557_600),
 }
@@ -815,6 +851,19 @@ def check(config: Config) -> None:
         raise ConfigError("delivery.retry_schedule must name at least one interval")
     _check_sites(config.delivery.sites)
     _check_dns(config.dns)
+    _check_retention(config.retention)
+
+
+def _check_retention(retention: RetentionConfig) -> None:
+    for table, entries in (("domains", retention.domains), ("mailboxes", retention.mailboxes)):
+        for name, days in entries.items():
+            if not 0 <= days <= 36500:
+                raise ConfigError(f"retention.{table}.{name} must be between 0 (keep) and 36500 days, got {days}")
+            if name != name.lower():
+                raise ConfigError(f"retention.{table}: write {name!r} in lower case, as {name.lower()!r}")
+    for address in retention.mailboxes:
+        if "@" not in address:
+            raise ConfigError(f"retention.mailboxes: {address!r} is not an email address")
 
 
 def _check_lmtp(config: Config) -> None:

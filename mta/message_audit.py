@@ -97,8 +97,8 @@ class AddressPseudonyms:
             return ""
         _, at, domain = address.rpartition("@")
         if not at:
-            return pseudonym.pseudonym(self.key, address)
-        return f"{pseudonym.pseudonym(self.key, address)}@{domain.lower()}"
+            return pseudonym.local_pseudonym(self.key, address)
+        return f"{pseudonym.local_pseudonym(self.key, address)}@{domain.lower()}"
 
 
 def reply_codes(reply: str) -> dict:

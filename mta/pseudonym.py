@@ -63,7 +63,7 @@ class Pseudonymiser:
         key = self._load_key()
         if key is None:
             return UNKEYED
-        return pseudonym(key, address)
+        return local_pseudonym(key, address)
 
     def _replace(self, match: re.Match) -> str:
         return f"{self.pseudonym(match.group(0))}@{match.group('domain').lower()}"
@@ -83,10 +83,16 @@ class Pseudonymiser:
         return self._key
 
 
-def pseudonym(key: bytes, address: str) -> str:
-    """Return the keyed pseudonym of a whole address, without its domain."""
+def local_pseudonym(key: bytes, address: str) -> str:
+    """Return ``anon.`` and the first 16 hex digits of HMAC-SHA256 over the lower-cased address."""
     digest = hmac.new(key, address.lower().encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
     return PREFIX + digest[:PSEUDONYM_HEX_DIGITS]
+
+
+def address_pseudonym(key: bytes, address: str) -> str:
+    """Return the pseudonym that log lines give a whole address: ``anon.<hex>@domain``."""
+    domain = address.rpartition("@")[2].lower()
+    return f"{local_pseudonym(key, address)}@{domain}"
 
 
 def load_or_create_key(path: Path) -> bytes:

@@ -20,6 +20,7 @@ from mta.config import Config
 from mta.delivery.agent import DeliveryAgent
 from mta.delivery.connections import ConnectionCache
 from mta.dkim import DkimSigner
+from mta.gdpr.retention import RetentionTask
 from mta.message_audit import MessageAuditor
 from mta.inbound.check import InboundChecker
 from mta.delivery.mta_sts import MtaSts
@@ -86,6 +87,7 @@ class Worker:
                                config.storage.sweep_min_age) if config.storage.sweep_interval else None
         auditor = MessageAuditor(pool, config.data_path(config.logging.pseudonym_key_file), config.audit.interval,
                                  config.audit.batch_size)
+        retention = RetentionTask(pool, store, config.retention)
         scheduler = Scheduler(pool, self.prepared.url, self.node_id, delivery.concurrency, delivery.lease_seconds,
                               delivery.poll_interval, execute=self._deliver, busy_sites=sites.busy_keys)
         spool = Spool(pool, store, bodies, config.storage.inline_max_size, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit)
@@ -108,6 +110,7 @@ class Worker:
         auditor.start()
         if sweeper is not None:
             sweeper.start()
+        retention.start()
         connections.start()
         scheduler.start()
         if reports.enabled:
@@ -124,7 +127,8 @@ class Worker:
         log.info("worker %d started as node %s", self.index, self.node_id)
 
         await self._wait_for_stop(spool.tasks + settler.tasks + scheduler.tasks + sites.tasks + housekeeper.tasks
-                                  + auditor.tasks + (sweeper.tasks if sweeper is not None else []))
+                                  + auditor.tasks + (sweeper.tasks if sweeper is not None else [])
+                                  + retention.tasks)
 
         log.info("worker %d stopping: no new sessions, finishing work in flight", self.index)
         for server in servers:
@@ -137,6 +141,7 @@ class Worker:
             await smtp.reports.stop()
         await sites.stop()
         await housekeeper.stop()
+        await retention.stop()
         await settler.stop()
         await auditor.stop()
         if sweeper is not None:

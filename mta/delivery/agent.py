@@ -121,7 +121,8 @@ class DeliveryAgent:
             destination = self.lmtp.get(job.domain.lower())
             if destination is not None:
                 return await deliver_lmtp(destination, self.lmtp_settings, message.sender, job.recipients, body)
-            return await deliver_local(self.pool, self.bodies, job.message_id, job.recipients, opened.content_key)
+            return await deliver_local(self.pool, self.bodies, self.store, job.message_id, job.recipients, opened,
+                                       message.received_at, self.config.mailbox.attachment_threshold)
 
         recipients = [recipient for recipient in job.recipients if recipient.lower() not in suppressed]
         if len(recipients) < len(job.recipients):

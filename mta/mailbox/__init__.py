@@ -1,0 +1,1 @@
+"""The mailbox store of local deliveries: metadata, attachments, reading and removal."""
