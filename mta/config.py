@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from mta.delivery.lmtp import parse_destination
+from mta.webhooks.settings import WebhooksConfig, check_webhooks
 
 
 class ConfigError(ValueError):
@@ -410,6 +411,7 @@ class Config:
     inbound: InboundConfig = field(default_factory=InboundConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -793,6 +795,10 @@ def check(config: Config) -> None:
         raise ConfigError("delivery.retry_schedule must name at least one interval")
     _check_sites(config.delivery.sites)
     _check_dns(config.dns)
+    try:
+        check_webhooks(config.webhooks)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _check_lmtp(config: Config) -> None:

@@ -26,6 +26,7 @@ from mta.dkim import DkimKey, dns_txt_value, load_or_create_key
 from mta.smtp.hooks import BeforeQueueChecks
 from mta.smtp.tls import ServerTls, ensure_self_signed
 from mta.storage.master_key import MasterKeys, create_master_key, read_master_keys
+from mta.webhooks.settings import read_secrets
 
 log = logging.getLogger("mta.master")
 
@@ -38,6 +39,8 @@ class Prepared:
     cert_file: str
     key_file: str
     sockets: dict[str, socket.socket]
+    # The HMAC key of each webhook endpoint, by endpoint name.
+    webhook_secrets: dict[str, bytes]
 
 
 def prepare(config: Config) -> Prepared:
@@ -65,8 +68,12 @@ def prepare(config: Config) -> Prepared:
 
     _try_checks(config)
     dkim_keys = load_dkim_keys(config)
+    try:
+        webhook_secrets = read_secrets(config.webhooks, config.data_path)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     sockets = bind_sockets(config)
-    return Prepared(url, master_keys, dkim_keys, cert_file, key_file, sockets)
+    return Prepared(url, master_keys, dkim_keys, cert_file, key_file, sockets, webhook_secrets)
 
 
 def load_dkim_keys(config: Config) -> list[DkimKey]:

@@ -41,6 +41,8 @@ from mta.spool.settle import Settler
 from mta.storage.bodies import BodyCodec
 from mta.storage.keyring import Keyring
 from mta.storage.factory import build_store
+from mta.webhooks.dispatcher import WebhookDispatcher
+from mta.webhooks.outbox import Outbox
 
 if TYPE_CHECKING:
     from mta.server import Prepared
@@ -78,13 +80,18 @@ class Worker:
             TlsPolicies(delivery.tls.default, delivery.tls.policy, delivery.tls.ca_file),
             dane_resolver=resolver.dns if delivery.tls.dane else None)
 
+        # Without endpoints there is no outbox, and the writers skip the webhook step.
+        outbox = Outbox(config.webhooks.endpoints) if config.webhooks.endpoints else None
         sites = Sites(pool, delivery.sites)
         housekeeper = Housekeeper(pool, self.node_id, delivery.history_days, config.smtp.auth_failure_window)
         scheduler = Scheduler(pool, self.prepared.url, self.node_id, delivery.concurrency, delivery.lease_seconds,
                               delivery.poll_interval, execute=self._deliver, busy_sites=sites.busy_keys)
-        spool = Spool(pool, store, bodies, config.storage.inline_max_size, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit)
+        spool = Spool(pool, store, bodies, config.storage.inline_max_size, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit,
+                      outbox=outbox)
         settler = Settler(pool, spool, self.node_id, config.server.hostname, delivery.retry_schedule,
-                          delivery.max_age, delivery.delay_notice_after)
+                          delivery.max_age, delivery.delay_notice_after, outbox=outbox)
+        webhooks = [WebhookDispatcher(pool, config.webhooks, self.prepared.webhook_secrets, self.node_id)] \
+            if outbox is not None else []
         mta_sts = MtaSts(pool, resolver.dns, delivery.tls.ca_file, delivery.mta_sts.port) \
             if delivery.mta_sts.enabled else None
         warmup = Warmup(pool, delivery.warmup.schedule, delivery.warmup.addresses) if delivery.warmup.addresses else None
@@ -101,6 +108,8 @@ class Worker:
         housekeeper.start()
         connections.start()
         scheduler.start()
+        for dispatcher in webhooks:
+            dispatcher.start()
         if reports.enabled:
             smtp.reports.start()
             reporter.start()
@@ -114,7 +123,8 @@ class Worker:
             runner = await http.serve(http.build_app(config, pool, store), self.prepared.sockets["http"])
         log.info("worker %d started as node %s", self.index, self.node_id)
 
-        await self._wait_for_stop(spool.tasks + settler.tasks + scheduler.tasks + sites.tasks + housekeeper.tasks)
+        await self._wait_for_stop(spool.tasks + settler.tasks + scheduler.tasks + sites.tasks + housekeeper.tasks
+                                  + [task for dispatcher in webhooks for task in dispatcher.tasks])
 
         log.info("worker %d stopping: no new sessions, finishing work in flight", self.index)
         for server in servers:
@@ -129,6 +139,9 @@ class Worker:
         await housekeeper.stop()
         await settler.stop()
         await spool.stop()
+        # A POST cut short here is sent again once its lease ends, by this node or another.
+        for dispatcher in webhooks:
+            await dispatcher.stop()
         if runner is not None:
             await runner.cleanup()
         await checks.close()
