@@ -50,6 +50,7 @@ import psutil
 
 from loadtest import target
 from loadtest.signing import SELECTOR, SIGNING_DOMAIN, OpenDkim, SigningError, check_signature, write_key
+from loadtest.webhook_receiver import WebhookReceiver
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPOSITORY / "loadtest" / "results"
@@ -280,7 +281,8 @@ class Sink:
 class OurMta:
     """``mta serve`` as a child process, with its embedded PostgreSQL under the temporary directory."""
 
-    def __init__(self, directory: Path, workers: int, tree: Path | None = None, sign: bool = False):
+    def __init__(self, directory: Path, workers: int, tree: Path | None = None, sign: bool = False,
+                 extra_config: str = ""):
         # tree: another checkout of this project to run instead of the installed
         # one, for before/after figures of a change measured in one invocation.
         self.name = "before" if tree is not None else "mta"
@@ -288,6 +290,8 @@ class OurMta:
         self.directory = directory
         self.workers = workers
         self.sign = sign
+        # TOML sections appended to the generated configuration.
+        self.extra_config = extra_config
         self.signing_key_path = directory / "dkim" / f"{SIGNING_DOMAIN}.{SELECTOR}.pem"
         self.port = free_port()
         self.submission_port = free_port()
@@ -316,21 +320,19 @@ class OurMta:
         if self.tree is None:
             # Earlier checkouts may not know this listener; this one gets a free port like the others.
             sections.append(f'[smtp.submissions]\naddress = "{LOOPBACK}"\nport = {free_port()}\n')
+        if self.extra_config:
+            sections.append(self.extra_config)
         path.write_text("\n".join(sections))
         return path
 
     def start(self, sink_port: int) -> None:
         config_path = self.write_config(sink_port)
-        # The mta next to this interpreter is the one installed from this checkout.
-        mta = Path(sys.executable).parent / "mta"
-        if not mta.exists():
-            mta = Path(shutil.which("mta") or "mta")
-        command = [str(mta), "--config", str(config_path), "serve"]
-        environment = None
-        if self.tree is not None:
-            # PYTHONPATH comes before the editable install's finder, so this tree's package is imported.
-            command = [sys.executable, "-m", "mta", "--config", str(config_path), "serve"]
-            environment = {**os.environ, "PYTHONPATH": str(self.tree), "MTA_MIGRATIONS_DIR": str(self.tree / "queue")}
+        # Relay mta runs this checkout's code, even from a virtualenv whose editable
+        # install points at another checkout (git worktrees sharing one .venv).
+        # PYTHONPATH comes before the editable install's finder, so the tree's package is imported.
+        tree = self.tree or REPOSITORY
+        command = [sys.executable, "-m", "mta", "--config", str(config_path), "serve"]
+        environment = {**os.environ, "PYTHONPATH": str(tree), "MTA_MIGRATIONS_DIR": str(tree / "queue")}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True, env=environment, cwd=self.directory)
@@ -585,12 +587,14 @@ def measure(relay: OurMta | Postfix, sink: Sink, load: LoadOptions, result: RunR
 
 
 def run_relay(kind: str, load: LoadOptions, workers: int, temp_root: Path, keep_temp: bool,
-              before_tree: Path | None = None) -> RunResult:
+              before_tree: Path | None = None, webhooks: WebhookReceiver | None = None) -> RunResult:
     directory = Path(tempfile.mkdtemp(prefix=f"baseline-{kind}-", dir=temp_root))
     if kind == "postfix":
         relay = Postfix(directory, load.sign)
+    elif kind == "before":
+        relay = OurMta(directory, workers, before_tree, load.sign)
     else:
-        relay = OurMta(directory, workers, before_tree if kind == "before" else None, load.sign)
+        relay = OurMta(directory, workers, None, load.sign, webhooks.config() if webhooks else "")
     result = RunResult(relay=kind, workers=None if kind == "postfix" else workers,
                        messages_sent=load.messages, messages_arrived=0)
     sink = Sink(directory, load.messages)
@@ -831,6 +835,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--before-tree", type=Path, metavar="DIR",
                         help="also run the MTA from this other checkout (git worktree of an earlier commit)"
                              " as relay 'before', and print the ratios mta/before")
+    parser.add_argument("--webhook", action="store_true",
+                        help="relay 'mta' sends every event to a webhook receiver in this process "
+                             "(relay 'before' gets none), to measure the cost of webhooks")
     parser.add_argument("--relays", default="mta,postfix",
                         help="comma-separated relays to run: mta, postfix (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=600.0,
@@ -885,10 +892,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine}")
     print(f"load: {load}, mta workers {args.workers}")
 
+    webhooks = WebhookReceiver() if args.webhook else None
+    if webhooks is not None:
+        webhooks.start()
+        print(f"webhooks: relay mta sends events to {webhooks.url}")
     results = []
-    for _ in range(args.repeat):
-        for kind in args.relays:
-            results.append(run_relay(kind, load, args.workers, args.temp_dir, args.keep_temp, args.before_tree))
+    try:
+        for _ in range(args.repeat):
+            for kind in args.relays:
+                results.append(run_relay(kind, load, args.workers, args.temp_dir, args.keep_temp, args.before_tree,
+                                         webhooks))
+    finally:
+        if webhooks is not None:
+            webhooks.stop()
+            print(f"webhooks: {webhooks.count} events received")
     summary = print_table(results)
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
