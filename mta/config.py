@@ -203,7 +203,10 @@ class DomainsConfig:
     # Domains this MTA receives mail for on its MX listener.
     local: list[str] = field(default_factory=lambda: ["example.com"])
     dkim_selector: str = "mta"
-    # Private keys, one per local domain, created on first start if missing.
+    # Selector of a second, Ed25519 key (RFC 8463) per local domain. When set, each
+    # message gets an RSA and an Ed25519 signature. Empty: RSA only.
+    dkim_ed25519_selector: str = ""
+    # Private keys, one per local domain and selector, created on first start if missing.
     dkim_key_dir: str = "dkim"
 
 
@@ -768,6 +771,9 @@ def check(config: Config) -> None:
 
     if not config.domains.local:
         raise ConfigError("domains.local must name at least one domain")
+    if config.domains.dkim_ed25519_selector == config.domains.dkim_selector:
+        raise ConfigError("domains.dkim_ed25519_selector must differ from domains.dkim_selector: "
+                          "each selector publishes one key")
 
     for address in config.delivery.source_addresses:
         _check_address("delivery.source_addresses", address)

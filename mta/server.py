@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from mta import db
 from mta.config import LISTENERS, Config, ConfigError, ListenerConfig
-from mta.dkim import DkimKey, dns_txt_value, load_or_create_key
+from mta.dkim import DkimKey, dns_txt_value, dns_txt_value_ed25519, load_or_create_ed25519_key, load_or_create_key
 from mta.smtp.hooks import BeforeQueueChecks
 from mta.smtp.tls import ServerTls, ensure_self_signed
 from mta.storage.master_key import MasterKeys, create_master_key, read_master_keys
@@ -85,7 +85,18 @@ def load_dkim_keys(config: Config) -> list[DkimKey]:
         keys.append(DkimKey(domain=domain, selector=selector, private_key=private_key))
         log.info("DKIM key for %s: publish TXT at %s._domainkey.%s: %s",
                  domain, selector, domain, dns_txt_value(private_key))
+        keys.extend(_load_ed25519_key(config, domain))
     return keys
+
+
+def _load_ed25519_key(config: Config, domain: str) -> list[DkimKey]:
+    selector = config.domains.dkim_ed25519_selector
+    if not selector:
+        return []
+    private_key = load_or_create_ed25519_key(config.data_path(config.domains.dkim_key_dir) / f"{domain}.{selector}.pem")
+    log.info("DKIM key for %s: publish TXT at %s._domainkey.%s: %s",
+             domain, selector, domain, dns_txt_value_ed25519(private_key))
+    return [DkimKey(domain=domain, selector=selector, private_key=private_key)]
 
 
 def bind_sockets(config: Config) -> dict[str, socket.socket]:
