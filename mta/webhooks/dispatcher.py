@@ -8,6 +8,10 @@ count as failures: the row is retried after the endpoint's backoff, or marked
 failed after max_attempts or max_age. A node that dies mid-POST leaves the row
 to be sent again when the lease ends, so an event may arrive more than once.
 Its Mta-Event-Id stays the same for every attempt.
+
+NOTE: the dispatcher runs in the worker's event loop, beside SMTP. Under full
+relay load it sent about 50 events/s (docs/BENCHMARKS.md), so events queue up
+in the outbox until the load drops.
 """
 
 from __future__ import annotations
