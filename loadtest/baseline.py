@@ -51,6 +51,7 @@ import psutil
 from loadtest import target
 from loadtest.s3_store import moto_store
 from loadtest.signing import SELECTOR, SIGNING_DOMAIN, OpenDkim, SigningError, check_signature, write_key
+from loadtest.webhook_receiver import WebhookReceiver
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPOSITORY / "loadtest" / "results"
@@ -282,7 +283,7 @@ class OurMta:
     """``mta serve`` as a child process, with its embedded PostgreSQL under the temporary directory."""
 
     def __init__(self, directory: Path, workers: int, tree: Path | None = None, sign: bool = False,
-                 name: str = ""):
+                 name: str = "", extra_config: str = ""):
         # tree: another checkout of this project to run instead of the installed
         # one, for before/after figures of a change measured in one invocation.
         self.name = name or ("before" if tree is not None else "mta")
@@ -290,6 +291,8 @@ class OurMta:
         self.directory = directory
         self.workers = workers
         self.sign = sign
+        # TOML sections appended to the generated configuration.
+        self.extra_config = extra_config
         self.signing_key_path = directory / "dkim" / f"{SIGNING_DOMAIN}.{SELECTOR}.pem"
         self.port = free_port()
         self.submission_port = free_port()
@@ -324,6 +327,8 @@ class OurMta:
             sections.append(f'[smtp.submissions]\naddress = "{LOOPBACK}"\nport = {free_port()}\n')
         if self.storage_section:
             sections.append(self.storage_section)
+        if self.extra_config:
+            sections.append(self.extra_config)
         path.write_text("\n".join(sections))
         return path
 
@@ -590,21 +595,25 @@ def measure(relay: OurMta | Postfix, sink: Sink, load: LoadOptions, result: RunR
 
 
 def run_relay(kind: str, load: LoadOptions, workers: int, temp_root: Path, keep_temp: bool,
-              before_tree: Path | None = None) -> RunResult:
+              before_tree: Path | None = None, webhooks: WebhookReceiver | None = None) -> RunResult:
     if kind == "mta-s3":
         with moto_store() as (storage_section, environment):
-            return _run_relay(kind, load, workers, temp_root, keep_temp, before_tree,
+            return _run_relay(kind, load, workers, temp_root, keep_temp, before_tree, webhooks,
                               storage_section, environment)
-    return _run_relay(kind, load, workers, temp_root, keep_temp, before_tree)
+    return _run_relay(kind, load, workers, temp_root, keep_temp, before_tree, webhooks)
 
 
 def _run_relay(kind: str, load: LoadOptions, workers: int, temp_root: Path, keep_temp: bool,
-               before_tree: Path | None, storage_section: str = "", environment: dict | None = None) -> RunResult:
+               before_tree: Path | None, webhooks: WebhookReceiver | None = None, storage_section: str = "",
+               environment: dict | None = None) -> RunResult:
     directory = Path(tempfile.mkdtemp(prefix=f"baseline-{kind}-", dir=temp_root))
     if kind == "postfix":
         relay = Postfix(directory, load.sign)
+    elif kind == "before":
+        relay = OurMta(directory, workers, before_tree, load.sign)
     else:
-        relay = OurMta(directory, workers, before_tree if kind == "before" else None, load.sign, name=kind)
+        relay = OurMta(directory, workers, None, load.sign, name=kind,
+                       extra_config=webhooks.config() if webhooks else "")
         relay.storage_section = storage_section
         relay.environment = environment or {}
     result = RunResult(relay=kind, workers=None if kind == "postfix" else workers,
@@ -859,6 +868,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--before-tree", type=Path, metavar="DIR",
                         help="also run the MTA from this other checkout (git worktree of an earlier commit)"
                              " as relay 'before', and print the ratios mta/before")
+    parser.add_argument("--webhook", action="store_true",
+                        help="relay 'mta' sends every event to a webhook receiver in this process "
+                             "(relay 'before' gets none), to measure the cost of webhooks")
     parser.add_argument("--relays", default="mta,postfix",
                         help="comma-separated relays to run: mta, postfix, or mta-s3, which is this MTA with "
                              "its bodies in moto's S3 server on loopback (default: %(default)s)")
@@ -914,10 +926,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine}")
     print(f"load: {load}, mta workers {args.workers}")
 
+    webhooks = WebhookReceiver() if args.webhook else None
+    if webhooks is not None:
+        webhooks.start()
+        print(f"webhooks: relay mta sends events to {webhooks.url}")
     results = []
-    for _ in range(args.repeat):
-        for kind in args.relays:
-            results.append(run_relay(kind, load, args.workers, args.temp_dir, args.keep_temp, args.before_tree))
+    try:
+        for _ in range(args.repeat):
+            for kind in args.relays:
+                results.append(run_relay(kind, load, args.workers, args.temp_dir, args.keep_temp, args.before_tree,
+                                         webhooks))
+    finally:
+        if webhooks is not None:
+            webhooks.stop()
+            print(f"webhooks: {webhooks.count} events received")
     summary = print_table(results)
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.set_defaults(run=cmd_nodes)
 
     dkim = commands.add_parser("dkim", help="DKIM keys").add_subparsers(metavar="ACTION")
-    dkim.add_parser("records", help="print the DNS TXT record of every signing key").set_defaults(run=cmd_dkim_records)
+    dkim.add_parser("records", help="print the DNS TXT record of every signing key, RSA and Ed25519")\
+        .set_defaults(run=cmd_dkim_records)
     dns_commands.add_parser(commands)
     return parser
 
@@ -238,12 +239,17 @@ def cmd_nodes(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_dkim_records(config: Config, args: argparse.Namespace) -> int:
-    from mta.dkim import dns_txt_value, load_or_create_key
+    from mta.dkim import dns_txt_value, dns_txt_value_ed25519, load_or_create_ed25519_key, load_or_create_key
 
     selector = config.domains.dkim_selector
+    ed25519_selector = config.domains.dkim_ed25519_selector
+    key_dir = config.data_path(config.domains.dkim_key_dir)
     for domain in sorted(config.local_domains):
-        path = config.data_path(config.domains.dkim_key_dir) / f"{domain}.{selector}.pem"
-        print(f'{selector}._domainkey.{domain}. IN TXT "{dns_txt_value(load_or_create_key(path))}"')
+        key = load_or_create_key(key_dir / f"{domain}.{selector}.pem")
+        print(f'{selector}._domainkey.{domain}. IN TXT "{dns_txt_value(key)}"')
+        if ed25519_selector:
+            ed25519_key = load_or_create_ed25519_key(key_dir / f"{domain}.{ed25519_selector}.pem")
+            print(f'{ed25519_selector}._domainkey.{domain}. IN TXT "{dns_txt_value_ed25519(ed25519_key)}"')
     return 0
 
 

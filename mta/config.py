@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from mta.delivery.lmtp import parse_destination
+from mta.webhooks.settings import WebhooksConfig, check_webhooks
 
 
 class ConfigError(ValueError):
@@ -208,7 +209,10 @@ class DomainsConfig:
     # Domains this MTA receives mail for on its MX listener.
     local: list[str] = field(default_factory=lambda: ["example.com"])
     dkim_selector: str = "mta"
-    # Private keys, one per local domain, created on first start if missing.
+    # Selector of a second, Ed25519 key (RFC 8463) per local domain. When set, each
+    # message gets an RSA and an Ed25519 signature. Empty: RSA only.
+    dkim_ed25519_selector: str = ""
+    # Private keys, one per local domain and selector, created on first start if missing.
     dkim_key_dir: str = "dkim"
 
 
@@ -460,6 +464,7 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     mailbox: MailboxConfig = field(default_factory=MailboxConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -824,6 +829,9 @@ def check(config: Config) -> None:
 
     if not config.domains.local:
         raise ConfigError("domains.local must name at least one domain")
+    if config.domains.dkim_ed25519_selector == config.domains.dkim_selector:
+        raise ConfigError("domains.dkim_ed25519_selector must differ from domains.dkim_selector: "
+                          "each selector publishes one key")
 
     for address in config.delivery.source_addresses:
         _check_address("delivery.source_addresses", address)
@@ -852,6 +860,10 @@ def check(config: Config) -> None:
     _check_sites(config.delivery.sites)
     _check_dns(config.dns)
     _check_retention(config.retention)
+    try:
+        check_webhooks(config.webhooks)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _check_retention(retention: RetentionConfig) -> None:

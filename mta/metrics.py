@@ -44,3 +44,6 @@ INBOUND_TLS_FAILURES = Counter(
 STORE_ERRORS = Counter(
     "mta_store_errors_total", "Body store failures: write (at acceptance), delete (of an uncommitted body) "
     "or delivery (reading or deleting the body in a delivery attempt).", ["operation"])
+WEBHOOK_ATTEMPTS = Counter(
+    "mta_webhook_attempts_total", "Webhook POSTs, by result: delivered (2xx), retried, or failed (given up).",
+    ["result"])

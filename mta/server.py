@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 from mta import db
 from mta.config import LISTENERS, Config, ConfigError, ListenerConfig
-from mta.dkim import DkimKey, dns_txt_value, load_or_create_key
+from mta.dkim import DkimKey, dns_txt_value, dns_txt_value_ed25519, load_or_create_ed25519_key, load_or_create_key
 from mta.smtp.hooks import BeforeQueueChecks
 from mta.smtp.tls import ServerTls, ensure_self_signed
 from mta.storage.master_key import MasterKeys, create_master_key, read_master_keys
+from mta.webhooks.settings import read_secrets
 
 log = logging.getLogger("mta.master")
 
@@ -38,6 +39,8 @@ class Prepared:
     cert_file: str
     key_file: str
     sockets: dict[str, socket.socket]
+    # The HMAC key of each webhook endpoint, by endpoint name.
+    webhook_secrets: dict[str, bytes]
 
 
 def prepare(config: Config) -> Prepared:
@@ -65,8 +68,12 @@ def prepare(config: Config) -> Prepared:
 
     _try_checks(config)
     dkim_keys = load_dkim_keys(config)
+    try:
+        webhook_secrets = read_secrets(config.webhooks, config.data_path)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     sockets = bind_sockets(config)
-    return Prepared(url, master_keys, dkim_keys, cert_file, key_file, sockets)
+    return Prepared(url, master_keys, dkim_keys, cert_file, key_file, sockets, webhook_secrets)
 
 
 def load_dkim_keys(config: Config) -> list[DkimKey]:
@@ -78,7 +85,18 @@ def load_dkim_keys(config: Config) -> list[DkimKey]:
         keys.append(DkimKey(domain=domain, selector=selector, private_key=private_key))
         log.info("DKIM key for %s: publish TXT at %s._domainkey.%s: %s",
                  domain, selector, domain, dns_txt_value(private_key))
+        keys.extend(_load_ed25519_key(config, domain))
     return keys
+
+
+def _load_ed25519_key(config: Config, domain: str) -> list[DkimKey]:
+    selector = config.domains.dkim_ed25519_selector
+    if not selector:
+        return []
+    private_key = load_or_create_ed25519_key(config.data_path(config.domains.dkim_key_dir) / f"{domain}.{selector}.pem")
+    log.info("DKIM key for %s: publish TXT at %s._domainkey.%s: %s",
+             domain, selector, domain, dns_txt_value_ed25519(private_key))
+    return [DkimKey(domain=domain, selector=selector, private_key=private_key)]
 
 
 def bind_sockets(config: Config) -> dict[str, socket.socket]:

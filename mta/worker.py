@@ -44,6 +44,8 @@ from mta.storage.bodies import BodyCodec
 from mta.storage.keyring import Keyring
 from mta.storage.factory import build_store
 from mta.storage.sweep import StoreSweeper
+from mta.webhooks.dispatcher import WebhookDispatcher
+from mta.webhooks.outbox import Outbox
 
 if TYPE_CHECKING:
     from mta.server import Prepared
@@ -81,6 +83,8 @@ class Worker:
             TlsPolicies(delivery.tls.default, delivery.tls.policy, delivery.tls.ca_file),
             dane_resolver=resolver.dns if delivery.tls.dane else None)
 
+        # Without endpoints there is no outbox, and the writers skip the webhook step.
+        outbox = Outbox(config.webhooks.endpoints) if config.webhooks.endpoints else None
         sites = Sites(pool, delivery.sites)
         housekeeper = Housekeeper(pool, self.node_id, delivery.history_days, config.smtp.auth_failure_window)
         sweeper = StoreSweeper(self.prepared.url, store, config.storage.sweep_interval,
@@ -90,9 +94,12 @@ class Worker:
         retention = RetentionTask(pool, store, config.retention)
         scheduler = Scheduler(pool, self.prepared.url, self.node_id, delivery.concurrency, delivery.lease_seconds,
                               delivery.poll_interval, execute=self._deliver, busy_sites=sites.busy_keys)
-        spool = Spool(pool, store, bodies, config.storage.inline_max_size, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit)
+        spool = Spool(pool, store, bodies, config.storage.inline_max_size, self.node_id, delivery.lease_seconds, on_ready=scheduler.submit,
+                      outbox=outbox)
         settler = Settler(pool, spool, self.node_id, config.server.hostname, delivery.retry_schedule,
-                          delivery.max_age, delivery.delay_notice_after)
+                          delivery.max_age, delivery.delay_notice_after, outbox=outbox)
+        webhooks = [WebhookDispatcher(pool, config.webhooks, self.prepared.webhook_secrets, self.node_id)] \
+            if outbox is not None else []
         mta_sts = MtaSts(pool, resolver.dns, delivery.tls.ca_file, delivery.mta_sts.port) \
             if delivery.mta_sts.enabled else None
         warmup = Warmup(pool, delivery.warmup.schedule, delivery.warmup.addresses) if delivery.warmup.addresses else None
@@ -113,6 +120,8 @@ class Worker:
         retention.start()
         connections.start()
         scheduler.start()
+        for dispatcher in webhooks:
+            dispatcher.start()
         if reports.enabled:
             smtp.reports.start()
             reporter.start()
@@ -128,7 +137,8 @@ class Worker:
 
         await self._wait_for_stop(spool.tasks + settler.tasks + scheduler.tasks + sites.tasks + housekeeper.tasks
                                   + auditor.tasks + (sweeper.tasks if sweeper is not None else [])
-                                  + retention.tasks)
+                                  + retention.tasks
+                                  + [task for dispatcher in webhooks for task in dispatcher.tasks])
 
         log.info("worker %d stopping: no new sessions, finishing work in flight", self.index)
         for server in servers:
@@ -147,6 +157,9 @@ class Worker:
         if sweeper is not None:
             await sweeper.stop()
         await spool.stop()
+        # A POST cut short here is sent again once its lease ends, by this node or another.
+        for dispatcher in webhooks:
+            await dispatcher.stop()
         if runner is not None:
             await runner.cleanup()
         await checks.close()

@@ -31,6 +31,7 @@ from mta.storage.bodies import BodyCodec
 from mta.storage.crypto import DecryptionError
 from mta.storage.keyring import QUEUE_INBOUND, sender_owner
 from mta.storage.store import BodyStore, StoreError
+from mta.webhooks.outbox import Outbox, accepted_event
 
 log = logging.getLogger("mta.spool")
 
@@ -106,8 +107,10 @@ RETURNING id, message_id, domain, recipients
 
 class Spool:
     def __init__(self, pool: asyncpg.Pool, store: BodyStore, bodies: BodyCodec, inline_max_size: int,
-                 node_id: str, lease_seconds: float, on_ready: Callable[[list[Job]], None]):
+                 node_id: str, lease_seconds: float, on_ready: Callable[[list[Job]], None],
+                 outbox: Outbox | None = None):
         self.pool = pool
+        self.outbox = outbox
         self.inline_max_size = inline_max_size
         self.store = store
         self.bodies = bodies
@@ -230,6 +233,10 @@ class Spool:
                 _INSERT_BODIES, [item.queue_id for item in inline], [item.inline_data for item in inline])
         rows = await connection.fetch(
             _INSERT_DELIVERIES, *delivery_columns, self.node_id, self.lease_seconds)
+        if self.outbox is not None:
+            await self.outbox.insert(connection, [
+                accepted_event(item.queue_id, item.message.sender, item.message.recipients, item.message.origin,
+                               len(item.message.body)) for item in batch])
 
         return [Job(row["id"], row["message_id"], row["domain"], list(row["recipients"]), 1) for row in rows]
 

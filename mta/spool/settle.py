@@ -27,6 +27,7 @@ from mta.delivery.outcome import Outcome, Reply
 from mta.smtp.dsn import DEFAULT_NOTIFY
 from mta.spool.batch import GroupCommit, StoppingError
 from mta.spool.enqueue import Job, NewMessage, Prepared, Spool
+from mta.webhooks.outbox import Outbox, delivery_events
 
 log = logging.getLogger("mta.settle")
 
@@ -133,8 +134,10 @@ class _Attempt:
 
 class Settler:
     def __init__(self, pool: asyncpg.Pool, spool: Spool, node_id: str, hostname: str,
-                 retry_schedule: list[float], max_age: float, delay_notice_after: float = 0.0):
+                 retry_schedule: list[float], max_age: float, delay_notice_after: float = 0.0,
+                 outbox: Outbox | None = None):
         self.pool = pool
+        self.outbox = outbox
         self.delay_notice_after = delay_notice_after
         self.spool = spool
         self.node_id = node_id
@@ -204,6 +207,10 @@ class Settler:
                 applied = await self._release_rows(connection, batch)
                 done = [attempt for attempt in batch if attempt.job.delivery_id in applied]
                 await self._record_events(connection, done)
+                if self.outbox is not None:
+                    await self.outbox.insert(connection, [
+                        event for attempt in done for event in delivery_events(
+                            attempt.message.queue_id, attempt.message.sender, attempt.job.attempt, attempt.outcome)])
                 await self._claim_delay_notices(connection, done)
                 notifications = [attempt.notification for attempt in done if attempt.notification is not None]
                 jobs = await self.spool.insert(connection, notifications) if notifications else []
