@@ -17,7 +17,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from mta import audit_commands, dns_commands, key_commands, queue_commands, suppression_commands, user_commands
+from mta import (api_commands, audit_commands, dns_commands, key_commands, queue_commands, suppression_commands,
+                 user_commands)
 from mta.config import Config, ConfigError, load
 from mta.logs import setup_logging
 
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue_commands.add_parser(commands)
     suppression_commands.add_parser(commands)
     key_commands.add_parser(commands)
+    api_commands.add_parser(commands)
 
     nodes = commands.add_parser("nodes", help="list the nodes that use this database, alive or lost")
     nodes.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
