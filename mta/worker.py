@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from mta import db, metrics
 from mta.api import http
+from mta.api.app import build_app
+from mta.api.context import ApiContext
 from mta.auth.throttle import AuthThrottle
 from mta.config import Config
 from mta.delivery.agent import DeliveryAgent
@@ -109,14 +111,17 @@ class Worker:
         services = Services(config, pool, spool, signer, AuthThrottle(pool, config.smtp),
                             inbound, checks)
         servers = await self._start_listeners(services)
-        runner = None
+        api = ApiContext(config, pool, store, bodies, spool, signer, checks)
+        api.readiness.listeners_up = True
+        http_server = None
         if self.index == 0 and "http" in self.prepared.sockets:
-            runner = await http.serve(http.build_app(config, pool, store), self.prepared.sockets["http"])
+            http_server = await http.serve(build_app(api), self.prepared.sockets["http"])
         log.info("worker %d started as node %s", self.index, self.node_id)
 
         await self._wait_for_stop(spool.tasks + settler.tasks + scheduler.tasks + sites.tasks + housekeeper.tasks)
 
         log.info("worker %d stopping: no new sessions, finishing work in flight", self.index)
+        api.readiness.listeners_up = False
         for server in servers:
             server.close()
         await asyncio.sleep(0)
@@ -129,8 +134,8 @@ class Worker:
         await housekeeper.stop()
         await settler.stop()
         await spool.stop()
-        if runner is not None:
-            await runner.cleanup()
+        if http_server is not None:
+            await http_server.stop()
         await checks.close()
         await store.close()
         await pool.close()
