@@ -372,3 +372,13 @@ def test_account_token_stops_when_account_locked(api, sink):
     response = send_json(api, token=token, **{"from": "kim@example.com"})
     assert response.status_code == 403
     assert error_code(response) == "sender_not_allowed"
+
+
+def test_nul_in_value_gets_422(api):
+    query_nul = api.call("GET", "/v1/suppression?address=a%00b@example.net")
+    assert query_nul.status_code == 422
+    assert error_code(query_nul) == "invalid_request"
+
+    body_nul = api.call("POST", "/v1/suppression", json={"sender_domain": "example.com", "address": "a\u0000b@x.net"})
+    assert body_nul.status_code == 422
+    assert error_code(body_nul) == "invalid_request"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import logging
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -73,8 +74,11 @@ def error_response(status: int, code: ErrorCode, message: str, headers: dict[str
 
 
 def documented(*statuses: int) -> dict[int | str, dict]:
-    """Return the ``responses`` argument of a route that documents these error statuses."""
-    return {status: {"model": ErrorResponse, "description": "error; see the code"} for status in statuses}
+    """Return the ``responses`` argument of a route that documents these error statuses, and 503.
+
+    503 is on every route because any of them can find the database down.
+    """
+    return {status: {"model": ErrorResponse, "description": "error; see the code"} for status in (*statuses, 503)}
 
 
 _STATUS_CODES = {404: ErrorCode.not_found, 405: ErrorCode.method_not_allowed, 401: ErrorCode.unauthorized,
@@ -101,6 +105,15 @@ def install_handlers(app: FastAPI) -> None:
                   reference, error)
         return error_response(503, ErrorCode.temporarily_unavailable,
                               f"the database is unreachable, try again later (ref {reference})")
+
+    async def unstorable(request: Request, error: Exception) -> JSONResponse:
+        return error_response(422, ErrorCode.invalid_request,
+                              "a value contains a character the database cannot store, such as NUL")
+
+    # PostgreSQL refuses NUL in text values wherever a client put it: a query
+    # parameter, a path or a JSON field. That is the request's fault, not an outage.
+    app.add_exception_handler(asyncpg.CharacterNotInRepertoireError, unstorable)
+    app.add_exception_handler(asyncpg.UntranslatableCharacterError, unstorable)
 
     # Each class on its own: a handler for Exception itself would run in
     # Starlette's outermost middleware, which re-raises after responding.
