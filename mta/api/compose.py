@@ -33,11 +33,11 @@ _BCC_FIELD = re.compile(rb"^bcc[ \t]*:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*", re.IG
 
 
 class ComposeError(ValueError):
-    """The message cannot be built; the text names the field."""
+    """The message cannot be built. The text names the field."""
 
 
 class AddressError(ComposeError):
-    """An address in the message is invalid; the text names it."""
+    """An address in the message is invalid. The text names it."""
 
 
 class Attachment(BaseModel):
@@ -49,7 +49,7 @@ class Attachment(BaseModel):
 
 
 class JsonMessage(BaseModel):
-    """A message described field by field; at least one of text and html is needed."""
+    """A message described field by field, with text, html or both."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -134,10 +134,11 @@ def _single_line(field: str, value: str) -> str:
 
 
 def normalise_raw(data: bytes) -> bytes:
-    """Return an upload with LF line ends as CRLF; other mixes are left for the policy check to reject.
+    """Return an upload whose lines all end in LF with CRLF instead, and any other upload unchanged.
 
     Files made on Unix end lines with LF alone. Where no CR occurs at all
-    there is only one reading of the lines, so the conversion is safe.
+    there is only one reading of the lines, so the conversion is safe. Mixed
+    line ends stay as they are, for the policy check to reject.
     """
     if b"\r" not in data:
         return data.replace(b"\n", b"\r\n")

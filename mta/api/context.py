@@ -1,4 +1,4 @@
-"""What the API's routes use from the worker that serves them."""
+"""The worker's services that the API's routes use."""
 
 from __future__ import annotations
 

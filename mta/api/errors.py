@@ -1,6 +1,6 @@
 """The API's error body ``{"error": {"code": ..., "message": ...}}`` and its stable codes.
 
-Clients branch on ``code``, which never changes meaning; ``message`` is
+Clients branch on ``code``, which never changes meaning. ``message`` is
 for people and may be reworded. Every error response, FastAPI's own
 validation and routing errors included, has this shape.
 """
@@ -43,7 +43,7 @@ class ErrorCode(str, enum.Enum):
     message_rejected = "message_rejected"          # 422: a content check rejected it
     busy = "busy"                                  # 409: a node is delivering the message right now
     not_ready = "not_ready"                        # 503: /ready only
-    temporarily_unavailable = "temporarily_unavailable"  # 503: database, body store or check; retry
+    temporarily_unavailable = "temporarily_unavailable"  # 503: database, body store or check down, so retry
     not_implemented = "not_implemented"            # 501: endpoint reserved, not built yet
     internal_error = "internal_error"              # 500: logged with the reference in the message
 
@@ -78,7 +78,7 @@ def documented(*statuses: int) -> dict[int | str, dict]:
 
     503 is on every route because any of them can find the database down.
     """
-    return {status: {"model": ErrorResponse, "description": "error; see the code"} for status in (*statuses, 503)}
+    return {status: {"model": ErrorResponse, "description": "an error, named by its code"} for status in (*statuses, 503)}
 
 
 _STATUS_CODES = {404: ErrorCode.not_found, 405: ErrorCode.method_not_allowed, 401: ErrorCode.unauthorized,
