@@ -17,8 +17,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from mta import (audit_commands, dns_commands, gdpr_commands, key_commands, mailbox_commands, queue_commands,
-                 storage_commands, suppression_commands, user_commands)
+from mta import (api_commands, audit_commands, dns_commands, gdpr_commands, key_commands, mailbox_commands,
+                 queue_commands, storage_commands, suppression_commands, user_commands)
 from mta.cli_support import audit, run_in_transaction
 from mta.queue_commands import _actor
 from mta.config import Config, ConfigError, load
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     storage_commands.add_parser(commands)
     mailbox_commands.add_parser(commands)
     gdpr_commands.add_parser(commands)
+    api_commands.add_parser(commands)
 
     nodes = commands.add_parser("nodes", help="list the nodes that use this database, alive or lost")
     nodes.add_argument("--json", action="store_true", help="print JSON lines instead of a table")

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from mta import db, metrics
 from mta.api import http
+from mta.api.app import build_app
+from mta.api.context import ApiContext
 from mta.auth.throttle import AuthThrottle
 from mta.config import Config
 from mta.delivery.agent import DeliveryAgent
@@ -130,9 +132,11 @@ class Worker:
         services = Services(config, pool, spool, signer, AuthThrottle(pool, config.smtp),
                             inbound, checks)
         servers = await self._start_listeners(services)
-        runner = None
+        api = ApiContext(config, pool, store, bodies, spool, signer, checks)
+        api.readiness.listeners_up = True
+        http_server = None
         if self.index == 0 and "http" in self.prepared.sockets:
-            runner = await http.serve(http.build_app(config, pool, store), self.prepared.sockets["http"])
+            http_server = await http.serve(build_app(api), self.prepared.sockets["http"])
         log.info("worker %d started as node %s", self.index, self.node_id)
 
         await self._wait_for_stop(spool.tasks + settler.tasks + scheduler.tasks + sites.tasks + housekeeper.tasks
@@ -141,6 +145,7 @@ class Worker:
                                   + [task for dispatcher in webhooks for task in dispatcher.tasks])
 
         log.info("worker %d stopping: no new sessions, finishing work in flight", self.index)
+        api.readiness.listeners_up = False
         for server in servers:
             server.close()
         await asyncio.sleep(0)
@@ -160,8 +165,8 @@ class Worker:
         # A POST cut short here is sent again once its lease ends, by this node or another.
         for dispatcher in webhooks:
             await dispatcher.stop()
-        if runner is not None:
-            await runner.cleanup()
+        if http_server is not None:
+            await http_server.stop()
         await checks.close()
         await store.close()
         await pool.close()

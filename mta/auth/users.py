@@ -131,3 +131,9 @@ async def existing_users(pool: asyncpg.Pool | asyncpg.Connection, addresses: lis
     rows = await pool.fetch("SELECT address FROM mailbox_user WHERE address = ANY($1::text[])",
                             [address.lower() for address in addresses])
     return {row["address"] for row in rows}
+
+
+async def can_log_in(pool: asyncpg.Pool | asyncpg.Connection, address: str) -> bool:
+    """Tell whether the account exists and is not locked."""
+    stored = await pool.fetchval("SELECT password_hash FROM mailbox_user WHERE address = $1", address.lower())
+    return stored is not None and stored != LOCKED

@@ -36,9 +36,10 @@ from mta.webhooks.outbox import Outbox, accepted_event
 log = logging.getLogger("mta.spool")
 
 MAX_BATCH = 100
-# Listeners whose senders are local users who logged in. Their mail is sealed
-# under the sender's own data key, and all other mail under the inbound queue's.
-_SUBMISSION_ORIGINS = ("submission", "submissions")
+# Origins whose senders are local users who logged in, or the HTTP API's
+# tokens. Their mail is sealed under the sender's own data key, and all other
+# mail under the inbound queue's.
+_SUBMISSION_ORIGINS = ("submission", "submissions", "api")
 # Seconds the writer waits for more messages once the first one is in.
 BATCH_WINDOW = 0.002
 

@@ -1,0 +1,384 @@
+"""The HTTP API against the real ``mta serve`` process, over loopback only.
+
+One MTA serves the whole module. Tokens come from ``mta api token create``;
+messages go to the loopback sink through the loopback DNS server, and their
+DKIM signatures are checked against the key published there.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import time
+from collections import deque
+from collections.abc import Iterator
+
+import dkim
+import httpx
+import pytest
+
+from tests.conftest import create_database, query, stop_and_check
+from tests.mtaprocess import MtaProcess
+from tests.mx import wait_until
+from tests.test_end_to_end import PASSWORD, add_alice, publish_dkim, txt_lookup
+
+MAX_SIZE = 200_000
+MAX_RECIPIENTS = 100  # the default of smtp.max_recipients
+
+
+class Api:
+    """An MTA with the API, and a token per role."""
+
+    def __init__(self, mta: MtaProcess, tokens: dict[str, str]):
+        self.mta = mta
+        self.tokens = tokens
+        self.base = f"http://127.0.0.1:{mta.http_port}"
+
+    def call(self, method: str, path: str, token: str | None = "admin", **kwargs) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {self.tokens.get(token, token)}"
+        return httpx.request(method, self.base + path, headers=headers, timeout=20, **kwargs)
+
+
+def create_token(mta: MtaProcess, name: str, *options: str) -> str:
+    result = mta.cli("api", "token", "create", name, *options)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def api(pg, dns, sink_port, tmp_path_factory) -> Iterator[Api]:
+    workdir = tmp_path_factory.mktemp("api")
+    # Deferred mail waits an hour, so queue tests see it in the queue.
+    extra = {"smtp": {"max_message_size": MAX_SIZE},
+             "delivery": {"retry_schedule": [3600.0]}}
+    mta = MtaProcess(workdir, create_database(pg), dns.port, sink_port, extra)
+    mta.start()
+    add_alice(mta)
+    publish_dkim(mta, dns)
+    every_scope = [option for scope in ("send", "queue:read", "queue:write", "suppression:read", "suppression:write",
+                                        "audit:read", "mailbox:read", "gdpr") for option in ("--scope", scope)]
+    tokens = {
+        "admin": create_token(mta, "admin", *every_scope, "--sender-domain", "example.com"),
+        "alice": create_token(mta, "alice", "--scope", "send", "--account", "alice@example.com"),
+        "reader": create_token(mta, "reader", "--scope", "queue:read"),
+    }
+    yield Api(mta, tokens)
+    stop_and_check([mta])
+
+
+def error_code(response: httpx.Response) -> str:
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message"}
+    return body["error"]["code"]
+
+
+def send_json(api: Api, token: str = "admin", **fields) -> httpx.Response:
+    message = {"from": "noreply@example.com", "to": ["bob@example.net"], "subject": "Hello", "text": "Hi Bob.",
+               **fields}
+    return api.call("POST", "/v1/messages", token, json=message)
+
+
+def test_missing_token_gets_401(api):
+    response = api.call("GET", "/v1/queue", token=None)
+
+    assert response.status_code == 401
+    assert error_code(response) == "unauthorized"
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_unknown_token_gets_401(api):
+    forged = api.tokens["admin"][:-4] + "AAAA"
+
+    for token in (forged, "not-a-token"):
+        response = api.call("GET", "/v1/queue", token=token)
+        assert response.status_code == 401
+        assert error_code(response) == "invalid_token"
+
+
+def test_missing_scope_gets_403(api):
+    cases = [("POST", "/v1/queue/AAAAAAAAAAAAAAAA/hold"), ("GET", "/v1/suppression"), ("GET", "/v1/audit/verify"),
+             ("POST", "/v1/messages")]
+    for method, path in cases:
+        response = api.call(method, path, token="reader")
+        assert response.status_code == 403, path
+        assert error_code(response) == "insufficient_scope"
+
+    assert api.call("GET", "/v1/queue", token="reader").status_code == 200
+
+
+def test_json_message_arrives_signed(api, sink, dns):
+    attachment = base64.b64encode(b"%PDF-1.4 invoice").decode()
+    response = send_json(api, cc=["Carol <carol@example.net>"], html="<p>Hi Bob.</p>",
+                         headers={"Reply-To": "desk@example.com"},
+                         attachments=[{"filename": "invoice.pdf", "content_type": "application/pdf",
+                                       "content": attachment}])
+
+    assert response.status_code == 202, response.text
+    queue_id = response.json()["queue_id"]
+    assert response.json()["recipients"] == 2
+    received = sink.wait_for(1)[0]
+    assert sorted(received.recipients) == ["bob@example.net", "carol@example.net"]
+    assert received.sender == "noreply@example.com"
+    assert f"with HTTP id {queue_id}".encode() in received.data
+    assert dkim.verify(received.data, dnsfunc=txt_lookup(dns))
+
+    parsed = email.message_from_bytes(received.data, policy=email.policy.default)
+    assert parsed["Reply-To"] == "desk@example.com"
+    assert parsed["Message-ID"]
+    assert parsed.get_body(("html",)).get_content().strip() == "<p>Hi Bob.</p>"
+    (part,) = list(parsed.iter_attachments())
+    assert part.get_filename() == "invoice.pdf"
+    assert part.get_content() == b"%PDF-1.4 invoice"
+
+
+def test_raw_message_arrives_without_bcc(api, sink, dns):
+    raw = (b"From: Alice <alice@example.com>\nTo: bob@example.net\nBcc: dave@example.net\n"
+           b"Subject: raw\n\nUnix line ends.\n")
+    response = api.call("POST", "/v1/messages", "alice", content=raw, headers={"Content-Type": "message/rfc822"})
+
+    assert response.status_code == 202, response.text
+    received = sink.wait_for(1)[0]
+    assert sorted(received.recipients) == ["bob@example.net", "dave@example.net"]
+    assert b"dave@" not in received.data
+    assert b"Unix line ends.\r\n" in received.data
+    assert dkim.verify(received.data, dnsfunc=txt_lookup(dns))
+
+
+def test_raw_message_envelope_from_query(api, sink):
+    raw = b"From: alice@example.com\r\nTo: list@example.net\r\nSubject: list\r\n\r\nHi.\r\n"
+    response = api.call("POST", "/v1/messages?to=erin@example.net", "alice", content=raw,
+                        headers={"Content-Type": "message/rfc822"})
+
+    assert response.status_code == 202, response.text
+    assert sink.wait_for(1)[0].recipients == ["erin@example.net"]
+
+
+def test_from_outside_token_gets_403(api):
+    assert error_code(send_json(api, token="alice")) == "sender_not_allowed"
+    assert error_code(send_json(api, **{"from": "ceo@example.org"})) == "sender_not_allowed"
+
+    raw = b"From: alice@example.com\r\nFrom: ceo@example.com\r\nTo: bob@example.net\r\n\r\nHi.\r\n"
+    response = api.call("POST", "/v1/messages", "alice", content=raw, headers={"Content-Type": "message/rfc822"})
+    assert response.status_code == 422
+    assert error_code(response) == "invalid_message"
+
+
+def test_submission_limits_apply(api):
+    too_large = send_json(api, text="x" * MAX_SIZE)
+    assert too_large.status_code == 413
+    assert error_code(too_large) == "message_too_large"
+
+    too_many = send_json(api, to=[f"user{n}@example.net" for n in range(MAX_RECIPIENTS + 1)])
+    assert too_many.status_code == 422
+    assert error_code(too_many) == "too_many_recipients"
+
+    unknown = send_json(api, to=["nobody@example.com"])
+    assert unknown.status_code == 422
+    assert error_code(unknown) == "unknown_recipient"
+
+
+def test_malformed_messages_get_422(api):
+    cases = [
+        ({"to": ["bob@example.net, eve@example.net"]}, "invalid_address"),
+        ({"subject": "two\r\nBcc: eve@example.net"}, "invalid_message"),
+        ({"headers": {"From": "ceo@example.com"}}, "invalid_message"),
+        ({"text": None}, "invalid_message"),
+        ({"attachments": [{"filename": "a", "content": "not base64!"}]}, "invalid_message"),
+        ({"unknown": 1}, "invalid_request"),
+    ]
+    for fields, code in cases:
+        response = send_json(api, **fields)
+        assert response.status_code == 422, fields
+        assert error_code(response) == code, fields
+
+    bare_cr = b"From: alice@example.com\r\nTo: bob@example.net\r\n\r\nbare\rCR\r\n"
+    response = api.call("POST", "/v1/messages", "alice", content=bare_cr, headers={"Content-Type": "message/rfc822"})
+    assert error_code(response) == "invalid_message"
+
+    response = api.call("POST", "/v1/messages", content=b"hello", headers={"Content-Type": "text/plain"})
+    assert response.status_code == 415
+    assert error_code(response) == "unsupported_media_type"
+
+
+def deferred_message(api: Api, sink, recipient: str) -> str:
+    sink.script.rcpt_replies = deque(["451 4.7.1 greylisted"])
+    response = send_json(api, to=[recipient])
+    assert response.status_code == 202, response.text
+    queue_id = response.json()["queue_id"]
+    assert wait_until(lambda: [row for row in api.call("GET", f"/v1/queue?recipient={recipient}").json()
+                               if row["state"] == "deferred"])
+    return queue_id
+
+
+def test_queue_listing_and_actions(api, sink):
+    queue_id = deferred_message(api, sink, "frank@example.net")
+
+    (row,) = api.call("GET", "/v1/queue?state=deferred&recipient=frank@example.net", token="reader").json()
+    assert row["queue_id"] == queue_id
+    assert row["last_reply"].startswith("451 4.7.1")
+    details = api.call("GET", f"/v1/queue/{queue_id.lower()}", token="reader").json()
+    assert details["message"]["origin"] == "api"
+    assert details["deliveries"][0]["recipients"] == ["frank@example.net"]
+
+    assert api.call("POST", f"/v1/queue/{queue_id}/hold").json() == {"queue_id": queue_id, "changed": True}
+    assert api.call("POST", f"/v1/queue/{queue_id}/hold").json()["changed"] is False
+    assert api.call("GET", f"/v1/queue?state=held&recipient=frank@example.net").json()[0]["queue_id"] == queue_id
+    assert api.call("POST", f"/v1/queue/{queue_id}/release").json()["changed"] is True
+    assert sink.wait_for(1)[0].recipients == ["frank@example.net"]
+
+    actors = query(api.mta.database_url, "SELECT actor, action FROM audit_log WHERE detail->'queue_ids' ? $1",
+                   queue_id)
+    assert {(row["actor"], row["action"]) for row in actors} == {("api:admin", "queue hold"),
+                                                                ("api:admin", "queue release")}
+
+
+def test_queue_delete_and_bounce(api, sink):
+    deleted = deferred_message(api, sink, "gina@example.net")
+    bounced = deferred_message(api, sink, "hank@example.net")
+
+    assert api.call("DELETE", f"/v1/queue/{deleted}").json() == {"queue_id": deleted, "changed": True}
+    assert api.call("POST", f"/v1/queue/{bounced}/bounce").json() == {"queue_id": bounced, "changed": True}
+    assert api.call("GET", "/v1/queue?recipient=gina@example.net").json() == []
+    assert api.call("GET", "/v1/queue?recipient=hank@example.net").json() == []
+
+    events = query(api.mta.database_url, "SELECT message_id, status FROM delivery_event WHERE message_id = ANY($1)",
+                   [deleted, bounced])
+    assert {(row["message_id"], row["status"]) for row in events} >= {(deleted, "deleted"), (bounced, "bounced")}
+
+
+def test_queue_errors(api):
+    missing = api.call("GET", "/v1/queue/AAAAAAAAAAAAAAAA")
+    assert missing.status_code == 404
+    assert error_code(missing) == "not_found"
+
+    malformed = api.call("POST", "/v1/queue/not-an-id/retry")
+    assert malformed.status_code == 422
+    assert error_code(malformed) == "invalid_queue_id"
+
+    bad_age = api.call("GET", "/v1/queue?older_than=yesterday")
+    assert bad_age.status_code == 422
+    assert error_code(bad_age) == "invalid_request"
+
+
+def test_suppression_crud(api):
+    entry = {"sender_domain": "Example.com", "address": "Ivy@Example.net", "reason": "asked to stop", "days": 30}
+    created = api.call("POST", "/v1/suppression", json=entry)
+    assert created.status_code == 201, created.text
+    assert created.json()["address"] == "ivy@example.net"
+    assert created.json()["source"] == "operator"
+    assert created.json()["expires_at"] is not None
+
+    listed = api.call("GET", "/v1/suppression?sender_domain=example.com&address=ivy@example.net").json()
+    assert [row["reason"] for row in listed] == ["asked to stop"]
+
+    params = {"sender_domain": "example.com", "address": "ivy@example.net"}
+    assert api.call("DELETE", "/v1/suppression", params=params).status_code == 204
+    again = api.call("DELETE", "/v1/suppression", params=params)
+    assert again.status_code == 404
+    assert error_code(again) == "not_found"
+    assert api.call("GET", "/v1/suppression?address=ivy@example.net").json() == []
+
+    invalid = api.call("POST", "/v1/suppression", json={"sender_domain": "example.com", "address": "no-at-sign"})
+    assert invalid.status_code == 422
+    assert error_code(invalid) == "invalid_address"
+
+    actions = query(api.mta.database_url, "SELECT action FROM audit_log WHERE actor = 'api:admin'"
+                                          " AND detail->>'address' = 'ivy@example.net' ORDER BY id")
+    assert [row["action"] for row in actions] == ["suppression add", "suppression remove"]
+
+
+def test_audit_verify(api):
+    response = api.call("GET", "/v1/audit/verify")
+
+    assert response.status_code == 200
+    result = response.json()
+    assert result["valid"] is True
+    assert result["broken_at"] is None
+    assert result["entries"] >= 3
+    assert len(result["head"]) == 64
+
+
+def test_reserved_endpoints_get_501(api):
+    for method, path, scope_token in (("GET", "/v1/mailbox/alice@example.com/messages", "admin"),
+                                      ("POST", "/v1/gdpr/alice@example.com/erase", "admin")):
+        response = api.call(method, path, scope_token)
+        assert response.status_code == 501
+        assert error_code(response) == "not_implemented"
+    assert api.call("POST", "/v1/gdpr/alice@example.com/export", "reader").status_code == 403
+
+
+def test_health_ready_and_metrics(api):
+    health = api.call("GET", "/health", token=None)
+    assert health.status_code == 200
+    assert health.text == "ok\n"
+
+    ready = api.call("GET", "/ready", token=None)
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready"}
+
+    metrics = api.call("GET", "/metrics", token=None)
+    assert metrics.status_code == 200
+    assert 'mta_messages_accepted_total{listener="api"}' in metrics.text
+
+
+def test_unknown_path_gets_json_404(api):
+    response = api.call("GET", "/v1/nothing")
+
+    assert response.status_code == 404
+    assert error_code(response) == "not_found"
+
+
+def test_token_list_and_revoke(api):
+    token = create_token(api.mta, "short-lived", "--scope", "audit:read")
+    assert api.call("GET", "/v1/audit/verify", token=token).status_code == 200
+
+    listing = api.mta.cli("api", "token", "list")
+    assert "short-lived" in listing.stdout
+    assert token not in listing.stdout
+    result = api.mta.cli("api", "token", "revoke", "short-lived", "--actor", "ops")
+    assert result.returncode == 0, result.stderr
+
+    assert api.call("GET", "/v1/audit/verify", token=token).status_code == 401
+    assert api.mta.cli("api", "token", "revoke", "short-lived").returncode == 2
+    entries = query(api.mta.database_url, "SELECT actor, detail::text AS detail FROM audit_log"
+                                          " WHERE action LIKE 'api token %' AND detail->>'name' = 'short-lived'")
+    assert [row["actor"] for row in entries][-1] == "ops"
+    assert all(token not in row["detail"] for row in entries)
+    assert token not in api.mta.log()
+
+
+def test_token_create_rejects_bad_requests(api):
+    cases = [("bad name!", "--scope", "queue:read"), ("x", "--scope", "queue:everything"),
+             ("x", "--scope", "send"), ("x", "--scope", "send", "--sender-domain", "example.org"),
+             ("x", "--scope", "send", "--account", "nobody@example.com")]
+    for args in cases:
+        result = api.mta.cli("api", "token", "create", *args)
+        assert result.returncode == 2, args
+        assert result.stdout == "", args
+
+
+def test_account_token_stops_when_account_locked(api, sink):
+    result = api.mta.cli("user", "add", "kim@example.com", "--password-stdin", input_text=PASSWORD + "\n")
+    assert result.returncode == 0, result.stderr
+    token = create_token(api.mta, "kim", "--scope", "send", "--account", "kim@example.com")
+    assert send_json(api, token=token, **{"from": "kim@example.com"}).status_code == 202
+    sink.wait_for(1)
+
+    assert api.mta.cli("user", "lock", "kim@example.com").returncode == 0
+    response = send_json(api, token=token, **{"from": "kim@example.com"})
+    assert response.status_code == 403
+    assert error_code(response) == "sender_not_allowed"
+
+
+def test_nul_in_value_gets_422(api):
+    query_nul = api.call("GET", "/v1/suppression?address=a%00b@example.net")
+    assert query_nul.status_code == 422
+    assert error_code(query_nul) == "invalid_request"
+
+    body_nul = api.call("POST", "/v1/suppression", json={"sender_domain": "example.com", "address": "a\u0000b@x.net"})
+    assert body_nul.status_code == 422
+    assert error_code(body_nul) == "invalid_request"
