@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from aiohttp import web
 
 from mta.config import ConfigError, load
 from mta.storage.s3 import S3Settings, S3Store
@@ -20,6 +21,7 @@ from mta.storage.store import StoreError
 from tests.conftest import config_error, query
 from tests.mtaprocess import REPOSITORY
 from tests.mx import RELAY_DOMAIN, relay_config, send_mx, wait_until
+from loadtest.target import free_port
 from tests.s3server import REGION, TEST_ENVIRONMENT, FailingProxy, inspection_client, moto_server
 
 MIB = 1024 * 1024
@@ -194,7 +196,6 @@ async def test_failing_producer_aborts_upload(store, endpoint, bucket):
 
 
 async def test_unreachable_endpoint_fails_check(bucket):
-    from loadtest.target import free_port
 
     closed = S3Store(settings(f"http://127.0.0.1:{free_port()}", bucket, timeout=2.0, max_attempts=1))
     try:
@@ -403,3 +404,35 @@ async def test_s3_failure_during_accept_gives_451(make_mta, sink, sink_port, end
         assert len(await asyncio.to_thread(sink.wait_for, 1, 60)) == 1
     finally:
         await proxy.stop()
+
+
+async def test_redirect_not_followed(bucket):
+    """A 3xx from the endpoint fails the put: following it could take the body outside the allow-list."""
+    elsewhere_requests = []
+
+    async def elsewhere(request):
+        elsewhere_requests.append(await request.read())
+        return web.Response(status=200)
+
+    async def redirect(request):
+        raise web.HTTPTemporaryRedirect(f"http://127.0.0.2:{elsewhere_port}{request.path_qs}")
+
+    elsewhere_app, redirect_app = web.Application(), web.Application()
+    elsewhere_app.router.add_route("*", "/{tail:.*}", elsewhere)
+    redirect_app.router.add_route("*", "/{tail:.*}", redirect)
+    runners = [web.AppRunner(elsewhere_app), web.AppRunner(redirect_app)]
+    for runner in runners:
+        await runner.setup()
+    elsewhere_port, redirect_port = free_port("127.0.0.2"), free_port()
+    await web.TCPSite(runners[0], "127.0.0.2", elsewhere_port).start()
+    await web.TCPSite(runners[1], "127.0.0.1", redirect_port).start()
+    redirected = S3Store(settings(f"http://127.0.0.1:{redirect_port}", bucket, max_attempts=1))
+    try:
+        with pytest.raises(StoreError):
+            await redirected.put("redirected-object", b"x" * 1000)
+    finally:
+        await redirected.close()
+        for runner in runners:
+            await runner.cleanup()
+
+    assert elsewhere_requests == []

@@ -257,7 +257,12 @@ class S3Store:
 
 
 def _botocore_config(settings: S3Settings) -> BotocoreConfig:
-    return BotocoreConfig(
+    from aiobotocore.config import AioConfig
+
+    from mta.storage.s3_http import NoRedirectSession
+
+    return AioConfig(
+        http_session_cls=NoRedirectSession,
         connect_timeout=settings.timeout,
         read_timeout=settings.timeout,
         retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
