@@ -90,7 +90,9 @@ def test_export_archive_contents(populated, tmp_path):
     assert [entry["sender_domain"] for entry in suppression] == ["example.org"]
     assert account["address"] == ALICE
     assert "password_hash" not in account
-    assert [entry["action"] for entry in audit] == ["suppression add"]
+    # Entries of the message auditor about her mail come too, once it has caught up.
+    assert [entry["action"] for entry in audit if not entry["action"].startswith("message ")] == [
+        "user add", "suppression add"]
 
     entries = query(mta.database_url, "SELECT actor, detail::text AS detail FROM audit_log WHERE action = 'gdpr.export'")
     assert [entry["actor"] for entry in entries] == ["dpo"]
@@ -196,7 +198,9 @@ def test_legal_hold_blocks_erase(populated):
     assert release.returncode == 0, release.stderr
     assert erased.returncode == 0, erased.stderr
     assert mailbox_ids(mta, BOB) == {}
-    actions = [row["action"] for row in query(mta.database_url, "SELECT action FROM audit_log ORDER BY id")]
+    # The message auditor appends its own entries meanwhile, so only the GDPR ones are compared.
+    actions = [row["action"] for row in query(mta.database_url,
+                                              "SELECT action FROM audit_log WHERE action LIKE 'gdpr.%' ORDER BY id")]
     assert actions[-3:] == ["gdpr.hold", "gdpr.release", "gdpr.erase"]
     details = query(mta.database_url, "SELECT detail::text AS detail FROM audit_log WHERE action LIKE 'gdpr.%'")
     assert not any(BOB in row["detail"] for row in details)

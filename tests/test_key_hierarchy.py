@@ -372,3 +372,39 @@ def test_master_key_environment_invalid(make_mta, monkeypatch):
 
     assert result.returncode == 2
     assert "must contain base64 of 32 octets, found 5 octets" in result.stderr
+
+
+def send_until_accepted(mta, sender: str, recipients: list[str], attempts: int = 3) -> str:
+    """Send through MX, retrying a 451 as a client would; return the queue id."""
+    for _ in range(attempts):
+        with smtplib.SMTP("127.0.0.1", mta.mx_port, timeout=30) as client:
+            client.ehlo("client.example.net")
+            client.mail(sender)
+            for recipient in recipients:
+                assert client.rcpt(recipient)[0] == 250
+            code, text = client.data(BODY)
+        if code == 250:
+            return text.decode().rsplit(" ", 1)[1]
+        assert code == 451, text
+    raise AssertionError(f"not accepted after {attempts} attempts")
+
+
+def test_mail_after_destroy_gets_new_key(make_mta):
+    mta = make_mta({"delivery": {"retry_schedule": [1.0]}})
+    add_user(mta, "alice@example.com")
+    first_id = send(mta, "sender@example.net", ["alice@example.com"])
+    wait_completed(mta, first_id)
+
+    # The running worker still caches both keys; the database refuses rows that name them.
+    for owner in ("mailbox:alice@example.com", "queue:inbound"):
+        result = mta.cli("keys", "destroy", owner, "--actor", "dpo")
+        assert result.returncode == 0, result.stderr
+    second_id = send_until_accepted(mta, "sender@example.net", ["alice@example.com"])
+    wait_completed(mta, second_id)
+
+    masters = file_masters(mta)
+    second = mailbox_rows(mta, second_id)
+    assert read_copy(mta, masters, second["alice@example.com"]).endswith(b"Your balance is 100 EUR.\r\n")
+    assert isinstance(read_copy(mta, masters, mailbox_rows(mta, first_id)["alice@example.com"]), KeyDestroyedError)
+    owners = query(mta.database_url, "SELECT owner FROM data_key WHERE destroyed_at IS NULL ORDER BY owner")
+    assert [row["owner"] for row in owners] == ["mailbox:alice@example.com", "queue:inbound"]

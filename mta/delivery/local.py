@@ -22,7 +22,7 @@ from mta.mailbox.attachments import Attachment, large_attachments
 from mta.mailbox.metadata import Metadata, read_metadata
 from mta.mailbox.store import MessageNotFound, read_body
 from mta.storage.bodies import BodyCodec, Opened
-from mta.storage.keyring import mailbox_owner
+from mta.storage.keyring import DESTROYED_KEY_SQLSTATE, mailbox_owner
 from mta.storage.store import BodyStore, StoreError
 
 log = logging.getLogger("mta.delivery")
@@ -64,7 +64,16 @@ async def deliver_local(pool: asyncpg.Pool, bodies: BodyCodec, store: BodyStore,
     # dict.fromkeys keeps the order and drops a mailbox named twice.
     found = list(dict.fromkeys(address for address in wanted if address in known))
     if found:
-        await _store(pool, bodies, store, queue_id, found, opened, received_at, attachment_threshold)
+        try:
+            await _store(pool, bodies, store, queue_id, found, opened, received_at, attachment_threshold)
+        except asyncpg.PostgresError as error:
+            if error.sqlstate != DESTROYED_KEY_SQLSTATE:
+                raise
+            # A mailbox key was destroyed after it was cached: the next attempt wraps under a new key.
+            bodies.keyring.forget_all()
+            outcome.add_all(recipients, Reply(451, "4.3.0 a mailbox data key changed during delivery, "
+                                                   "trying again"))
+            return outcome
 
     for recipient, address in zip(recipients, wanted):
         if address in known:

@@ -29,7 +29,7 @@ from mta.ids import new_queue_id
 from mta.spool.batch import GroupCommit, StoppingError
 from mta.storage.bodies import BodyCodec
 from mta.storage.crypto import DecryptionError
-from mta.storage.keyring import QUEUE_INBOUND, sender_owner
+from mta.storage.keyring import DESTROYED_KEY_SQLSTATE, QUEUE_INBOUND, sender_owner
 from mta.storage.store import BodyStore, StoreError
 from mta.webhooks.outbox import Outbox, accepted_event
 
@@ -200,6 +200,9 @@ class Spool:
             # Any failure here, expected (database down) or not, must reach
             # every waiting session as a 451.
             log.error("queue commit of %d messages failed: %r", len(batch), error)
+            if getattr(error, "sqlstate", None) == DESTROYED_KEY_SQLSTATE:
+                # A key was destroyed after it was cached: the clients' retries seal under a new one.
+                self.bodies.keyring.forget_all()
             raise SpoolError("database unavailable") from error
 
         metrics.SPOOL_BATCH.observe(len(batch))

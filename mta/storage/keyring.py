@@ -50,6 +50,10 @@ def sender_owner(address: str) -> str:
     return f"sender:{address.lower()}"
 
 
+# SQLSTATE of the trigger that refuses a row naming a destroyed data key (queue/0025_live_data_keys.sql).
+DESTROYED_KEY_SQLSTATE = "KD001"
+
+
 @dataclass(frozen=True)
 class DataKey:
     id: int
@@ -79,22 +83,24 @@ class Keyring:
         if cached is not None:
             return cached
 
-        pending = self._pending.get(owner)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future = asyncio.get_running_loop().create_future()
-        self._pending[owner] = future
-        try:
-            data_key = await self._load_or_create(owner)
-        except BaseException as error:
-            future.set_exception(error)
-            # Marked as retrieved, so that asyncio logs no warning when no other lookup awaited it.
-            future.exception()
-            raise
-        finally:
-            del self._pending[owner]
-        future.set_result(data_key)
-        return data_key
+        # The lookup runs as its own task, so a caller that is cancelled does not cancel the others waiting.
+        lookup = self._pending.get(owner)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._load_or_create(owner))
+            self._pending[owner] = lookup
+            lookup.add_done_callback(lambda done: self._lookup_done(owner, done))
+        return await asyncio.shield(lookup)
+
+    def _lookup_done(self, owner: str, lookup: asyncio.Future) -> None:
+        self._pending.pop(owner, None)
+        if not lookup.cancelled():
+            # Marked as retrieved, so that asyncio logs no warning when every waiter was cancelled.
+            lookup.exception()
+
+    def forget_all(self) -> None:
+        """Drop every cached key, after the database refused a key that another process destroyed."""
+        self._by_owner.clear()
+        self._by_id.clear()
 
     async def by_id(self, data_key_id: int) -> DataKey:
         """Return the data key with this id, or raise KeyDestroyedError or UnknownDataKeyError when it cannot be used."""
@@ -148,6 +154,9 @@ class _Cache:
             return None
         self._entries.move_to_end(name)
         return value
+
+    def clear(self) -> None:
+        self._entries.clear()
 
     def put(self, name, value) -> None:
         self._entries[name] = (value, time.monotonic() + self.max_age)
