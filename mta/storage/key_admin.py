@@ -24,7 +24,7 @@ SELECT (SELECT count(*) FROM data_key WHERE destroyed_at IS NULL) AS data_keys,
        (SELECT count(*) FROM message WHERE data_key_id IS NULL AND wrapped_key IS NOT NULL) AS legacy_wraps
 """
 _LIVE_KEYS = """
-SELECT id, owner, wrapped, master_key_id FROM data_key WHERE destroyed_at IS NULL ORDER BY id FOR UPDATE
+SELECT id, owner, wrapped, master_key_id FROM data_key WHERE destroyed_at IS NULL ORDER BY id FOR NO KEY UPDATE
 """
 _REWRAP_KEYS = """
 UPDATE data_key d SET wrapped = f.wrapped, master_key_id = $3
@@ -36,6 +36,9 @@ SELECT id, wrapped_key FROM message WHERE data_key_id IS NULL AND wrapped_key IS
 _REWRAP_LEGACY = """
 UPDATE message m SET wrapped_key = f.wrapped FROM unnest($1::text[], $2::bytea[]) AS f (id, wrapped) WHERE m.id = f.id
 """
+# FOR UPDATE waits for every insert that checked the key as live (they hold FOR KEY SHARE, see
+# queue/0025_live_data_keys.sql), and inserts that come later see it destroyed.
+_LOCK_FOR_DESTROY = "SELECT id FROM data_key WHERE owner = $1 AND destroyed_at IS NULL FOR UPDATE"
 _DESTROY = """
 UPDATE data_key SET wrapped = NULL, destroyed_at = now() WHERE owner = $1 AND destroyed_at IS NULL RETURNING id
 """
@@ -127,6 +130,7 @@ def _opens(master: AESGCM, queue_id: str, wrapped: bytes) -> bool:
 
 async def destroy_data_key(connection: asyncpg.Connection, owner: str) -> int:
     """Delete the wrapped octets of the owner's live data key, keeping a tombstone row; return its id."""
+    await connection.fetchval(_LOCK_FOR_DESTROY, owner)
     data_key_id = await connection.fetchval(_DESTROY, owner)
     if data_key_id is None:
         raise KeyAdminError(f"no live data key for owner {owner!r}: see mta keys list")
