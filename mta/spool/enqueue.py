@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from mta import metrics
+from mta.db import TRANSIENT_ERRORS
 from mta.addresses import group_by_domain
 from mta.ids import new_queue_id
 from mta.spool.batch import GroupCommit, StoppingError
@@ -136,7 +137,8 @@ class Spool:
         queue_id = message.queue_id or new_queue_id()
         try:
             sealed = await self.bodies.seal(queue_id, message.body, queue_owner(message))
-        except (asyncpg.PostgresError, OSError, asyncio.TimeoutError, DecryptionError) as error:
+        # A lost connection raises asyncpg's InterfaceError, which is no PostgresError.
+        except (*TRANSIENT_ERRORS, DecryptionError) as error:
             # Only a data key's first use, or a cache miss, reaches the database here.
             log.error("%s: data key lookup failed: %r", message.session_id, error)
             raise SpoolError("data key unavailable") from error
