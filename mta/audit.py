@@ -27,7 +27,7 @@ ORDER BY id
 
 @dataclass(frozen=True)
 class Selection:
-    """Which entries an export returns; None leaves a bound open."""
+    """The id, time and action bounds that select the entries of an export; None leaves a bound open."""
 
     start: datetime | None = None
     end: datetime | None = None
