@@ -134,10 +134,21 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def redact_url_password(url: str) -> str:
+    """Return url with the password of its user part, if any, replaced by "(redacted)"."""
+    scheme, separator, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not separator or not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:(redacted)@{host}"
+
+
 def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     settings = asdict(config)
+    settings["database"]["url"] = redact_url_password(settings["database"]["url"])
     for name in SECRET_STORAGE_KEYS:
         if settings["storage"][name]:
             settings["storage"][name] = "(redacted)"

@@ -250,3 +250,13 @@ def test_cli_import_leaves_metrics_unloaded():
     result = subprocess.run([sys.executable, "-c", "import sys, mta.cli; print('mta.metrics' in sys.modules)"],
                             capture_output=True, text=True, cwd=REPOSITORY, timeout=60, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_check_config_hides_database_password(tmp_path):
+    config = tmp_path / "db.toml"
+    config.write_text('[database]\nurl = "postgresql://mta:s3cr%40t@db.example:5432/mta"\n')
+    result = subprocess.run([sys.executable, "-m", "mta", "--config", str(config), "check-config"],
+                            capture_output=True, text=True, cwd=REPOSITORY, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "s3cr" not in result.stdout
+    assert '"url": "postgresql://mta:(redacted)@db.example:5432/mta"' in result.stdout
