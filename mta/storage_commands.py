@@ -61,7 +61,8 @@ def cmd_sweep(config: Config, args: argparse.Namespace) -> int:
     verb = "would be deleted" if args.dry_run else "deleted"
     print(f"{result.listed} objects listed, {result.recent} younger than {min_age / 3600:g} h, "
           f"{result.referenced} in use, {result.orphaned} orphaned: "
-          f"{result.orphaned if args.dry_run else result.deleted} {verb}")
+          f"{result.orphaned if args.dry_run else result.deleted} {verb}; "
+          f"{result.abandoned} unfinished writes {'would be removed' if args.dry_run else 'removed'}")
     if result.failed:
         print(f"mta: {result.failed} orphaned objects failed to delete; run the sweep again", file=sys.stderr)
         return EXIT_FAILURE

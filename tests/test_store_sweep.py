@@ -139,6 +139,26 @@ async def test_background_sweeper_run(database_url, connection, local_store):
     assert await keys_of(local_store) == ["ATTACHED", "FRESH", "MAILBOX", "QUEUED"]
 
 
+async def test_local_sweep_removes_old_temporary_files(connection, local_store):
+    old = local_store._path("CRASHED").with_name("CRASHED.tmp")
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_bytes(b"half a body")
+    moment = time.time() - 2 * DAY
+    os.utime(old, (moment, moment))
+    young = local_store._path("WRITING").with_name("WRITING.tmp")
+    young.parent.mkdir(parents=True, exist_ok=True)
+    young.write_bytes(b"a body being written")
+
+    dry = await sweep(connection, local_store, DAY, dry_run=True)
+    assert dry.abandoned == 1
+    assert old.exists()
+
+    result = await sweep(connection, local_store, DAY)
+    assert result.abandoned == 1
+    assert not old.exists()
+    assert young.exists()
+
+
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     with pytest.MonkeyPatch.context() as patch:
@@ -179,6 +199,20 @@ async def test_s3_sweep_deletes_old_orphans(connection, s3_store):
 
     await sweep(connection, s3_store, DAY, now=later)
     assert await keys_of(s3_store) == ["ATTACHED", "MAILBOX", "QUEUED"]
+
+
+async def test_s3_sweep_aborts_abandoned_uploads(connection, s3_endpoint, s3_store):
+    client = inspection_client(s3_endpoint)
+    client.create_multipart_upload(Bucket=s3_store.bucket, Key="mta/CRASHED")
+    client.create_multipart_upload(Bucket=s3_store.bucket, Key="elsewhere/NOT-OURS")
+    # moto dates every upload in 2010, so only the local store's test shows a young write kept.
+    assert (await sweep(connection, s3_store, DAY, dry_run=True)).abandoned == 1
+    assert len(client.list_multipart_uploads(Bucket=s3_store.bucket)["Uploads"]) == 2
+
+    assert (await sweep(connection, s3_store, DAY)).abandoned == 1
+
+    left = client.list_multipart_uploads(Bucket=s3_store.bucket).get("Uploads", [])
+    assert [upload["Key"] for upload in left] == ["elsewhere/NOT-OURS"]
 
 
 def test_cli_sweep_and_dry_run(make_mta):

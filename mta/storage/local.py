@@ -123,6 +123,13 @@ class LocalStore:
         except OSError as error:
             raise StoreError(f"failed to delete object {key}: {error.strerror}") from error
 
+    async def remove_abandoned_writes(self, before: datetime, dry_run: bool = False) -> int:
+        try:
+            return await asyncio.to_thread(_remove_temporaries, self.root, before.timestamp(), dry_run)
+        except OSError as error:
+            raise StoreError(f"failed to remove abandoned temporary files under {self.root}: "
+                             f"{error.strerror}") from error
+
     def _put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         temporary = path.with_name(path.name + _TEMPORARY_SUFFIX)
@@ -183,3 +190,19 @@ def _keys_under(directory: Path) -> list[str]:
     keys = [entry.name for entry in directory.glob("*/*")
             if entry.is_file() and not entry.name.endswith(_TEMPORARY_SUFFIX)]
     return sorted(keys)
+
+
+def _remove_temporaries(root: Path, before: float, dry_run: bool) -> int:
+    """Remove the temporary files under root last written before the POSIX time before."""
+    count = 0
+    for temporary in root.glob(f"*/*/*{_TEMPORARY_SUFFIX}"):
+        try:
+            if temporary.stat().st_mtime >= before:
+                continue
+            if not dry_run:
+                temporary.unlink()
+        except FileNotFoundError:
+            # Published or removed by its own put since it was listed.
+            continue
+        count += 1
+    return count

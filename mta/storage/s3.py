@@ -21,6 +21,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import aiohttp
 from botocore.config import Config as BotocoreConfig
@@ -183,6 +184,24 @@ class S3Store:
             await client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
         except _FAILURES as error:
             raise StoreError(f"failed to delete object {key} from {self.location}: {_describe(error)}") from error
+
+    async def remove_abandoned_writes(self, before: datetime, dry_run: bool = False) -> int:
+        count = 0
+        try:
+            client = await self._connected()
+            pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self.prefix)
+            async for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] >= before:
+                        continue
+                    if not dry_run:
+                        await client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                            UploadId=upload["UploadId"])
+                    count += 1
+        except _FAILURES as error:
+            raise StoreError(f"failed to abort abandoned multipart uploads in {self.location}: "
+                             f"{_describe(error)}") from error
+        return count
 
     async def _put_object(self, key: str, data: bytes) -> None:
         try:

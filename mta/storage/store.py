@@ -47,3 +47,10 @@ class BodyStore(Protocol):
     def list_objects(self, prefix: str = "") -> AsyncIterator[StoredObject]: ...
 
     async def delete(self, key: str) -> None: ...
+
+    async def remove_abandoned_writes(self, before: datetime, dry_run: bool = False) -> int:
+        """Remove the unfinished writes started before ``before`` and return how many there were.
+
+        These are multipart uploads or temporary files left by a process
+        that stopped in the middle of a put: never objects, yet they take space.
+        """

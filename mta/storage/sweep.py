@@ -5,7 +5,9 @@ not yet completed), no mailbox delivery of its message (``mailbox_message``)
 and no mailbox attachment (``mailbox_attachment.object_key``, where that
 table exists) names its key. Orphans are left by a body write whose
 envelope never committed and whose cleanup failed, and by a completed
-message whose body delete failed or was cut short by a crash.
+message whose body delete failed or was cut short by a crash. The sweep
+also removes unfinished writes of the same age: multipart uploads that were
+never completed nor aborted, and temporary files of the local store.
 
 Only objects older than a minimum age are considered, because a body is
 written before its envelope commits. Between the two, a session waits for
@@ -70,6 +72,8 @@ class SweepResult:
     orphaned: int = 0
     deleted: int = 0
     failed: int = 0
+    # Unfinished writes (multipart uploads, temporary files) older than the minimum age.
+    abandoned: int = 0
 
 
 async def referenced_keys(connection: asyncpg.Connection, keys: list[str], attachments: bool) -> set[str]:
@@ -111,6 +115,8 @@ async def _sweep_locked(connection: asyncpg.Connection, store: BodyStore, min_ag
             page = []
     if page:
         await _sweep_page(connection, store, page, attachments, dry_run, result)
+
+    result.abandoned = await store.remove_abandoned_writes(oldest_fresh, dry_run)
     return result
 
 
@@ -168,6 +174,7 @@ class StoreSweeper(BackgroundTask):
             return None
         finally:
             await connection.close()
-        log.info("body store sweep: %d objects listed, %d orphaned, %d deleted, %d failed to delete",
-                 result.listed, result.orphaned, result.deleted, result.failed)
+        log.info("body store sweep: %d objects listed, %d orphaned, %d deleted, %d failed to delete, "
+                 "%d abandoned writes removed", result.listed, result.orphaned, result.deleted, result.failed,
+                 result.abandoned)
         return result
