@@ -33,6 +33,9 @@ TLS_CERTIFICATE_EXPIRY = Gauge(
 REMOTE_REPLIES = Counter(
     "mta_remote_replies_total", "Refusals and deferrals from remote servers, by class (mta.delivery.feedback).",
     ["reply_class"])
+AUDIT_LAG = Gauge(
+    "mta_audit_lag_seconds", "Age of the oldest accepted message without its audit entry yet, read at scrape time "
+    "(0 when the auditor is up to date).", multiprocess_mode="max")
 NODES = Gauge(
     "mta_nodes", "Nodes in the node table by heartbeat, read at scrape time: alive (seen within 30 s) or lost "
     "(silent for 30 s to 1 h; older rows are left out).", ["state"], multiprocess_mode="max")

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import threading
 from collections import Counter
+from collections.abc import Iterator
+
+import asyncpg
 
 from tests.conftest import query
 from tests.mx import RELAY_DOMAIN, relay_config, send_mx, wait_until
+from tests.test_operations import http_get
 
 OUTCOME_ACTIONS = ("message delivered", "message bounced", "message deferred")
 
@@ -146,3 +152,49 @@ def test_crash_leaves_no_duplicate_or_gap(make_mta, sink, sink_port):
     assert max(Counter(audited_event_ids(mta)).values()) == 1
     verified = mta.cli("audit", "verify")
     assert verified.returncode == 0, verified.stderr
+
+
+def audit_lag(mta) -> float:
+    text = http_get(mta.http_port, "/metrics")[1]
+    line = next(line for line in text.splitlines() if line.startswith("mta_audit_lag_seconds "))
+    return float(line.split()[1])
+
+
+@contextlib.contextmanager
+def open_transaction(url: str) -> Iterator[None]:
+    """Hold a transaction with an id of its own open on the server until the block ends."""
+    started = threading.Event()
+    finish = threading.Event()
+
+    async def hold() -> None:
+        connection = await asyncpg.connect(url)
+        try:
+            async with connection.transaction():
+                await connection.execute("SELECT pg_current_xact_id()")
+                started.set()
+                await asyncio.to_thread(finish.wait, 60)
+        finally:
+            await connection.close()
+
+    holder = threading.Thread(target=asyncio.run, args=(hold(),))
+    holder.start()
+    try:
+        assert started.wait(20)
+        yield
+    finally:
+        finish.set()
+        holder.join(timeout=30)
+
+
+def test_open_transaction_shows_audit_lag(make_mta, sink, sink_port):
+    mta = make_mta({**relay_config(sink_port), "audit": {"interval": 0.05}})
+
+    # A transaction older than the message holds the auditor's horizon back.
+    with open_transaction(mta.database_url):
+        code, text = send_mx(mta, "sender@example.net", f"user@{RELAY_DOMAIN}")
+        assert code == 250, text
+        assert wait_until(lambda: audit_lag(mta) >= 1.0, timeout=20)
+        assert accepted_queue_ids(mta) == []
+
+    assert wait_until(lambda: audit_lag(mta) == 0.0, timeout=20)
+    assert len(accepted_queue_ids(mta)) == 1

@@ -23,7 +23,7 @@ SUFFIXES = {Counter: ("_total",), Gauge: ("",), Histogram: ("_bucket", "_sum", "
 PROMQL_WORDS = {"sum", "max", "min", "by", "rate", "increase", "histogram_quantile", "time", "and", "le"}
 EXPECTED_ALERTS = {"MtaDown", "MtaQueueBacklogHigh", "MtaDeferralRateHigh", "MtaBounceRateHigh",
                    "MtaOutboundTlsFailures", "MtaCertificateExpiringSoon", "MtaNodeHeartbeatLost",
-                   "MtaBodyStoreErrors"}
+                   "MtaBodyStoreErrors", "MtaAuditLagging"}
 
 
 def exported_series() -> set[str]:
@@ -139,3 +139,4 @@ def test_metrics_export_node_heartbeats(make_mta):
     text = wait_until(scraped)
     assert 'mta_nodes{state="alive"} 1.0' in text
     assert 'mta_nodes{state="lost"} 0.0' in text
+    assert "mta_audit_lag_seconds 0.0" in text

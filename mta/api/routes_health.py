@@ -46,6 +46,14 @@ FROM node
 
 _TEXT = {"content": {"text/plain": {"schema": {"type": "string"}}}}
 
+# The auditor reads messages in (xid, id) order, so the next one it will audit is first in that order.
+_AUDIT_LAG = """
+SELECT COALESCE(EXTRACT(EPOCH FROM now() - (
+    SELECT m.received_at FROM message m, audit_cursor c
+    WHERE (m.xid, m.id) > (c.message_xid, c.message_id)
+    ORDER BY m.xid, m.id LIMIT 1)), 0)::float8
+"""
+
 
 async def queue_depth(pool: asyncpg.Pool) -> dict[str, int]:
     row = await asyncio.wait_for(pool.fetchrow(_DEPTH), timeout=3)
@@ -102,6 +110,7 @@ async def scrape(context: ApiContext = Depends(get_context)) -> Response:
         nodes = await asyncio.wait_for(context.pool.fetchrow(_NODES), timeout=3)
         for state in ("alive", "lost"):
             metrics.NODES.labels(state=state).set(nodes[state])
+        metrics.AUDIT_LAG.set(await asyncio.wait_for(context.pool.fetchval(_AUDIT_LAG), timeout=3))
     except TRANSIENT_ERRORS:
         pass
     return Response(content=generate_latest(_registry()), headers={"Content-Type": CONTENT_TYPE_LATEST})
