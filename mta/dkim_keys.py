@@ -28,7 +28,7 @@ _SELECTOR = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A
 
 
 class KeyFileError(Exception):
-    """A DKIM key file that cannot be read or holds no RSA or Ed25519 key."""
+    """A DKIM key file that cannot be read or contains no RSA or Ed25519 key."""
 
 
 @dataclass(frozen=True)

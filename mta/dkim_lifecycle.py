@@ -113,14 +113,14 @@ async def _import_files(connection: asyncpg.Connection, masters: MasterKeys, con
 
 
 async def _create_missing(connection: asyncpg.Connection, masters: MasterKeys, config: Config, domain: str) -> None:
-    wanted = {"rsa": config.domains.dkim_selector}
+    configured = {"rsa": config.domains.dkim_selector}
     if config.domains.dkim_ed25519_selector:
-        wanted["ed25519"] = config.domains.dkim_ed25519_selector
+        configured["ed25519"] = config.domains.dkim_ed25519_selector
     keys = await list_keys(connection, domain)
     active = {key.algorithm for key in keys if key.state == ACTIVE}
     taken = {key.selector for key in keys}
 
-    for algorithm, selector in wanted.items():
+    for algorithm, selector in configured.items():
         if algorithm in active:
             continue
         if selector in taken:
@@ -147,8 +147,8 @@ async def rotate(connection: asyncpg.Connection, masters: MasterKeys, domain: st
     for algorithm in algorithms:
         waiting = [key.selector for key in keys if key.algorithm == algorithm and key.state == PENDING]
         if waiting:
-            raise DkimKeyError(f"{domain} already has the pending {algorithm} key {waiting[0]}: publish its "
-                               f"record and activate it (mta dkim activate {domain} {waiting[0]}) before rotating again")
+            raise DkimKeyError(f"{domain} already has the pending {algorithm} key {waiting[0]}: publish its record "
+                               f"and activate it (mta dkim activate {domain} {waiting[0]}) before rotating again")
         selector = dated_selector(algorithm, taken, date.today())
         key = await insert_key(connection, masters, domain, selector, generate_key(algorithm), PENDING)
         taken.add(selector)

@@ -26,7 +26,6 @@ RETIRING = "retiring"
 RETIRED = "retired"
 # States whose record stays in DNS: the next key, the signing key and the replaced one.
 PUBLISHED_STATES = (PENDING, ACTIVE, RETIRING)
-ALGORITHMS = ("rsa", "ed25519")
 
 _SEAL_CONTEXT = b"mta dkim key v1\x00"
 

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 
 import dkim
-import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
