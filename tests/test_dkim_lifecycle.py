@@ -102,7 +102,7 @@ def test_rotation_signs_new_selector_after_dns(make_mta, sink, dns):
     assert actions == ["dkim.create", "dkim.rotate", "dkim.activate", "dkim.retiring", "dkim.retire"]
 
 
-def test_activate_without_record_refused(make_mta, dns):
+def test_activate_without_record_rejected(make_mta, dns):
     mta = make_mta(FAST_ROTATION, start=False)
     old_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key_file = mta.workdir / "var" / "dkim" / "example.com.mta.pem"
@@ -121,9 +121,9 @@ def test_activate_without_record_refused(make_mta, dns):
     assert unseal(masters, row).private_numbers() == old_key.private_numbers()
 
     selector = rotate(mta, "ed25519")
-    refused = mta.cli("dkim", "activate", "example.com", selector, "--timeout", "2")
-    assert refused.returncode == 1
-    assert f"do not return the record of DKIM key {selector} of example.com" in refused.stderr
+    rejected = mta.cli("dkim", "activate", "example.com", selector, "--timeout", "2")
+    assert rejected.returncode == 1
+    assert f"do not return the record of DKIM key {selector} of example.com" in rejected.stderr
     assert key_states(mta)[selector] == "pending"
 
     unknown = mta.cli("dkim", "activate", "example.com", "nosuchkey")
@@ -136,3 +136,12 @@ def test_activate_without_record_refused(make_mta, dns):
     (entry,) = query(mta.database_url, "SELECT actor, detail FROM audit_log WHERE action = 'dkim.activate'")
     assert entry["actor"] == "tester"
     assert json.loads(entry["detail"])["dns_checked"] is False
+
+    listing = mta.cli("dkim", "list", "example.com", "--json", "--timeout", "2")
+    assert listing.returncode == 0, listing.stderr
+    in_dns = {entry["selector"]: entry["in_dns"] for entry in map(json.loads, listing.stdout.splitlines())}
+    assert in_dns == {"mta": False, selector: False}
+    table = mta.cli("dkim", "list", "--timeout", "2")
+    assert table.returncode == 0, table.stderr
+    rows = [line.split()[:4] for line in table.stdout.splitlines()[1:]]
+    assert sorted(rows) == [["example.com", selector, "ed25519", "active"], ["example.com", "mta", "rsa", "active"]]
