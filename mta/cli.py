@@ -17,8 +17,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from mta import (api_commands, audit_commands, dns_commands, gdpr_commands, key_commands, mailbox_commands,
-                 queue_commands, storage_commands, suppression_commands, user_commands)
+from mta import (api_commands, audit_commands, dkim_commands, dns_commands, gdpr_commands, key_commands,
+                 mailbox_commands, queue_commands, storage_commands, suppression_commands, user_commands)
 from mta.cli_support import audit, run_in_transaction
 from mta.queue_commands import _actor
 from mta.config import Config, ConfigError, load
@@ -89,9 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     nodes.set_defaults(run=cmd_nodes)
 
-    dkim = commands.add_parser("dkim", help="DKIM keys").add_subparsers(metavar="ACTION")
-    dkim.add_parser("records", help="print the DNS TXT record of every signing key, RSA and Ed25519")\
-        .set_defaults(run=cmd_dkim_records)
+    dkim_commands.add_parser(commands)
     dns_commands.add_parser(commands)
     return parser
 
@@ -247,21 +245,6 @@ def cmd_nodes(config: Config, args: argparse.Namespace) -> int:
     for row in rows:
         state = "alive" if float(row["silent"]) < NODE_LOST_AFTER else "lost"
         print(f"{row['id']:<40} {state:<6} {float(row['silent']):>8.0f} s  {row['started_at']:%Y-%m-%d %H:%M:%S %Z}")
-    return 0
-
-
-def cmd_dkim_records(config: Config, args: argparse.Namespace) -> int:
-    from mta.dkim import dns_txt_value, dns_txt_value_ed25519, load_or_create_ed25519_key, load_or_create_key
-
-    selector = config.domains.dkim_selector
-    ed25519_selector = config.domains.dkim_ed25519_selector
-    key_dir = config.data_path(config.domains.dkim_key_dir)
-    for domain in sorted(config.local_domains):
-        key = load_or_create_key(key_dir / f"{domain}.{selector}.pem")
-        print(f'{selector}._domainkey.{domain}. IN TXT "{dns_txt_value(key)}"')
-        if ed25519_selector:
-            ed25519_key = load_or_create_ed25519_key(key_dir / f"{domain}.{ed25519_selector}.pem")
-            print(f'{ed25519_selector}._domainkey.{domain}. IN TXT "{dns_txt_value_ed25519(ed25519_key)}"')
     return 0
 
 

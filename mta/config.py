@@ -212,8 +212,17 @@ class DomainsConfig:
     # Selector of a second, Ed25519 key (RFC 8463) per local domain. When set, each
     # message gets an RSA and an Ed25519 signature. Empty: RSA only.
     dkim_ed25519_selector: str = ""
-    # Private keys, one per local domain and selector, created on first start if missing.
+    # Directory of DKIM key files (DOMAIN.SELECTOR.pem) from before keys moved into
+    # the database. Each file is imported once at start; the table dkim_key has the keys.
     dkim_key_dir: str = "dkim"
+    # Seconds between checks of pending DKIM keys against [delivery] nameservers.
+    # One node at a time checks, and activates a key once DNS serves its record.
+    dkim_check_interval: float = 300.0
+    # Seconds a replaced DKIM key stays published (retiring) before it is retired,
+    # so that mail signed with it and still in transit verifies (default 7 days).
+    dkim_retire_grace: float = 604800.0
+    # Seconds between each worker's checks for changed signing keys.
+    dkim_reload_interval: float = 10.0
 
 
 @dataclass
@@ -711,6 +720,15 @@ def _check_logging(config: "Config") -> None:
         raise ConfigError("logging.pseudonym_key_file must not be empty when logging.pseudonymise_addresses is on")
 
 
+def _check_dkim_timing(domains: DomainsConfig) -> None:
+    bounds = [("dkim_check_interval", domains.dkim_check_interval, 0.1, 86400.0),
+              ("dkim_retire_grace", domains.dkim_retire_grace, 0.0, 366 * 86400.0),
+              ("dkim_reload_interval", domains.dkim_reload_interval, 0.1, 3600.0)]
+    for name, seconds, low, high in bounds:
+        if not low <= seconds <= high:
+            raise ConfigError(f"domains.{name} must be between {low:g} and {high:g} seconds, got {seconds:g}")
+
+
 def _check_distinct_sockets(config: "Config") -> None:
     """Refuse two listeners on one address and port: with SO_REUSEPORT they would share it silently."""
     seen: list[tuple[str, int, str]] = []
@@ -832,6 +850,7 @@ def check(config: Config) -> None:
     if config.domains.dkim_ed25519_selector == config.domains.dkim_selector:
         raise ConfigError("domains.dkim_ed25519_selector must differ from domains.dkim_selector: "
                           "each selector publishes one key")
+    _check_dkim_timing(config.domains)
 
     for address in config.delivery.source_addresses:
         _check_address("delivery.source_addresses", address)

@@ -209,16 +209,26 @@ class DkimSigner:
 
     def __init__(self, keys: Iterable[DkimKey]) -> None:
         self._keys: dict[str, list[_SigningKey]] = {}
+        self.replace_keys(keys)
+
+    def replace_keys(self, keys: Iterable[DkimKey]) -> None:
+        """Sign with these keys from the next sign() call on; raise ValueError and keep the old keys on a bad one.
+
+        The new mapping is built aside and then assigned in one step, so a
+        sign() call running meanwhile uses either the old keys or the new ones.
+        """
+        by_domain: dict[str, list[_SigningKey]] = {}
         for key in keys:
             signing_key = _make_signing_key(key)
-            domain_keys = self._keys.setdefault(_normalise_domain(key.domain), [])
+            domain_keys = by_domain.setdefault(_normalise_domain(key.domain), [])
             if any(other.algorithm == signing_key.algorithm for other in domain_keys):
                 raise ValueError(f"duplicate DKIM key for domain {key.domain!r}: configure at most one key "
                                  "per algorithm and domain")
             domain_keys.append(signing_key)
             # RSA first, so receivers that stop at the first signature check the one they all know.
             domain_keys.sort(key=lambda item: item.algorithm != b"rsa-sha256")
-        log.info("DKIM signer loaded keys for %d domains: %s", len(self._keys), ", ".join(sorted(self._keys)))
+        self._keys = by_domain
+        log.info("DKIM signer loaded keys for %d domains: %s", len(by_domain), ", ".join(sorted(by_domain)))
 
     def has_key(self, domain: str) -> bool:
         """Return whether a key is configured for domain (case-insensitive)."""

@@ -1,11 +1,9 @@
-"""The DKIM key files of a local domain and the public keys they publish.
+"""DKIM key files from before keys moved into the database, and the public half of a key.
 
-Keys are PEM files named ``DOMAIN.SELECTOR.pem`` in ``domains.dkim_key_dir``.
-``mta serve`` signs with the key of ``domains.dkim_selector`` and creates that
-file on first start. Any other ``DOMAIN.SELECTOR.pem`` file of the domain is a
-key to publish as well, such as the next key of a rotation or the previous
-one while mail signed with it is still in transit. A key is RSA (``k=rsa``)
-or Ed25519 (``k=ed25519``, RFC 8463).
+Keys used to be PEM files named ``DOMAIN.SELECTOR.pem`` in
+``domains.dkim_key_dir``. ``mta serve`` imports each such file once into the
+table ``dkim_key`` (mta.dkim_lifecycle.provision) and never reads it again. A
+key is RSA (``k=rsa``) or Ed25519 (``k=ed25519``, RFC 8463).
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from mta.config import Config
+from mta.dkim import PrivateKey
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +28,7 @@ _SELECTOR = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A
 
 
 class KeyFileError(Exception):
-    """A DKIM key file that is missing or cannot be read."""
+    """A DKIM key file that cannot be read or contains no RSA or Ed25519 key."""
 
 
 @dataclass(frozen=True)
@@ -46,26 +44,11 @@ class PublicKey:
     def txt_value(self) -> str:
         return f"v=DKIM1; k={self.algorithm}; p={self.data}"
 
+    def zone_line(self, domain: str) -> str:
+        """Return the TXT record in zone-file syntax, split into strings of at most 255 octets."""
+        from mta.dns_records import absolute, txt_data
 
-def key_path(config: Config, domain: str, selector: str) -> Path:
-    return config.data_path(config.domains.dkim_key_dir) / f"{domain}.{selector}.pem"
-
-
-def public_keys(config: Config, domain: str) -> list[PublicKey]:
-    """Read the public key of every key file of domain, the signing selector first.
-
-    Raises KeyFileError when the signing key's file is missing or any key
-    file cannot be read, because records printed without it would be wrong.
-    """
-    signing = config.domains.dkim_selector
-    path = key_path(config, domain, signing)
-    if not path.exists():
-        raise KeyFileError(f"no DKIM key for {domain} at {path}: mta serve and mta dkim records create it; "
-                           "run mta from the directory where mta serve runs, or set an absolute server.data_dir")
-
-    others = [selector for selector in find_selectors(path.parent, domain, config.local_domains)
-              if selector != signing]
-    return [read_public_key(key_path(config, domain, selector), selector) for selector in [signing, *others]]
+        return f"{absolute(f'{self.selector}._domainkey.{domain}')} IN TXT {txt_data(self.txt_value())}"
 
 
 def find_selectors(key_dir: Path, domain: str, local_domains: Iterable[str]) -> list[str]:
@@ -87,8 +70,8 @@ def find_selectors(key_dir: Path, domain: str, local_domains: Iterable[str]) -> 
     return sorted(selectors)
 
 
-def read_public_key(path: Path, selector: str) -> PublicKey:
-    """Load the private key at path and return its public half, or raise KeyFileError."""
+def read_private_key(path: Path) -> PrivateKey:
+    """Load the unencrypted RSA or Ed25519 private key at path, or raise KeyFileError."""
     try:
         private_key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except OSError as error:
@@ -96,12 +79,17 @@ def read_public_key(path: Path, selector: str) -> PublicKey:
     except (ValueError, TypeError) as error:
         raise KeyFileError(f"invalid DKIM key file {path}: expected an unencrypted PEM private key ({error})") from None
 
+    if not isinstance(private_key, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
+        raise KeyFileError(f"invalid DKIM key file {path}: expected an RSA or Ed25519 key, "
+                           f"found {type(private_key).__name__}")
+    return private_key
+
+
+def public_key_of(private_key: PrivateKey, selector: str) -> PublicKey:
+    """Return the public half of private_key as the TXT record of selector publishes it."""
     if isinstance(private_key, rsa.RSAPrivateKey):
         der = private_key.public_key().public_bytes(serialization.Encoding.DER,
                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
         return PublicKey(selector, "rsa", base64.b64encode(der).decode("ascii"))
-    if isinstance(private_key, ed25519.Ed25519PrivateKey):
-        raw = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return PublicKey(selector, "ed25519", base64.b64encode(raw).decode("ascii"))
-    raise KeyFileError(f"invalid DKIM key file {path}: expected an RSA or Ed25519 key, "
-                       f"found {type(private_key).__name__}")
+    raw = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return PublicKey(selector, "ed25519", base64.b64encode(raw).decode("ascii"))

@@ -110,19 +110,18 @@ def cmd_check(config: Config, args: argparse.Namespace) -> int:
 
 
 def _expected_records(config: Config, domain: str) -> DomainRecords:
-    """Build the records of a local domain, or exit 2 (not local) or 1 (DKIM key file missing)."""
-    from mta import dkim_keys, dns_records
+    """Build the records of a local domain, or exit 2 (not local) or 1 (no DKIM key in the database)."""
+    from mta import dns_records
+    from mta.cli_support import run_in_transaction
+    from mta.dkim_commands import local_domain_or_exit
+    from mta.dkim_store import published_keys
 
-    domain = domain.lower().rstrip(".")
-    if not config.is_local_domain(domain):
-        print(f"mta: {domain} is not a local domain: add it to domains.local, or name one of "
-              f"{', '.join(sorted(config.local_domains))}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-    try:
-        keys = dkim_keys.public_keys(config, domain)
-    except dkim_keys.KeyFileError as error:
-        print(f"mta: {error}", file=sys.stderr)
-        raise SystemExit(EXIT_FAILURE) from None
+    domain = local_domain_or_exit(config, domain)
+    keys = run_in_transaction(config, lambda connection: published_keys(connection, domain))
+    if not keys:
+        print(f"mta: no DKIM key for {domain} in the database: mta serve creates one at start, and so does "
+              "mta dkim records", file=sys.stderr)
+        raise SystemExit(EXIT_FAILURE)
     return dns_records.build(config, domain, keys)
 
 

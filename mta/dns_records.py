@@ -1,7 +1,7 @@
 """The DNS records a local domain publishes so that its mail is delivered and trusted.
 
 MX, SPF (RFC 7208), DKIM (RFC 6376), DMARC (RFC 7489), MTA-STS (RFC 8461)
-and TLS-RPT (RFC 8460), built from the configuration and the DKIM key files.
+and TLS-RPT (RFC 8460), built from the configuration and the DKIM keys in the database.
 ``mta dns records`` prints them and ``mta dns check`` compares them with
 the nameservers' answers.
 """
@@ -60,7 +60,7 @@ class DomainRecords:
 
 
 def build(config: Config, domain: str, dkim_keys: list[PublicKey]) -> DomainRecords:
-    """Build every record of a local domain from the configuration and mta.dkim_keys.public_keys()."""
+    """Build every record of a local domain from the configuration and its published DKIM keys."""
     domain = domain.lower().rstrip(".")
     hosts = mx_hosts(config)
     policy = Policy(mode=config.dns.mta_sts_mode, mx=tuple(hosts), max_age=config.dns.mta_sts_max_age)
@@ -148,12 +148,12 @@ def zone_lines(records: DomainRecords) -> list[str]:
     lines = []
     for record in records.records:
         for value in record.values:
-            data = value if record.rdtype != "TXT" else _txt_data(value)
+            data = value if record.rdtype != "TXT" else txt_data(value)
             lines.append(f"{record.name:<{width}} {records.ttl} IN {record.rdtype:<3} {data}")
     return lines
 
 
-def _txt_data(text: str) -> str:
+def txt_data(text: str) -> str:
     """Return TXT data as quoted character-strings, with quotes and backslashes escaped."""
     rdata = dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, dns.rdatatype.TXT, txt_strings(text))
     return rdata.to_text()

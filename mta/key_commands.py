@@ -131,7 +131,8 @@ def cmd_rotate_master(config: Config, args: argparse.Namespace) -> int:
         rotation = await rotate_master(connection, masters, new)
         await audit(connection, _actor(args), "keys.rotate-master", {
             "old_master_key_ids": rotation.old_master_key_ids, "new_master_key_id": rotation.new_master_key_id,
-            "data_keys": rotation.data_keys, "legacy_body_keys": rotation.legacy_body_keys})
+            "data_keys": rotation.data_keys, "legacy_body_keys": rotation.legacy_body_keys,
+            "dkim_keys": rotation.dkim_keys})
         return rotation
 
     try:
@@ -139,8 +140,8 @@ def cmd_rotate_master(config: Config, args: argparse.Namespace) -> int:
     except DecryptionError as error:
         print(f"mta: rotation failed, nothing changed: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"re-wrapped {rotation.data_keys} data key(s) and {rotation.legacy_body_keys} older body key(s) "
-          f"from master key {', '.join(rotation.old_master_key_ids)} to {rotation.new_master_key_id}")
+    print(f"re-wrapped {rotation.data_keys} data key(s), {rotation.legacy_body_keys} older body key(s) and "
+          f"{rotation.dkim_keys} DKIM key(s) from master key {', '.join(rotation.old_master_key_ids)} to {rotation.new_master_key_id}")
     print("next: make the new key storage.master_key_file (or master_key_env) on every node, with the old "
           "one as storage.previous_master_key_file until all nodes have restarted")
     return 0

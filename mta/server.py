@@ -2,7 +2,7 @@
 
 The parent process does everything that must happen once: start the
 embedded PostgreSQL if no URL is configured, apply migrations, create the
-certificate, master key and DKIM keys, and bind the listening sockets. With
+certificate and master key, import or create the DKIM keys in the database, and bind the listening sockets. With
 ``--workers N`` it then forks N workers that share those sockets (one Python
 process uses one core) and restarts any worker that dies. Each worker runs
 its own event loop with SMTP listeners, the spool writer and the delivery
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from mta import db
 from mta.config import LISTENERS, Config, ConfigError, ListenerConfig
-from mta.dkim import DkimKey, dns_txt_value, dns_txt_value_ed25519, load_or_create_ed25519_key, load_or_create_key
+from mta.dkim import DkimKey
 from mta.smtp.hooks import BeforeQueueChecks
 from mta.smtp.tls import ServerTls, ensure_self_signed
 from mta.storage.master_key import MasterKeys, create_master_key, read_master_keys
@@ -67,7 +67,7 @@ def prepare(config: Config) -> Prepared:
     ServerTls.from_config(config.tls, cert_file, key_file)
 
     _try_checks(config)
-    dkim_keys = load_dkim_keys(config)
+    dkim_keys = asyncio.run(load_dkim_keys(url, master_keys, config))
     try:
         webhook_secrets = read_secrets(config.webhooks, config.data_path)
     except ValueError as error:
@@ -76,27 +76,22 @@ def prepare(config: Config) -> Prepared:
     return Prepared(url, master_keys, dkim_keys, cert_file, key_file, sockets, webhook_secrets)
 
 
-def load_dkim_keys(config: Config) -> list[DkimKey]:
-    keys = []
-    selector = config.domains.dkim_selector
-    for domain in sorted(config.local_domains):
-        path = config.data_path(config.domains.dkim_key_dir) / f"{domain}.{selector}.pem"
-        private_key = load_or_create_key(path)
-        keys.append(DkimKey(domain=domain, selector=selector, private_key=private_key))
-        log.info("DKIM key for %s: publish TXT at %s._domainkey.%s: %s",
-                 domain, selector, domain, dns_txt_value(private_key))
-        keys.extend(_load_ed25519_key(config, domain))
+async def load_dkim_keys(url: str, master_keys: MasterKeys, config: Config) -> list[DkimKey]:
+    """Import old key files and create missing keys (mta.dkim_lifecycle.provision), then return the active keys."""
+    import asyncpg
+
+    from mta.dkim_lifecycle import provision
+    from mta.dkim_store import load_active_keys
+
+    connection = await asyncpg.connect(url)
+    try:
+        await provision(connection, master_keys, config)
+        keys = await load_active_keys(connection, master_keys)
+    finally:
+        await connection.close()
+    for key in keys:
+        log.info("DKIM key %s of %s signs", key.selector, key.domain)
     return keys
-
-
-def _load_ed25519_key(config: Config, domain: str) -> list[DkimKey]:
-    selector = config.domains.dkim_ed25519_selector
-    if not selector:
-        return []
-    private_key = load_or_create_ed25519_key(config.data_path(config.domains.dkim_key_dir) / f"{domain}.{selector}.pem")
-    log.info("DKIM key for %s: publish TXT at %s._domainkey.%s: %s",
-             domain, selector, domain, dns_txt_value_ed25519(private_key))
-    return [DkimKey(domain=domain, selector=selector, private_key=private_key)]
 
 
 def bind_sockets(config: Config) -> dict[str, socket.socket]:

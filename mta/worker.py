@@ -22,6 +22,7 @@ from mta.config import Config
 from mta.delivery.agent import DeliveryAgent
 from mta.delivery.connections import ConnectionCache
 from mta.dkim import DkimSigner
+from mta.dkim_rotation import DkimActivator, DkimKeyReloader
 from mta.gdpr.retention import RetentionTask
 from mta.message_audit import MessageAuditor
 from mta.inbound.check import InboundChecker
@@ -107,6 +108,10 @@ class Worker:
         warmup = Warmup(pool, delivery.warmup.schedule, delivery.warmup.addresses) if delivery.warmup.addresses else None
         self.agent = DeliveryAgent(config, pool, store, bodies, resolver, smtp, settler, sites, mta_sts, warmup)
         signer = DkimSigner(self.prepared.dkim_keys)
+        dkim_tasks = [DkimKeyReloader(pool, self.prepared.master_keys, signer, config.domains.dkim_reload_interval,
+                                      self.prepared.dkim_keys)]
+        if self.index == 0:
+            dkim_tasks.append(DkimActivator(pool, config))
         reports = delivery.tls_reports
         if reports.enabled:
             smtp.reports = TlsSessionCounter(pool, reports.flush_seconds)
@@ -120,6 +125,8 @@ class Worker:
         if sweeper is not None:
             sweeper.start()
         retention.start()
+        for dkim_task in dkim_tasks:
+            dkim_task.start()
         connections.start()
         scheduler.start()
         for dispatcher in webhooks:
@@ -141,7 +148,7 @@ class Worker:
 
         await self._wait_for_stop(spool.tasks + settler.tasks + scheduler.tasks + sites.tasks + housekeeper.tasks
                                   + auditor.tasks + (sweeper.tasks if sweeper is not None else [])
-                                  + retention.tasks
+                                  + retention.tasks + [task for dkim_task in dkim_tasks for task in dkim_task.tasks]
                                   + [task for dispatcher in webhooks for task in dispatcher.tasks])
 
         log.info("worker %d stopping: no new sessions, finishing work in flight", self.index)
@@ -157,6 +164,8 @@ class Worker:
         await sites.stop()
         await housekeeper.stop()
         await retention.stop()
+        for dkim_task in dkim_tasks:
+            await dkim_task.stop()
         await settler.stop()
         await auditor.stop()
         if sweeper is not None:

@@ -1,12 +1,15 @@
 """mta dns records and mta dns check, run as the operator runs them, against the loopback DNS server.
 
-The DKIM keys come from ``mta dkim records``, which creates the key files
-that ``mta serve`` would, without a database. An Ed25519 key under a second
-selector is the kind of key a DKIM rotation would add.
+The DKIM keys are key files from before keys moved into the database: an
+RSA key under the signing selector and an Ed25519 key under a second
+selector. ``mta dkim records`` imports them into the database, as
+``mta serve`` would, the first as the active key and the second as a
+retiring one, which stays published.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -18,6 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import dns.name
 import dns.rdata
 import dns.rdataclass
@@ -25,11 +29,13 @@ import dns.rdatatype
 import dns.zone
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from mta import dkim_keys, dns_check, dns_records
+from mta import dns_check, dns_records
 from mta.config import load
 from mta.delivery.mta_sts import parse_policy
+from mta.dkim_store import published_keys
+from tests.conftest import create_database
 from tests.dnsserver import DnsServer
 from tests.mtaprocess import REPOSITORY, merge, to_toml
 
@@ -38,20 +44,31 @@ SOURCE_ADDRESS = "127.0.0.3"
 NEXT_SELECTOR = "next"
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    """A data directory with the RSA key of mta dkim records and an Ed25519 key under a second selector."""
-    directory = tmp_path_factory.mktemp("mta") / "var"
-    config = write_config(directory.parent, directory, dns_port=53)
-    result = run_mta(config, "dkim", "records")
-    assert result.returncode == 0, result.stderr
-
-    key = ed25519.Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    path = directory / "dkim" / f"{DOMAIN}.{NEXT_SELECTOR}.pem"
+def write_key_file(path: Path, private_key) -> None:
+    pem = private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
     path.write_bytes(pem)
     path.chmod(0o600)
+
+
+@pytest.fixture(scope="module")
+def database_url(pg) -> str:
+    return create_database(pg)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, database_url: str) -> Path:
+    """A data directory whose two DKIM key files mta dkim records imports into a migrated database."""
+    directory = tmp_path_factory.mktemp("mta") / "var"
+    config = write_config(directory.parent, directory, 53, database_url)
+    result = run_mta(config, "migrate")
+    assert result.returncode == 0, result.stderr
+
+    (directory / "dkim").mkdir(parents=True)
+    write_key_file(directory / "dkim" / f"{DOMAIN}.mta.pem", rsa.generate_private_key(65537, 2048))
+    write_key_file(directory / "dkim" / f"{DOMAIN}.{NEXT_SELECTOR}.pem", ed25519.Ed25519PrivateKey.generate())
+    result = run_mta(config, "dkim", "records")
+    assert result.returncode == 0, result.stderr
     return directory
 
 
@@ -64,13 +81,14 @@ def dns_server() -> Iterator[DnsServer]:
 
 
 @pytest.fixture
-def config_path(tmp_path: Path, data_dir: Path, dns_server: DnsServer) -> Path:
-    return write_config(tmp_path, data_dir, dns_server.port)
+def config_path(tmp_path: Path, data_dir: Path, dns_server: DnsServer, database_url: str) -> Path:
+    return write_config(tmp_path, data_dir, dns_server.port, database_url)
 
 
-def write_config(directory: Path, data_dir: Path, dns_port: int, extra: dict | None = None) -> Path:
+def write_config(directory: Path, data_dir: Path, dns_port: int, database_url: str, extra: dict | None = None) -> Path:
     tables = {
         "server": {"hostname": "mta.example.com", "data_dir": str(data_dir)},
+        "database": {"url": database_url},
         "domains": {"local": [DOMAIN]},
         "delivery": {"nameservers": ["127.0.0.1"], "dns_port": dns_port, "source_addresses": [SOURCE_ADDRESS]},
     }
@@ -130,6 +148,20 @@ def status_line(output: str, kind: str, name: str) -> str:
     raise AssertionError(f"no line for {kind} {name} in:\n{output}")
 
 
+def expected_records(config_path: Path) -> dns_records.DomainRecords:
+    """Build the records of DOMAIN in the test process, as mta dns check does."""
+    config = load(config_path)
+
+    async def keys():
+        connection = await asyncpg.connect(config.database.url)
+        try:
+            return await published_keys(connection, DOMAIN)
+        finally:
+            await connection.close()
+
+    return dns_records.build(config, DOMAIN, asyncio.run(keys()))
+
+
 def unused_udp_port() -> int:
     """Return a loopback UDP port that was free a moment ago, so no DNS server replies there."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -138,6 +170,9 @@ def unused_udp_port() -> int:
 
 
 def test_records_zone_lines_parse(config_path: Path, data_dir: Path) -> None:
+    signing_key = serialization.load_pem_private_key((data_dir / "dkim" / "example.com.mta.pem").read_bytes(), None)
+    signing_der = signing_key.public_key().public_bytes(serialization.Encoding.DER,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo)
     result = run_mta(config_path, "dns", "records", DOMAIN)
     assert result.returncode == 0, result.stderr
     parsed = parse_zone_lines(result.stdout)
@@ -152,6 +187,7 @@ def test_records_zone_lines_parse(config_path: Path, data_dir: Path) -> None:
     (signing,) = parsed[("mta._domainkey.example.com.", "TXT")]
     assert dkim_tags(txt(signing))["k"] == "rsa"
     assert dkim_tags(txt(signing))["p"] == dkim_tags(dkim_line)["p"]
+    assert dkim_tags(txt(signing))["p"] == base64.b64encode(signing_der).decode()
     assert all(len(string) <= 255 for string in signing.strings)
     assert len(signing.strings) > 1
 
@@ -184,7 +220,7 @@ def test_records_load_as_zone(config_path: Path) -> None:
                      "mta._domainkey.example.com.", "next._domainkey.example.com."]
 
 
-def test_records_policy_file(config_path: Path, tmp_path: Path, data_dir: Path) -> None:
+def test_records_policy_file(config_path: Path, tmp_path: Path, data_dir: Path, database_url: str) -> None:
     result = run_mta(config_path, "dns", "records", DOMAIN, "--policy-file")
     assert result.returncode == 0, result.stderr
     policy = parse_policy(result.stdout)
@@ -193,15 +229,15 @@ def test_records_policy_file(config_path: Path, tmp_path: Path, data_dir: Path) 
     assert policy.max_age == 604800
 
     (tmp_path / "enforce").mkdir()
-    enforcing = write_config(tmp_path / "enforce", data_dir, 53, {"dns": {"mta_sts_mode": "enforce"}})
+    enforcing = write_config(tmp_path / "enforce", data_dir, 53, database_url, {"dns": {"mta_sts_mode": "enforce"}})
     testing_id = records_json(config_path)["records"][-2]["values"][0]
     enforcing_id = records_json(enforcing)["records"][-2]["values"][0]
     assert testing_id.startswith("v=STSv1; id=")
     assert enforcing_id != testing_id
 
 
-def test_records_follow_dns_settings(tmp_path: Path, data_dir: Path) -> None:
-    config = write_config(tmp_path, data_dir, 53, {
+def test_records_follow_dns_settings(tmp_path: Path, data_dir: Path, database_url: str) -> None:
+    config = write_config(tmp_path, data_dir, 53, database_url, {
         "dns": {"mx": ["mx1.example.com", "mx2.example.com."], "dmarc_policy": "reject",
                 "dmarc_rua": "dmarc@reports.example.org", "tlsrpt_rua": "tls@reports.example.org", "ttl": 300},
         "delivery": {"source_addresses": []},
@@ -217,8 +253,8 @@ def test_records_follow_dns_settings(tmp_path: Path, data_dir: Path) -> None:
     assert "mx: mx1.example.com\nmx: mx2.example.com\n" in output["mta_sts_policy"]["text"]
 
 
-def test_records_spf_lists_source_pool(tmp_path: Path, data_dir: Path) -> None:
-    config = write_config(tmp_path, data_dir, 53, {"delivery": {"source_addresses": [], "source": {
+def test_records_spf_lists_source_pool(tmp_path: Path, data_dir: Path, database_url: str) -> None:
+    config = write_config(tmp_path, data_dir, 53, database_url, {"delivery": {"source_addresses": [], "source": {
         "addresses": {"127.0.0.3": "out1.example.com", "::1": "out2.example.com"},
         "pools": {"default": ["127.0.0.3", "::1"]},
     }}})
@@ -232,12 +268,13 @@ def test_records_non_local_domain(config_path: Path) -> None:
     assert "example.net is not a local domain" in result.stderr
 
 
-def test_records_without_key_file(tmp_path: Path) -> None:
-    config = write_config(tmp_path, tmp_path / "empty", 53)
+def test_records_without_dkim_key(tmp_path: Path, pg) -> None:
+    config = write_config(tmp_path, tmp_path / "empty", 53, create_database(pg))
+    assert run_mta(config, "migrate").returncode == 0
+
     result = run_mta(config, "dns", "records", DOMAIN)
     assert result.returncode == 1
-    assert "no DKIM key for example.com" in result.stderr
-    assert not (tmp_path / "empty" / "dkim").exists()
+    assert "no DKIM key for example.com in the database" in result.stderr
 
 
 def test_check_all_published(config_path: Path, dns_server: DnsServer) -> None:
@@ -285,8 +322,8 @@ def test_check_json_output(config_path: Path, dns_server: DnsServer) -> None:
     assert {finding["status"] for finding in findings if finding["kind"] != "DMARC"} == {"OK"}
 
 
-def test_check_unreachable_nameserver(tmp_path: Path, data_dir: Path) -> None:
-    config = write_config(tmp_path, data_dir, unused_udp_port())
+def test_check_unreachable_nameserver(tmp_path: Path, data_dir: Path, database_url: str) -> None:
+    config = write_config(tmp_path, data_dir, unused_udp_port(), database_url)
 
     started = time.monotonic()
     result = run_mta(config, "dns", "check", DOMAIN, "--timeout", "0.5")
@@ -338,8 +375,7 @@ def test_check_compares_loosely(config_path: Path, dns_server: DnsServer, owner:
     for text in texts:
         dns_server.add(owner, "TXT", text)
 
-    config = load(config_path)
-    expected = dns_records.build(config, DOMAIN, dkim_keys.public_keys(config, DOMAIN))
+    expected = expected_records(config_path)
     resolver = dns_check.make_resolver(["127.0.0.1"], dns_server.port, timeout=2.0)
     findings = dns_check.check(expected, resolver)
 
@@ -355,8 +391,7 @@ def test_check_mx_compared_as_host_set(config_path: Path, dns_server: DnsServer)
     dns_server.remove("example.com", "MX")
     dns_server.add("example.com", "MX", "50 MTA.example.com.")
 
-    config = load(config_path)
-    expected = dns_records.build(config, DOMAIN, dkim_keys.public_keys(config, DOMAIN))
+    expected = expected_records(config_path)
     findings = dns_check.check(expected, dns_check.make_resolver(["127.0.0.1"], dns_server.port, timeout=2.0))
     assert findings[0].record.kind == "MX"
     assert findings[0].status == "OK"

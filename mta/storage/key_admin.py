@@ -1,8 +1,8 @@
 """Operations on all data keys: the start-up check, listing, destroying and master key rotation.
 
-Rotation re-wraps every live data key, and every MTA1 body key from before
-the key hierarchy, under a new master key. Bodies are not touched: their
-content keys stay wrapped under the same data keys.
+Rotation re-wraps every live data key, every MTA1 body key from before the
+key hierarchy and every DKIM private key under a new master key. Bodies are
+not touched: their content keys stay wrapped under the same data keys.
 """
 
 from __future__ import annotations
@@ -16,11 +16,14 @@ from mta.config import ConfigError
 from mta.storage import crypto
 from mta.storage.master_key import MasterKey, MasterKeys
 
-# Rows whose wraps depend on the master key: live data keys, and message
-# rows from before the key hierarchy (wrapped directly under the master key).
+# Rows whose wraps depend on the master key: live data keys, DKIM private keys, and
+# message rows from before the key hierarchy (wrapped directly under the master key).
 _WRAPPED_UNDER_MASTER = """
-SELECT (SELECT count(*) FROM data_key WHERE destroyed_at IS NULL) AS data_keys,
-       (SELECT array_agg(DISTINCT master_key_id) FROM data_key WHERE destroyed_at IS NULL) AS master_key_ids,
+SELECT (SELECT count(*) FROM data_key WHERE destroyed_at IS NULL)
+       + (SELECT count(*) FROM dkim_key WHERE sealed_key IS NOT NULL) AS data_keys,
+       (SELECT array_agg(DISTINCT id) FROM (
+            SELECT master_key_id FROM data_key WHERE destroyed_at IS NULL
+            UNION SELECT master_key_id FROM dkim_key WHERE sealed_key IS NOT NULL) AS wraps (id)) AS master_key_ids,
        (SELECT count(*) FROM message WHERE data_key_id IS NULL AND wrapped_key IS NOT NULL) AS legacy_wraps
 """
 _LIVE_KEYS = """
@@ -55,6 +58,7 @@ class Rotation:
     new_master_key_id: str
     data_keys: int
     legacy_body_keys: int
+    dkim_keys: int
 
 
 async def check_master_keys(connection: asyncpg.Connection, masters: MasterKeys | None) -> None:
@@ -69,7 +73,7 @@ async def check_master_keys(connection: asyncpg.Connection, masters: MasterKeys 
     if masters is None:
         if row["data_keys"] or row["legacy_wraps"]:
             raise ConfigError(
-                f"the master key file is missing, but the database has {row['data_keys']} data key(s) wrapped "
+                f"the master key file is missing, but the database has {row['data_keys']} data or DKIM key(s) wrapped "
                 f"under master key(s) {', '.join(found_ids) or 'without an id'} and {row['legacy_wraps']} older "
                 "body key(s): restore the key file (storage.master_key_file) or set storage.master_key_env")
         return
@@ -83,7 +87,9 @@ async def check_master_keys(connection: asyncpg.Connection, masters: MasterKeys 
 
 
 async def rotate_master(connection: asyncpg.Connection, masters: MasterKeys, new: MasterKey) -> Rotation:
-    """Re-wrap every live data key and every MTA1 body key under new, inside the caller's transaction."""
+    """Re-wrap every live data key, MTA1 body key and DKIM private key under new, inside the caller's transaction."""
+    from mta.dkim_store import reseal_all
+
     rows = await connection.fetch(_LIVE_KEYS)
     target = MasterKeys(new)
     old_ids = sorted({row["master_key_id"] for row in rows if row["master_key_id"] != new.key_id})
@@ -98,7 +104,8 @@ async def rotate_master(connection: asyncpg.Connection, masters: MasterKeys, new
         await connection.execute(_REWRAP_KEYS, ids, wraps, new.key_id)
 
     legacy = await _rewrap_legacy(connection, masters, new)
-    return Rotation(old_ids or [masters.current.key_id], new.key_id, len(ids), legacy)
+    dkim_keys = await reseal_all(connection, masters, new)
+    return Rotation(old_ids or [masters.current.key_id], new.key_id, len(ids), legacy, dkim_keys)
 
 
 async def _rewrap_legacy(connection: asyncpg.Connection, masters: MasterKeys, new: MasterKey) -> int:

@@ -63,20 +63,36 @@ class MasterKeys:
 
     def wrap_data_key(self, data_key: bytes, owner: str) -> bytes:
         """Wrap a data key under the current master key, binding the owner in so that a wrap moved to another row fails."""
-        nonce = secrets.token_bytes(NONCE_SIZE)
-        return nonce + self._aeads[self.current.key_id].encrypt(nonce, data_key, _DATA_KEY_CONTEXT + owner.encode())
+        return self.seal(data_key, _DATA_KEY_CONTEXT + owner.encode())
 
     def unwrap_data_key(self, wrapped: bytes, owner: str, key_id: str) -> bytes:
         """Unwrap a data key with the master key named key_id, or raise DecryptionError when that key is not loaded or fails."""
+        return self.open(wrapped, _DATA_KEY_CONTEXT + owner.encode(), key_id, f"data key of {owner}")
+
+    def seal(self, plaintext: bytes, associated_data: bytes) -> bytes:
+        """Encrypt plaintext under the current master key: a fresh nonce, then the GCM ciphertext and tag.
+
+        associated_data must name the purpose and the row, so that a sealed
+        value opens only where it was written.
+        """
+        nonce = secrets.token_bytes(NONCE_SIZE)
+        return nonce + self._aeads[self.current.key_id].encrypt(nonce, plaintext, associated_data)
+
+    def open(self, sealed: bytes, associated_data: bytes, key_id: str, name: str) -> bytes:
+        """Decrypt what seal() returned under the master key named key_id; name says what it is in errors.
+
+        Raises MasterKeyMismatchError when that master key is not loaded and
+        DecryptionError when the value fails authentication.
+        """
         aead = self._aeads.get(key_id)
         if aead is None:
             raise MasterKeyMismatchError(
-                f"data key of {owner} is wrapped under master key {key_id}, but the loaded master keys are "
+                f"{name} is wrapped under master key {key_id}, but the loaded master keys are "
                 f"{', '.join(self.ids)}: configure the right storage.master_key_file or master_key_env")
         try:
-            return aead.decrypt(wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], _DATA_KEY_CONTEXT + owner.encode())
+            return aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], associated_data)
         except InvalidTag:
-            raise DecryptionError(f"data key of {owner} failed authentication under master key {key_id}") from None
+            raise DecryptionError(f"{name} failed authentication under master key {key_id}") from None
 
 
 def read_master_keys(config: Config) -> MasterKeys | None:
