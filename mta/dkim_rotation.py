@@ -5,7 +5,10 @@ the work, whichever takes a session advisory lock. Every
 ``domains.dkim_check_interval`` seconds it asks ``[delivery] nameservers``
 for the record of each pending key and activates a key once they return
 it exactly, then retires the retiring keys whose grace period has ended.
-No transaction stays open during DNS queries.
+No transaction stays open during DNS queries. Every node also checks the
+records of the active keys and exports how many are missing
+(``mta_dkim_records_missing``), because receivers fail a signature whose
+key they cannot fetch.
 
 DkimKeyReloader runs on every worker. Every ``domains.dkim_reload_interval``
 seconds it compares the active selectors in the database with the ones it
@@ -20,12 +23,13 @@ import logging
 
 import asyncpg
 
+from mta import metrics
 from mta.background import BackgroundTask
 from mta.config import Config
 from mta.db import TRANSIENT_ERRORS
 from mta.dkim import DkimKey, DkimSigner
 from mta.dkim_lifecycle import MTA_ACTOR, activate_key, record_served
-from mta.dkim_store import PENDING, DkimKeyError, active_selectors, list_keys, load_active_keys, retire_expired
+from mta.dkim_store import ACTIVE, PENDING, DkimKeyError, active_selectors, list_keys, load_active_keys, retire_expired
 from mta.cli_support import audit
 from mta.dns_check import NameserverError, make_resolver
 from mta.storage.crypto import DecryptionError
@@ -60,6 +64,7 @@ class DkimActivator(BackgroundTask):
 
     async def run_once(self) -> None:
         async with self.pool.acquire(timeout=30) as connection:
+            await self._count_missing(connection)
             if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", ACTIVATOR_LOCK_ID):
                 return
             try:
@@ -87,6 +92,23 @@ class DkimActivator(BackgroundTask):
             except DkimKeyError as error:
                 # An operator activated it or another key meanwhile.
                 log.info("DKIM key %s of %s not activated: %s", key.selector, key.domain, error)
+
+    async def _count_missing(self, connection: asyncpg.Connection) -> None:
+        missing = []
+        for key in [key for key in await list_keys(connection) if key.state == ACTIVE]:
+            try:
+                served = await asyncio.to_thread(record_served, self.resolver, key.domain, key.public)
+            except NameserverError as error:
+                # Without an answer the count stays as it was, and one line per round is enough.
+                log.warning("DKIM record check of active keys skipped: %s", error)
+                return
+            if not served:
+                missing.append(f"{key.selector}._domainkey.{key.domain}")
+
+        metrics.DKIM_RECORDS_MISSING.set(len(missing))
+        if missing:
+            log.warning("DNS does not return the DKIM record of %d active key(s), so receivers fail their "
+                        "signatures: %s (mta dns records prints the records)", len(missing), ", ".join(missing))
 
     async def _retire_expired(self, connection: asyncpg.Connection) -> None:
         async with connection.transaction():

@@ -33,6 +33,9 @@ TLS_CERTIFICATE_EXPIRY = Gauge(
 REMOTE_REPLIES = Counter(
     "mta_remote_replies_total", "Refusals and deferrals from remote servers, by class (mta.delivery.feedback).",
     ["reply_class"])
+DKIM_RECORDS_MISSING = Gauge(
+    "mta_dkim_records_missing", "Active DKIM keys whose TXT record the nameservers do not return, "
+    "as worker 0 last checked them.", multiprocess_mode="max")
 AUDIT_LAG = Gauge(
     "mta_audit_lag_seconds", "Age of the oldest accepted message without its audit entry yet, read at scrape time "
     "(0 when the auditor is up to date).", multiprocess_mode="max")

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from mta.dkim_store import unseal
 from mta.storage.master_key import MasterKey, MasterKeys
 from tests.conftest import query
+from tests.test_operations import http_get
 from tests.test_end_to_end import PASSWORD, add_alice, publish_dkim, txt_lookup
 
 FAST_ROTATION = {"domains": {"dkim_check_interval": 0.3, "dkim_reload_interval": 0.3}}
@@ -73,6 +74,8 @@ def test_rotation_signs_new_selector_after_dns(make_mta, sink, dns):
     add_alice(mta)
     publish_dkim(mta, dns)
 
+    wait_until(lambda: "mta_dkim_records_missing 0.0" in http_get(mta.http_port, "/metrics")[1],
+               "no missing record in the metrics")
     selector = rotate(mta, "rsa")
     assert key_states(mta) == {"mta": "active", selector: "pending"}
     send(mta, "before the record")
@@ -133,6 +136,8 @@ def test_activate_without_record_rejected(make_mta, dns):
     forced = mta.cli("dkim", "activate", "example.com", selector, "--force", "--actor", "tester")
     assert forced.returncode == 0, forced.stderr
     assert key_states(mta) == {"mta": "active", selector: "active"}
+    wait_until(lambda: "mta_dkim_records_missing 2.0" in http_get(mta.http_port, "/metrics")[1],
+               "both active keys missing in the metrics")
     (entry,) = query(mta.database_url, "SELECT actor, detail FROM audit_log WHERE action = 'dkim.activate'")
     assert entry["actor"] == "tester"
     assert json.loads(entry["detail"])["dns_checked"] is False

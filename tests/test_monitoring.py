@@ -23,7 +23,7 @@ SUFFIXES = {Counter: ("_total",), Gauge: ("",), Histogram: ("_bucket", "_sum", "
 PROMQL_WORDS = {"sum", "max", "min", "by", "rate", "increase", "histogram_quantile", "time", "and", "le"}
 EXPECTED_ALERTS = {"MtaDown", "MtaQueueBacklogHigh", "MtaDeferralRateHigh", "MtaBounceRateHigh",
                    "MtaOutboundTlsFailures", "MtaCertificateExpiringSoon", "MtaNodeHeartbeatLost",
-                   "MtaBodyStoreErrors", "MtaAuditLagging"}
+                   "MtaBodyStoreErrors", "MtaAuditLagging", "MtaDkimRecordMissing"}
 
 
 def exported_series() -> set[str]:
