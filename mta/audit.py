@@ -9,6 +9,7 @@ link of the entry after it.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -23,6 +24,12 @@ WHERE ($1::timestamptz IS NULL OR at >= $1) AND ($2::timestamptz IS NULL OR at <
   AND ($5::text[] IS NULL OR action = ANY($5))
 ORDER BY id
 """
+
+
+async def append(connection, actor: str, action: str, detail: dict) -> None:
+    """Append an action to the audit log; the database computes its place in the hash chain."""
+    await connection.execute("INSERT INTO audit_log (actor, action, detail) VALUES ($1, $2, $3::jsonb)",
+                             actor, action, json.dumps(detail))
 
 
 @dataclass(frozen=True)

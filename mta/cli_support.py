@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections.abc import Awaitable, Callable
 
+from mta.audit import append as audit  # noqa: F401 (the commands import it from here)
 from mta.config import Config
 
 EXIT_FAILURE = 1
@@ -31,12 +31,6 @@ def run_in_transaction(config: Config, work: Callable[..., Awaitable[object]],
     except usage_errors as error:
         print(f"mta: {error}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
-
-
-async def audit(connection, actor: str, action: str, detail: dict) -> None:
-    """Append an operator's action to the audit log."""
-    await connection.execute("INSERT INTO audit_log (actor, action, detail) VALUES ($1, $2, $3::jsonb)",
-                             actor, action, json.dumps(detail))
 
 
 def run_with_bodies(config: Config, work: Callable[..., Awaitable[object]],

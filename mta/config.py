@@ -346,6 +346,9 @@ class DeliveryConfig:
     # Seconds to wait for the reply after the final dot (RFC 5321 4.5.3.2.6).
     data_timeout: float = 600.0
     lease_seconds: float = 300.0
+    # Seconds a stopping worker lets delivery attempts in flight finish. It
+    # then cancels the rest and releases their rows, to be tried again at once.
+    stop_grace: float = 20.0
     retry_schedule: list[float] = field(
         default_factory=lambda: [60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0])
     max_age: float = 5 * 86400.0
@@ -608,6 +611,7 @@ _BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("delivery", "connect_timeout"): (0.1, 3600.0),
     ("delivery", "data_timeout"): (1.0, 86400.0),
     ("delivery", "lease_seconds"): (1.0, 86400.0),
+    ("delivery", "stop_grace"): (0.0, 3600.0),
     ("delivery", "max_age"): (60.0, 365 * 86400.0),
     ("delivery", "delay_notice_after"): (0.0, 365 * 86400.0),
     ("delivery", "history_days"): (1, 3650),

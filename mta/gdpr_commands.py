@@ -18,10 +18,6 @@ from mta.cli_support import EXIT_FAILURE, EXIT_USAGE, audit, run_in_transaction,
 from mta.config import Config
 from mta.queue_commands import _actor
 
-# Tables whose dead row versions an erasure leaves with the address or key material in them.
-VACUUMED_TABLES = ("data_key", "mailbox_message", "mailbox_attachment", "mailbox_user", "suppression",
-                   "auth_failure", "message", "delivery", "delivery_event")
-
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     gdpr = commands.add_parser("gdpr", help="export or erase one person's data, legal holds, retention") \
@@ -69,14 +65,13 @@ def _address_or_exit(text: str) -> str:
 
 
 def _pseudonym_or_exit(config: Config, address: str) -> str:
-    """Return the address's pseudonym under logging.pseudonym_key_file, creating the key on first use."""
-    from mta.pseudonym import address_pseudonym, load_or_create_key
+    from mta.gdpr import pseudonym_of
 
-    path = config.data_path(config.logging.pseudonym_key_file)
     try:
-        return address_pseudonym(load_or_create_key(path), address)
+        return pseudonym_of(config, address)
     except (OSError, ValueError) as error:
-        print(f"mta: pseudonym key {path} unusable: {error}", file=sys.stderr)
+        print(f"mta: pseudonym key {config.data_path(config.logging.pseudonym_key_file)} unusable: {error}",
+              file=sys.stderr)
         raise SystemExit(EXIT_FAILURE) from None
 
 
@@ -86,7 +81,8 @@ def cmd_pseudonym(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_export(config: Config, args: argparse.Namespace) -> int:
-    from mta.gdpr.export import export
+    from mta.gdpr.export import Archive, read_snapshot, write_archive
+    from mta.storage.crypto import DecryptionError
 
     address = _address_or_exit(args.address)
     pseudonym = _pseudonym_or_exit(config, address)
@@ -95,9 +91,8 @@ def cmd_export(config: Config, args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     async def work(connection, store, bodies):
-        # One snapshot, so the archive's parts agree with each other.
-        async with connection.transaction(isolation="repeatable_read", readonly=True):
-            result = await export(connection, store, bodies, address, pseudonym, args.output)
+        snapshot = await read_snapshot(connection, address, pseudonym)
+        result = await write_archive(Archive(snapshot, connection, store, bodies), args.output)
         await audit(connection, _actor(args), "gdpr.export", result.as_audit_detail(pseudonym))
         return result
 
@@ -106,6 +101,9 @@ def cmd_export(config: Config, args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"mta: cannot write {args.output}: {error.strerror}", file=sys.stderr)
         return EXIT_FAILURE
+    except DecryptionError as error:
+        print(f"mta: export stopped, nothing written: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     print(f"exported {result.messages} message(s), {result.sent} sent message(s), {result.received_events} "
           f"delivery attempt(s) to the address, {result.suppression_entries} suppression entr(ies) and "
           f"{result.audit_entries} audit entr(ies) to {args.output}")
@@ -113,45 +111,42 @@ def cmd_export(config: Config, args: argparse.Namespace) -> int:
     if result.unreadable:
         print(f"{result.unreadable} message(s) could not be decrypted and are listed in mailbox.json only",
               file=sys.stderr)
+    if result.removed:
+        print(f"{result.removed} message(s) were removed during the export and are listed in mailbox.json only",
+              file=sys.stderr)
     return 0
 
 
 def cmd_erase(config: Config, args: argparse.Namespace) -> int:
-    from mta.gdpr.erase import erase
+    from mta.gdpr.erase import erase_and_record
     from mta.gdpr.holds import HeldError
-    from mta.mailbox.removal import delete_queued_objects
 
     address = _address_or_exit(args.address)
     pseudonym = _pseudonym_or_exit(config, address)
 
     async def work(connection, store, bodies):
-        async with connection.transaction():
-            erasure = await erase(connection, address, pseudonym)
-            await audit(connection, _actor(args), "gdpr.erase", erasure.as_audit_detail(pseudonym))
-        for table in VACUUMED_TABLES:
-            await connection.execute(f"VACUUM {table}")
-        # Also finishes objects left queued by an earlier run that stopped before deleting them.
-        return erasure, await delete_queued_objects(connection, store)
+        # Running it again is harmless, and finishes deletions that an earlier run left queued.
+        return await erase_and_record(connection, store, address, pseudonym, _actor(args))
 
     try:
-        erasure, (deleted, failed) = run_with_bodies(config, work)
+        erasure = run_with_bodies(config, work)
     except HeldError as error:
         print(f"mta: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    _report_erasure(config, pseudonym, erasure, deleted, failed)
-    return EXIT_FAILURE if failed else 0
+    _report_erasure(config, pseudonym, erasure)
+    return EXIT_FAILURE if erasure.objects_failed else 0
 
 
-def _report_erasure(config: Config, pseudonym: str, erasure, deleted: int, failed: int) -> None:
+def _report_erasure(config: Config, pseudonym: str, erasure) -> None:
     print(f"erased {pseudonym}: {erasure.mailbox_messages} mailbox message(s), {erasure.bodies} body(ies), "
           f"{erasure.deliveries_removed} queued deliver(ies), {erasure.suppression_entries} suppression entr(ies), "
           f"{erasure.accounts} account(s); data keys destroyed: "
           f"{', '.join(map(str, erasure.data_keys_destroyed)) or 'none left'}")
     print(f"pseudonymised {erasure.events_pseudonymised} delivery attempt(s) and "
-          f"{erasure.messages_pseudonymised} message sender(s); objects deleted: {deleted}")
-    if failed:
-        print(f"mta: {failed} object(s) could not be deleted from the body store: run mta gdpr erase again",
-              file=sys.stderr)
+          f"{erasure.messages_pseudonymised} message sender(s); objects deleted: {erasure.objects_deleted}")
+    if erasure.objects_failed:
+        print(f"mta: {erasure.objects_failed} object(s) could not be deleted from the body store: run mta gdpr "
+              "erase again", file=sys.stderr)
     if erasure.deliveries_in_flight:
         print(f"mta: {erasure.deliveries_in_flight} deliver(ies) were being attempted and may still be sent: run "
               f"mta gdpr erase again after {config.delivery.lease_seconds:.0f} s", file=sys.stderr)
@@ -163,35 +158,23 @@ def _report_erasure(config: Config, pseudonym: str, erasure, deleted: int, faile
 
 
 def cmd_hold(config: Config, args: argparse.Namespace) -> int:
-    from mta.gdpr.holds import add_hold
+    from mta.gdpr.holds import hold_and_record
 
     address = _address_or_exit(args.address)
     pseudonym = _pseudonym_or_exit(config, address)
-
-    async def work(connection) -> bool:
-        created = await add_hold(connection, address, args.reason, _actor(args))
-        await audit(connection, _actor(args), "gdpr.hold", {"pseudonym": pseudonym, "reason": args.reason,
-                                                             "new": created})
-        return created
-
-    created = run_in_transaction(config, work)
+    created = run_in_transaction(config, lambda connection: hold_and_record(
+        connection, address, args.reason, _actor(args), pseudonym))
     print(f"{address} is under a legal hold" + ("" if created else " (already was; reason replaced)"))
     return 0
 
 
 def cmd_release(config: Config, args: argparse.Namespace) -> int:
-    from mta.gdpr.holds import release_hold
+    from mta.gdpr.holds import release_and_record
 
     address = _address_or_exit(args.address)
     pseudonym = _pseudonym_or_exit(config, address)
-
-    async def work(connection) -> bool:
-        released = await release_hold(connection, address)
-        if released:
-            await audit(connection, _actor(args), "gdpr.release", {"pseudonym": pseudonym})
-        return released
-
-    if not run_in_transaction(config, work):
+    if not run_in_transaction(config, lambda connection: release_and_record(
+            connection, address, _actor(args), pseudonym)):
         print(f"mta: {address} has no legal hold", file=sys.stderr)
         return EXIT_USAGE
     print(f"legal hold of {address} released")

@@ -1,8 +1,8 @@
 """``mta mailbox ...``: list a local mailbox, fetch a message or one of its large attachments.
 
-A message id or attachment number that the mailbox does not have exits
-with status 2, a body that cannot be decrypted (its data key destroyed)
-with 1. Raw messages and attachments are binary, so they go to a file or a
+An unknown mailbox (no account and no stored message), and a message id or
+attachment number that the mailbox does not have, exit with status 2, a
+body that cannot be decrypted (its data key destroyed) with 1. Raw messages and attachments are binary, so they go to a file or a
 pipe, never to a terminal.
 """
 
@@ -50,10 +50,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_list(config: Config, args: argparse.Namespace) -> int:
-    from mta.mailbox.store import list_messages
+    from mta.mailbox.store import MailboxNotFound, list_messages
 
     messages = run_in_transaction(config, lambda connection: list_messages(
-        connection, args.address, args.folder, args.limit, args.before), (ValueError,))
+        connection, args.address, args.folder, args.limit, args.before), (ValueError, MailboxNotFound))
     if args.json:
         for message in messages:
             print(json.dumps(message.as_json()))

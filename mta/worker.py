@@ -55,9 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mta.worker")
 
-# Seconds a stopping worker waits for sessions and deliveries in flight.
-STOP_GRACE = 20.0
-
 
 class Worker:
     def __init__(self, config: Config, prepared: "Prepared", index: int, node_id: str):
@@ -156,7 +153,7 @@ class Worker:
         for server in servers:
             server.close()
         await asyncio.sleep(0)
-        await scheduler.stop(grace=STOP_GRACE)
+        await scheduler.stop(grace=delivery.stop_grace)
         await connections.close()
         if reports.enabled:
             await reporter.stop()

@@ -2,7 +2,8 @@
 
 It records every accepted message with the peer address of the connection,
 so tests can check the MTA's bound source address. A script sets the replies
-to RCPT or DATA and a delay before the first RCPT of successive connections.
+to RCPT or DATA, a delay before the first RCPT of successive connections and
+a delay before the reply to successive end-of-data.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class Script:
     data_replies: deque = field(default_factory=deque)
     # Seconds to wait before replying to the first RCPT, for successive connections.
     rcpt_delays: deque = field(default_factory=deque)
+    # Seconds to wait after successive end-of-data before replying. A client
+    # that disconnects meanwhile cancels the wait, and nothing is recorded.
+    data_delays: deque = field(default_factory=deque)
 
 
 class _Handler:
@@ -74,6 +78,10 @@ class _Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        self.sink.data_seen.set()
+        with self.sink.lock:
+            delay = self.sink.script.data_delays.popleft() if self.sink.script.data_delays else 0.0
+        await asyncio.sleep(delay)
         with self.sink.lock:
             self.sink.in_transaction -= 1
             reply = self.sink.script.data_replies.popleft() if self.sink.script.data_replies else None
@@ -122,6 +130,8 @@ class Sink:
         self.lock = threading.Lock()
         self.arrived = threading.Event()
         self.rcpt_seen = threading.Event()
+        # Set when a whole message has arrived, before the reply to it.
+        self.data_seen = threading.Event()
         controller = _LongLineController if accept_long_lines else Controller
         self._controller = controller(_Handler(self), hostname=host, port=port, ready_timeout=10, **smtp_parameters)
 

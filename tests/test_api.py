@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import io
 import time
+import zipfile
 from collections import deque
 from collections.abc import Iterator
 
@@ -25,6 +27,8 @@ from tests.test_end_to_end import PASSWORD, add_alice, publish_dkim, txt_lookup
 
 MAX_SIZE = 200_000
 MAX_RECIPIENTS = 100  # the default of smtp.max_recipients
+# Octets: a decoded attachment larger than this is also stored as an object of its own.
+ATTACHMENT_THRESHOLD = 1024
 
 
 class Api:
@@ -53,7 +57,8 @@ def api(pg, dns, sink_port, tmp_path_factory) -> Iterator[Api]:
     workdir = tmp_path_factory.mktemp("api")
     # Deferred mail waits an hour, so queue tests see it in the queue.
     extra = {"smtp": {"max_message_size": MAX_SIZE},
-             "delivery": {"retry_schedule": [3600.0]}}
+             "delivery": {"retry_schedule": [3600.0]},
+             "mailbox": {"attachment_threshold": ATTACHMENT_THRESHOLD}}
     mta = MtaProcess(workdir, create_database(pg), dns.port, sink_port, extra)
     mta.start()
     add_alice(mta)
@@ -101,7 +106,11 @@ def test_unknown_token_gets_401(api):
 
 def test_missing_scope_gets_403(api):
     cases = [("POST", "/v1/queue/AAAAAAAAAAAAAAAA/hold"), ("GET", "/v1/suppression"), ("GET", "/v1/audit/verify"),
-             ("POST", "/v1/messages")]
+             ("POST", "/v1/messages"), ("GET", "/v1/mailbox/alice@example.com/messages"),
+             ("GET", "/v1/mailbox/alice@example.com/messages/1"),
+             ("GET", "/v1/mailbox/alice@example.com/messages/1/attachments/1"),
+             ("POST", "/v1/gdpr/alice@example.com/export"), ("POST", "/v1/gdpr/alice@example.com/erase"),
+             ("PUT", "/v1/gdpr/alice@example.com/hold"), ("DELETE", "/v1/gdpr/alice@example.com/hold")]
     for method, path in cases:
         response = api.call(method, path, token="reader")
         assert response.status_code == 403, path
@@ -302,13 +311,125 @@ def test_audit_verify(api):
     assert len(result["head"]) == 64
 
 
-def test_reserved_endpoints_get_501(api):
-    for method, path, scope_token in (("GET", "/v1/mailbox/alice@example.com/messages", "admin"),
-                                      ("POST", "/v1/gdpr/alice@example.com/erase", "admin")):
-        response = api.call(method, path, scope_token)
-        assert response.status_code == 501
-        assert error_code(response) == "not_implemented"
-    assert api.call("POST", "/v1/gdpr/alice@example.com/export", "reader").status_code == 403
+def add_user(api: Api, address: str) -> None:
+    result = api.mta.cli("user", "add", address, "--password-stdin", input_text=PASSWORD + "\n")
+    assert result.returncode == 0, result.stderr
+
+
+def delivered_message(api: Api, address: str, subject: str, attachment: bytes) -> dict:
+    """Send a message with one attachment to a local mailbox; return its listing entry once it is there."""
+    content = base64.b64encode(attachment).decode()
+    response = send_json(api, to=[address], subject=subject, attachments=[
+        {"filename": "report 1.bin", "content_type": "application/octet-stream", "content": content}])
+    assert response.status_code == 202, response.text
+    page = wait_until(lambda: api.call("GET", f"/v1/mailbox/{address}/messages").json()["messages"])
+    assert page, f"nothing reached the mailbox of {address}"
+    return page[0]
+
+
+def test_mailbox_list_fetch_attachment(api, tmp_path):
+    add_user(api, "lena@example.com")
+    attachment = bytes(range(256)) * 16
+    listed = delivered_message(api, "Lena@Example.com", "Quarterly report", attachment)
+
+    assert listed["subject"] == "Quarterly report"
+    assert listed["from"] == "noreply@example.com"
+    assert listed["folder"] == "INBOX"
+    assert listed["attachments"] == 1
+    message_id = listed["id"]
+
+    first = api.call("GET", "/v1/mailbox/lena@example.com/messages?limit=1").json()
+    assert first["next_cursor"] == message_id
+    after = api.call("GET", f"/v1/mailbox/lena@example.com/messages?limit=1&cursor={message_id}").json()
+    assert after == {"messages": [], "next_cursor": None}
+    other_folder = api.call("GET", "/v1/mailbox/lena@example.com/messages?folder=Archive").json()
+    assert other_folder["messages"] == []
+
+    fetched = api.call("GET", f"/v1/mailbox/lena@example.com/messages/{message_id}")
+    assert fetched.status_code == 200
+    assert fetched.headers["content-type"] == "message/rfc822"
+    assert int(fetched.headers["content-length"]) == listed["size"] == len(fetched.content)
+    result = api.mta.cli("mailbox", "fetch", "lena@example.com", str(message_id), "--output", str(tmp_path / "m"))
+    assert result.returncode == 0, result.stderr
+    assert fetched.content == (tmp_path / "m").read_bytes()
+    parsed = email.message_from_bytes(fetched.content, policy=email.policy.default)
+    assert parsed["Subject"] == "Quarterly report"
+
+    attachments = api.call("GET", f"/v1/mailbox/lena@example.com/messages/{message_id}/attachments").json()
+    assert attachments == [{"position": 1, "filename": "report 1.bin", "content_type": "application/octet-stream",
+                            "size": len(attachment)}]
+    stored = api.call("GET", f"/v1/mailbox/lena@example.com/messages/{message_id}/attachments/1")
+    assert stored.status_code == 200
+    assert stored.content == attachment
+    assert stored.headers["content-type"] == "application/octet-stream"
+    assert stored.headers["content-disposition"] == "attachment; filename*=UTF-8''report%201.bin"
+
+
+def test_mailbox_errors(api):
+    cases = [("/v1/mailbox/nobody@example.com/messages", 404, "unknown_mailbox"),
+             ("/v1/mailbox/nobody@example.com/messages/1", 404, "unknown_mailbox"),
+             ("/v1/mailbox/alice@example.com/messages/999999999", 404, "not_found"),
+             ("/v1/mailbox/alice@example.com/messages/999999999/attachments/1", 404, "not_found"),
+             ("/v1/mailbox/not-an-address/messages", 422, "invalid_address"),
+             ("/v1/mailbox/alice@example.com/messages?limit=0", 422, "invalid_request")]
+    for path, status, code in cases:
+        response = api.call("GET", path)
+        assert response.status_code == status, path
+        assert error_code(response) == code, path
+
+
+def archive_members(content: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def test_gdpr_hold_export_erase(api, tmp_path):
+    add_user(api, "mona@example.com")
+    attachment = b"statement " * 200
+    message_id = delivered_message(api, "mona@example.com", "Statement", attachment)["id"]
+
+    held = api.call("PUT", "/v1/gdpr/mona@example.com/hold", json={"reason": "case 2024-17"})
+    assert held.json() == {"address": "mona@example.com", "reason": "case 2024-17", "created": True}
+    refused = api.call("POST", "/v1/gdpr/mona@example.com/erase")
+    assert refused.status_code == 409
+    assert error_code(refused) == "legal_hold"
+    assert "case 2024-17" in refused.json()["error"]["message"]
+    assert api.call("GET", f"/v1/mailbox/mona@example.com/messages/{message_id}").status_code == 200
+    assert api.call("DELETE", "/v1/gdpr/mona@example.com/hold").status_code == 204
+    assert error_code(api.call("DELETE", "/v1/gdpr/mona@example.com/hold")) == "not_found"
+
+    exported = api.call("POST", "/v1/gdpr/mona@example.com/export")
+    assert exported.status_code == 200
+    assert exported.headers["content-type"] == "application/zip"
+    members = archive_members(exported.content)
+    assert b"Subject: Statement\n" in members["mailbox.mbox"]
+    result = api.mta.cli("gdpr", "export", "mona@example.com", "--output", str(tmp_path / "cli.zip"), "--actor", "dpo")
+    assert result.returncode == 0, result.stderr
+    from_cli = archive_members((tmp_path / "cli.zip").read_bytes())
+    # audit.json differs: the second export lists the first one's entry.
+    assert sorted(members) == sorted(from_cli)
+    for name in set(members) - {"audit.json"}:
+        assert members[name] == from_cli[name], name
+
+    erased = api.call("POST", "/v1/gdpr/mona@example.com/erase")
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["mailbox_messages"] == 1
+    assert erased.json()["accounts"] == 1
+    again = api.call("POST", "/v1/gdpr/mona@example.com/erase")
+    assert again.status_code == 404
+    assert error_code(again) == "nothing_stored"
+    gone = api.call("GET", f"/v1/mailbox/mona@example.com/messages/{message_id}")
+    assert gone.status_code == 404
+    assert error_code(gone) == "unknown_mailbox"
+
+    pseudonym = erased.json()["pseudonym"]
+    entries = query(api.mta.database_url, "SELECT actor, action, detail::text AS detail FROM audit_log"
+                                          " WHERE action LIKE 'gdpr.%' AND detail->>'pseudonym' = $1 ORDER BY id",
+                    pseudonym)
+    assert [(row["actor"], row["action"]) for row in entries] == [
+        ("api:admin", "gdpr.hold"), ("api:admin", "gdpr.release"), ("api:admin", "gdpr.export"),
+        ("dpo", "gdpr.export"), ("api:admin", "gdpr.erase")]
+    assert all("mona@" not in row["detail"] for row in entries)
 
 
 def test_health_ready_and_metrics(api):

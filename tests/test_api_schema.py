@@ -18,8 +18,7 @@ from tests.test_api import api  # noqa: F401 (the module-scoped MTA fixture)
 
 MAX_EXAMPLES = 200
 TIME_LIMIT = 25.0
-# The reserved mailbox and GDPR endpoints answer 501 by design, so they are left out.
-PATHS = r"^/(health|ready|v1/queue.*|v1/suppression|v1/audit/verify|v1/messages)$"
+PATHS = r"^/(health|ready|v1/queue.*|v1/suppression|v1/audit/verify|v1/messages|v1/mailbox/.*|v1/gdpr/.*)$"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 

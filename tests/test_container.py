@@ -152,12 +152,12 @@ def test_compose_publishes_container_ports():
 
 
 def test_compose_stop_grace_exceeds_worker_grace():
-    from mta.worker import STOP_GRACE
+    from mta.config import DeliveryConfig
 
     grace = compose()["services"]["mta"]["stop_grace_period"]
 
     assert grace.endswith("s")
-    assert float(grace[:-1]) > STOP_GRACE
+    assert float(grace[:-1]) > DeliveryConfig().stop_grace
 
 
 def test_dockerfile_passes_hadolint():

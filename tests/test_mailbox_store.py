@@ -93,7 +93,9 @@ def test_mailbox_list_pages_and_folders(make_mta):
     assert [entry["id"] for entry in first_page + second_page] == [entry["id"] for entry in everything]
     assert list_json(mta, "alice@example.com", "--folder", "Archive") == []
     assert len(list_json(mta, "alice@example.com", "--folder", "INBOX")) == 3
-    assert list_json(mta, "bob@example.com") == []
+    unknown = mta.cli("mailbox", "list", "bob@example.com")
+    assert unknown.returncode == 2
+    assert "mailbox bob@example.com is unknown" in unknown.stderr
 
 
 def test_large_attachment_listed_and_fetched(make_mta, tmp_path):

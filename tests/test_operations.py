@@ -167,6 +167,28 @@ def test_sigterm_loses_no_accepted_message(make_mta, sink, sink_port):
         assert stored == []
 
 
+def test_sigterm_during_delivery_releases_lease(make_mta, sink, sink_port):
+    mta = make_mta(relay_config(sink_port, stop_grace=0.5))
+    sink.script.data_delays = deque([30.0])
+
+    code, text = send_mx(mta, "sender@example.net", f"user@{RELAY_DOMAIN}")
+    assert code == 250
+    queue_id = text.decode().rsplit(" ", 1)[1]
+    assert sink.data_seen.wait(timeout=10)
+    mta.process.terminate()
+    assert mta.process.wait(timeout=20) == 0
+
+    (row,) = query(mta.database_url, "SELECT lease_owner, attempts FROM delivery WHERE message_id = $1", queue_id)
+    assert row["lease_owner"] is None
+    assert row["attempts"] == 0
+    assert sink.messages == []
+
+    mta.start()
+    (received,) = sink.wait_for(1)
+    assert received.recipients == [f"user@{RELAY_DOMAIN}"]
+    assert wait_until(lambda: not query(mta.database_url, "SELECT id FROM delivery WHERE message_id = $1", queue_id))
+
+
 def test_user_import_locked_and_password(make_mta, tmp_path):
     mta = make_mta()
     listing = tmp_path / "users.txt"

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from mta.worker import STOP_GRACE
+from mta.config import DeliveryConfig
 from tests.mtaprocess import REPOSITORY
 
 UNIT = REPOSITORY / "config" / "systemd" / "mta.service"
@@ -34,7 +34,7 @@ def test_unit_stop_timeout_exceeds_grace():
     timeout = service_section()["TimeoutStopSec"]
 
     assert timeout.endswith("s")
-    assert float(timeout[:-1]) > STOP_GRACE
+    assert float(timeout[:-1]) > DeliveryConfig().stop_grace
 
 
 def test_unit_hardening():

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from mta.api import routes_audit, routes_health, routes_messages, routes_queue, routes_reserved, routes_suppression
+from mta.api import (routes_audit, routes_gdpr, routes_health, routes_mailbox, routes_messages, routes_queue,
+                     routes_suppression)
 from mta.api.context import ApiContext
 from mta.api.errors import install_handlers
 
 DESCRIPTION = """\
-Send mail, steer the queue, manage the suppression list and verify the audit
-log of this MTA. Every `/v1` endpoint needs `Authorization: Bearer TOKEN`
+Send mail, steer the queue, manage the suppression list, read local
+mailboxes, export or erase one person's data and verify the audit log of
+this MTA. Every `/v1` endpoint needs `Authorization: Bearer TOKEN`
 with a token from `mta api token create NAME --scope SCOPE ...`; the scope of
 each endpoint is named in its description. A missing or invalid token gets
 401, a token without the scope 403. Every error has the body
@@ -28,8 +30,8 @@ def build_app(context: ApiContext) -> FastAPI:
     app = FastAPI(title="mta", version="1", description=DESCRIPTION, docs_url=None, redoc_url=None)
     app.state.context = context
     install_handlers(app)
-    for module in (routes_health, routes_messages, routes_queue, routes_suppression, routes_audit,
-                   routes_reserved):
+    for module in (routes_health, routes_messages, routes_queue, routes_suppression, routes_audit, routes_mailbox,
+                   routes_gdpr):
         app.include_router(module.router)
     _publish_request_schemas(app)
     return app

@@ -30,7 +30,10 @@ class ErrorCode(str, enum.Enum):
     invalid_token = "invalid_token"                # 401: unknown, malformed or revoked token
     insufficient_scope = "insufficient_scope"      # 403: the token lacks the endpoint's scope
     sender_not_allowed = "sender_not_allowed"      # 403: From is not the token's account or sender domains
-    not_found = "not_found"                        # 404: no such path, queue id or suppression entry
+    not_found = "not_found"                        # 404: no such path, queue id, suppression entry, mailbox
+                                                   # message, stored attachment or legal hold
+    unknown_mailbox = "unknown_mailbox"            # 404: the address has no account and no stored message
+    nothing_stored = "nothing_stored"              # 404: erase found nothing stored about the address
     method_not_allowed = "method_not_allowed"      # 405
     message_too_large = "message_too_large"        # 413: over the submission size limit
     unsupported_media_type = "unsupported_media_type"  # 415: neither JSON nor message/rfc822
@@ -42,9 +45,10 @@ class ErrorCode(str, enum.Enum):
     invalid_message = "invalid_message"            # 422: the message breaks submission policy
     message_rejected = "message_rejected"          # 422: a content check rejected it
     busy = "busy"                                  # 409: a node is delivering the message right now
+    legal_hold = "legal_hold"                      # 409: the address is under a legal hold, so nothing is erased
+    key_destroyed = "key_destroyed"                # 410: the mailbox's data key was destroyed, so the content is gone
     not_ready = "not_ready"                        # 503: /ready only
     temporarily_unavailable = "temporarily_unavailable"  # 503: database, body store or check down, so retry
-    not_implemented = "not_implemented"            # 501: endpoint reserved, not built yet
     internal_error = "internal_error"              # 500: logged with the reference in the message
 
 

@@ -31,11 +31,17 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from mta import audit
 from mta.auth.throttle import account_key
 from mta.gdpr import holds
-from mta.mailbox.removal import release_bodies, remove_mailbox_rows
+from mta.mailbox.removal import delete_queued_objects, release_bodies, remove_mailbox_rows
 from mta.storage.key_admin import KeyAdminError, destroy_data_key
 from mta.storage.keyring import mailbox_owner, sender_owner
+from mta.storage.store import BodyStore
+
+# Tables whose dead row versions an erasure leaves with the address or key material in them.
+VACUUMED_TABLES = ("data_key", "mailbox_message", "mailbox_attachment", "mailbox_user", "suppression",
+                   "auth_failure", "message", "delivery", "delivery_event")
 
 _OWN_ROWS = "SELECT id FROM mailbox_message WHERE mailbox = $1 ORDER BY id FOR UPDATE"
 
@@ -82,6 +88,10 @@ WHERE jsonb_typeof(dsn -> 'recipients') = 'object'
 _AUDIT_MENTIONS = "SELECT id FROM audit_log WHERE strpos(lower(detail::text), $1) > 0 ORDER BY id"
 
 
+class NothingStored(LookupError):
+    """Nothing that an erasure removes or pseudonymises is stored about the address."""
+
+
 @dataclass
 class Erasure:
     """Counts of what one erasure removed or pseudonymised, for the audit log and the operator."""
@@ -89,6 +99,8 @@ class Erasure:
     mailbox_messages: int = 0
     bodies: int = 0
     deliveries_removed: int = 0
+    # Queued deliveries that lost the address but keep other recipients.
+    deliveries_changed: int = 0
     # Deliveries a node was attempting at that moment: the attempt may still send them.
     deliveries_in_flight: int = 0
     events_pseudonymised: int = 0
@@ -100,6 +112,16 @@ class Erasure:
     objects: list[str] = field(default_factory=list)
     # Ids of older audit entries naming the address in clear, which the chain keeps.
     audit_entries_naming_address: list[int] = field(default_factory=list)
+    # Objects deleted from the body store after the commit, and deletions that failed and stay queued.
+    objects_deleted: int = 0
+    objects_failed: int = 0
+
+    @property
+    def found_nothing(self) -> bool:
+        counts = (self.mailbox_messages, self.bodies, self.deliveries_removed, self.deliveries_changed,
+                  self.events_pseudonymised, self.messages_pseudonymised, self.suppression_entries, self.accounts,
+                  self.auth_failure_counts, len(self.data_keys_destroyed))
+        return not any(counts)
 
     def as_audit_detail(self, pseudonym: str) -> dict:
         return {"pseudonym": pseudonym, "mailbox_messages": self.mailbox_messages, "bodies": self.bodies,
@@ -110,6 +132,27 @@ class Erasure:
                 "suppression_entries": self.suppression_entries, "accounts": self.accounts,
                 "auth_failure_counts": self.auth_failure_counts, "data_keys_destroyed": self.data_keys_destroyed,
                 "audit_entries_naming_address": len(self.audit_entries_naming_address)}
+
+
+async def erase_and_record(connection: asyncpg.Connection, store: BodyStore, address: str, pseudonym: str,
+                           actor: str, missing_ok: bool = True) -> Erasure:
+    """Erase the address's data with its audit entry in one transaction, then clean up after it.
+
+    The cleanup vacuums the tables that kept old row versions and deletes
+    the objects queued for deletion, this erasure's and any an earlier run
+    left. Raises HeldError under a legal hold, and NothingStored, changing
+    nothing, when missing_ok is False and nothing was stored about the address.
+    """
+    async with connection.transaction():
+        erasure = await erase(connection, address, pseudonym)
+        if erasure.found_nothing and not missing_ok:
+            raise NothingStored(f"nothing is stored about {address}: never seen, or erased already")
+        await audit.append(connection, actor, "gdpr.erase", erasure.as_audit_detail(pseudonym))
+
+    for table in VACUUMED_TABLES:
+        await connection.execute(f"VACUUM {table}")
+    erasure.objects_deleted, erasure.objects_failed = await delete_queued_objects(connection, store)
+    return erasure
 
 
 def address_pattern(address: str) -> str:
@@ -151,6 +194,7 @@ async def _drop_queued(connection: asyncpg.Connection, address: str, pseudonym: 
     await connection.execute(_DROP_EMPTY, empty)
 
     erasure.deliveries_removed = len(outgoing) + len(empty)
+    erasure.deliveries_changed = len(incoming) - len(empty)
     erasure.deliveries_in_flight = sum(row["leased"] for row in [*outgoing, *incoming])
     touched = sorted({row["message_id"] for row in [*outgoing, *incoming]})
     await connection.execute(_COMPLETE, touched)

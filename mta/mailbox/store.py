@@ -4,19 +4,22 @@ These functions are what an API or a command calls. ``database`` is an
 asyncpg pool or connection, and ``bodies`` a BodyCodec whose keyring reads
 data keys from the same database. A mailbox is named by its address in any
 case. A message id of another mailbox is reported as not found, so one
-mailbox's ids reveal nothing of another's.
+mailbox's ids reveal nothing of another's. A mailbox with no account and no
+stored message is unknown, and MailboxNotFound says so.
 
-Decryption errors propagate: ``KeyDestroyedError`` (from
+Bodies and attachments are read as Content, which decrypts them piece by
+piece, so a large message is never whole in memory. Decryption errors propagate: ``KeyDestroyedError`` (from
 mta.storage.keyring) when the mailbox's data key was destroyed, and other
 ``DecryptionError`` subclasses when an object was altered.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from mta.storage.bodies import BodyCodec, decrypt_object
+from mta.storage.bodies import BodyCodec, decrypt_object_stream, prepend
 from mta.storage.store import BodyStore
 
 # Messages one list call returns at most.
@@ -36,7 +39,7 @@ _ONE = _SELECT + "WHERE b.mailbox = $1 AND b.id = $2"
 
 # A row from before the key hierarchy has no wrap of its own and uses the message's.
 _BODY = """
-SELECT b.message_id, m.body_key, coalesce(b.wrapped_key, m.wrapped_key) AS wrapped_key,
+SELECT b.message_id, b.size, m.body_key, coalesce(b.wrapped_key, m.wrapped_key) AS wrapped_key,
        CASE WHEN b.wrapped_key IS NULL THEN m.data_key_id ELSE b.data_key_id END AS data_key_id,
        i.data AS inline_data
 FROM mailbox_message b JOIN message m ON m.id = b.message_id LEFT JOIN message_body i ON i.message_id = m.id
@@ -50,9 +53,17 @@ WHERE b.mailbox = $1 AND b.id = $2 AND ($3::int IS NULL OR a.position = $3)
 ORDER BY a.position
 """
 
+_MAILBOX_EXISTS = """
+SELECT EXISTS (SELECT 1 FROM mailbox_user WHERE address = $1) OR EXISTS (SELECT 1 FROM mailbox_message WHERE mailbox = $1)
+"""
+
 
 class MessageNotFound(LookupError):
     """The mailbox has no message with the id given."""
+
+
+class MailboxNotFound(MessageNotFound):
+    """The address has no account and no stored message."""
 
 
 class AttachmentNotFound(LookupError):
@@ -98,6 +109,22 @@ class AttachmentInfo:
                 "size": self.size}
 
 
+@dataclass(frozen=True)
+class Content:
+    """Decrypted octets of a message or attachment, yielded one verified chunk at a time.
+
+    The pieces may still raise a DecryptionError or a StoreError: the
+    content is whole and authentic only when they end without one.
+    """
+
+    size: int
+    pieces: AsyncIterator[bytes]
+
+    async def read(self) -> bytes:
+        """Return the whole content, for callers that need it in memory."""
+        return b"".join([piece async for piece in self.pieces])
+
+
 def _message(row) -> MailboxMessage:
     return MailboxMessage(row["id"], row["mailbox"], row["folder"], row["size"], row["date"], row["from_header"],
                           row["subject"], list(row["flags"]), row["queue_id"], row["received_at"],
@@ -108,39 +135,66 @@ async def list_messages(database, address: str, folder: str | None = None, limit
                         before_id: int | None = None) -> list[MailboxMessage]:
     """Return a mailbox's messages newest first; before_id pages on from the last id of the previous call.
 
-    folder None lists every folder. Raises ValueError when limit is not between 1 and MAX_LIMIT.
+    folder None lists every folder. Raises ValueError when limit is not between 1 and MAX_LIMIT, and
+    MailboxNotFound.
     """
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
     rows = await database.fetch(_LIST, address.lower(), folder, before_id, limit)
+    if not rows and not await mailbox_exists(database, address):
+        raise _unknown_mailbox(address)
     return [_message(row) for row in rows]
 
 
+async def mailbox_exists(database, address: str) -> bool:
+    """Return whether the address has an account or at least one stored message."""
+    return await database.fetchval(_MAILBOX_EXISTS, address.lower())
+
+
 async def get_message(database, address: str, message_id: int) -> MailboxMessage:
-    """Return one message's metadata, or raise MessageNotFound."""
+    """Return one message's metadata, or raise MessageNotFound or MailboxNotFound."""
     row = await database.fetchrow(_ONE, address.lower(), message_id)
     if row is None:
-        raise MessageNotFound(f"mailbox {address.lower()} has no message {message_id}")
+        raise await _missing(database, address.lower(), message_id)
     return _message(row)
 
 
 async def fetch_message(database, store: BodyStore, bodies: BodyCodec, address: str, message_id: int) -> bytes:
     """Return the whole RFC 5322 message as delivered, decrypted with the mailbox's own wrap."""
-    return await read_body(database, store, bodies, message_id, address.lower())
+    return await (await open_message(database, store, bodies, address, message_id)).read()
+
+
+async def open_message(database, store: BodyStore, bodies: BodyCodec, address: str, message_id: int) -> Content:
+    """Start reading the RFC 5322 message as delivered, decrypted with the mailbox's own wrap."""
+    return await open_body(database, store, bodies, message_id, address.lower())
 
 
 async def read_body(database, store: BodyStore, bodies: BodyCodec, message_id: int,
                     mailbox: str | None = None) -> bytes:
     """Return the body of a mailbox row, of any mailbox when mailbox is None; raise MessageNotFound."""
+    return await (await open_body(database, store, bodies, message_id, mailbox)).read()
+
+
+async def open_body(database, store: BodyStore, bodies: BodyCodec, message_id: int,
+                    mailbox: str | None = None) -> Content:
+    """Start reading the body of a mailbox row, of any mailbox when mailbox is None.
+
+    The row is looked up, the content key unwrapped and the first chunk
+    decrypted before this returns, so MessageNotFound, KeyDestroyedError, a
+    wrong key and a missing object are raised here, not by the pieces.
+    """
     row = await database.fetchrow(_BODY, mailbox, message_id)
     if row is None:
-        raise MessageNotFound(f"mailbox {mailbox or 'store'} has no message {message_id}")
+        if mailbox is None:
+            raise MessageNotFound(f"the mailbox store has no message {message_id}")
+        raise await _missing(database, mailbox, message_id)
 
-    data = row["inline_data"]
-    if data is None:
-        data = await store.get(row["body_key"])
-    opened = await bodies.open(row["message_id"], bytes(data), row["wrapped_key"], row["data_key_id"])
-    return opened.body
+    content_key = await bodies.content_key(row["message_id"], row["wrapped_key"], row["data_key_id"])
+    if row["inline_data"] is not None:
+        source = _one_piece(bytes(row["inline_data"]))
+    else:
+        source = store.get_stream(row["body_key"])
+    return await _started(row["size"], decrypt_object_stream(content_key, row["message_id"], source))
 
 
 async def list_attachments(database, address: str, message_id: int) -> list[AttachmentInfo]:
@@ -156,12 +210,49 @@ async def list_attachments(database, address: str, message_id: int) -> list[Atta
 async def fetch_attachment(database, store: BodyStore, bodies: BodyCodec, address: str, message_id: int,
                            position: int) -> tuple[AttachmentInfo, bytes]:
     """Return one stored attachment and its decoded content; raise MessageNotFound or AttachmentNotFound."""
+    info, content = await open_attachment(database, store, bodies, address, message_id, position)
+    return info, await content.read()
+
+
+async def open_attachment(database, store: BodyStore, bodies: BodyCodec, address: str, message_id: int,
+                          position: int) -> tuple[AttachmentInfo, Content]:
+    """Start reading one stored attachment's decoded content, raising errors as open_body does.
+
+    Raises MessageNotFound or AttachmentNotFound.
+    """
     await get_message(database, address, message_id)
     row = await database.fetchrow(_ATTACHMENTS, address.lower(), message_id, position)
     if row is None:
         raise AttachmentNotFound(f"message {message_id} of {address.lower()} has no stored attachment {position}")
 
     content_key = await bodies.content_key(row["object_key"], row["wrapped_key"], row["data_key_id"])
-    data = decrypt_object(content_key, row["object_key"], await store.get(row["object_key"]))
+    pieces = decrypt_object_stream(content_key, row["object_key"], store.get_stream(row["object_key"]))
     info = AttachmentInfo(row["position"], row["filename"], row["content_type"], row["size"])
-    return info, data
+    return info, await _started(row["size"], pieces)
+
+
+async def _missing(database, address: str, message_id: int) -> MessageNotFound:
+    if not await mailbox_exists(database, address):
+        return _unknown_mailbox(address)
+    return MessageNotFound(f"mailbox {address} has no message {message_id}")
+
+
+def _unknown_mailbox(address: str) -> MailboxNotFound:
+    return MailboxNotFound(f"mailbox {address.lower()} is unknown: no account and no stored message")
+
+
+async def _started(size: int, pieces: AsyncIterator[bytes]) -> Content:
+    """Read the first piece now, so that opening errors come before the caller sends anything."""
+    first = await anext(pieces, None)
+    if first is None:
+        return Content(size, _no_pieces())
+    return Content(size, prepend(first, pieces))
+
+
+async def _one_piece(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _no_pieces() -> AsyncIterator[bytes]:
+    return
+    yield

@@ -136,22 +136,32 @@ class Scheduler:
         return list(self._tasks)
 
     async def stop(self, grace: float = 30.0) -> None:
-        """Stop taking work, let running deliveries finish, release the rest."""
+        """Stop taking work, let running deliveries finish for up to grace seconds, cancel and release the rest.
+
+        A cancelled attempt may have sent the whole message already, with
+        the remote reply not yet read, so the retry can deliver it twice.
+        """
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
         if self.running:
             await asyncio.wait(self.running, timeout=grace)
-        waiting = []
-        while not self.ready.empty():
-            waiting.append(self.ready.get_nowait().delivery_id)
-        if waiting:
+        unfinished = list(self.running)
+        if unfinished:
+            log.warning("cancelling %d delivery attempt(s) still running after %g s", len(unfinished), grace)
+        # Taken before the cancelled tasks forget their rows: the running rows and those still in the ready queue.
+        leased = sorted(self.held)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+
+        if leased:
             try:
-                await self.pool.execute(_RELEASE, self.node_id, waiting)
+                await self.pool.execute(_RELEASE, self.node_id, leased)
             except TRANSIENT_ERRORS as error:
                 log.warning("failed to release %d leases at stop, they expire on their own: %s",
-                            len(waiting), error)
+                            len(leased), error)
 
     async def claim(self, limit: int) -> list[Job]:
         rows = await self.pool.fetch(_CLAIM, self.node_id, self.lease_seconds, limit, self.busy_sites())

@@ -15,6 +15,7 @@ format. The first four octets of the object tell MTA1 from MTAS.
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -93,3 +94,29 @@ def decrypt_object(content_key: bytes, object_name: str, data: bytes) -> bytes:
     if data[:4] == crypto.MAGIC:
         return crypto.decrypt_mta1(content_key, object_name, data)
     return stream.decrypt_bytes(data, content_key, object_name)
+
+
+async def decrypt_object_stream(content_key: bytes, object_name: str,
+                                pieces: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """Decrypt an MTAS or MTA1 object read in pieces, yielding plaintext one verified chunk at a time.
+
+    The body is whole and authentic only when the iterator ends without a
+    DecryptionError, as mta.storage.stream explains. An MTA1 object has a
+    single tag over the whole body, so it is gathered and decrypted at once.
+    """
+    source = aiter(pieces)
+    first = await anext(source, b"")
+    if first[:4] == crypto.MAGIC:
+        rest = [piece async for piece in source]
+        yield crypto.decrypt_mta1(content_key, object_name, b"".join([first, *rest]))
+        return
+
+    async for plaintext in stream.decrypt_aiter(prepend(first, source), content_key, object_name):
+        yield plaintext
+
+
+async def prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Yield first, then the pieces of rest."""
+    yield first
+    async for piece in rest:
+        yield piece
