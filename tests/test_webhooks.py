@@ -168,7 +168,7 @@ def test_signature_covers_timestamp_and_body():
     ({"url": "http://127.0.0.1/hook", "secret": SECRET}, "allow_insecure_loopback"),
     ({"url": "https://hooks.example/", "secret": "short"}, "at least 16 characters"),
     ({"url": "https://hooks.example/"}, "exactly one of secret and secret_file"),
-    ({"url": "https://hooks.example/", "secret": SECRET, "events": ["complained"]}, "events must name"),
+    ({"url": "https://hooks.example/", "secret": SECRET, "events": ["opened"]}, "events must name"),
     ({"url": "https://hooks.example/", "secret": SECRET, "timeout": 500.0}, "timeout must be between"),
 ])
 def test_endpoint_config_errors(tmp_path, endpoint, expected):
