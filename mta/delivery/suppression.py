@@ -23,7 +23,7 @@ from mta.delivery.outcome import Reply
 
 log = logging.getLogger("mta.delivery")
 
-SOURCES = ("bounce", "operator", "import")
+SOURCES = ("bounce", "operator", "import", "complaint")
 
 def suppressed_column(message: str, recipients: str) -> str:
     """Return an SQL column: the lower-case recipients suppressed for the sender domain of a message row.

@@ -10,7 +10,7 @@ at-least-once contract allows, and it spares the WAL flushes that accepts
 wait for.
 
 New events wake the lanes at once: a trigger on webhook_outbox sends a NOTIFY
-on NOTIFY_CHANNEL when rows are inserted (queue/0028_webhook_wakeup.sql).
+on NOTIFY_CHANNEL when rows are inserted (queue/0028_webhook_notify_and_complaints.sql).
 Retries that fall due later, and events inserted while the LISTEN connection
 was down, are found by a poll every poll_interval seconds.
 """

@@ -67,6 +67,10 @@ class WebhooksConfig:
     lease_seconds: float = 120.0
     # Days delivered and failed events stay in webhook_outbox.
     retention_days: int = 7
+    # A local mailbox for feedback loop reports (ARF): each report about a
+    # message of ours becomes a complained event and suppresses the recipient
+    # who complained (mta.complaints). Empty: reports are ordinary mail.
+    complaints_address: str = ""
 
 
 def check_webhooks(webhooks: WebhooksConfig) -> None:

@@ -20,3 +20,8 @@ CREATE TRIGGER webhook_outbox_inserted AFTER INSERT ON webhook_outbox
 -- Claims and the backlog gauges select by endpoint.
 DROP INDEX webhook_outbox_due;
 CREATE INDEX webhook_outbox_endpoint_due ON webhook_outbox (endpoint, due_at) WHERE state = 'pending';
+
+-- A feedback loop report (mta.complaints) suppresses the recipient who complained.
+ALTER TABLE suppression DROP CONSTRAINT suppression_source_check;
+ALTER TABLE suppression ADD CONSTRAINT suppression_source_check
+    CHECK (source IN ('bounce', 'operator', 'import', 'complaint'));
