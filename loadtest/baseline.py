@@ -112,6 +112,13 @@ class RunResult:
     # this script's polling included. It is all busy CPU time minus the above.
     other_cpu_seconds: float | None = None
     deferred_log_lines: int = 0
+    # With --webhook: events the receiver got by the time the last message
+    # reached the sink, in all, and per second from the start of the load
+    # until the last one arrived.
+    webhook_events_expected: int | None = None
+    webhook_events_at_load_end: int | None = None
+    webhook_events: int | None = None
+    webhook_events_per_second: float | None = None
     warning_lines: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -594,6 +601,21 @@ def measure(relay: OurMta | Postfix, sink: Sink, load: LoadOptions, result: RunR
         result.arriving_per_second = round(load.messages / (arrival_done - started), 1)
 
 
+def measure_webhooks(webhooks: WebhookReceiver, events_before: int, started: float, load: LoadOptions,
+                     result: RunResult) -> None:
+    """Record the events received by the end of the load, then wait for the rest and record the rate.
+
+    Each message makes two events: accepted, and delivered (or deferred for
+    the last one, which the sink takes without a reply).
+    """
+    result.webhook_events_expected = 2 * load.messages
+    result.webhook_events_at_load_end = webhooks.count - events_before
+    total = webhooks.wait_drained(events_before + result.webhook_events_expected, started + load.timeout)
+    result.webhook_events = total - events_before
+    if result.webhook_events and webhooks.last_at > started:
+        result.webhook_events_per_second = round(result.webhook_events / (webhooks.last_at - started), 1)
+
+
 def run_relay(kind: str, load: LoadOptions, workers: int, temp_root: Path, keep_temp: bool,
               before_tree: Path | None = None, webhooks: WebhookReceiver | None = None) -> RunResult:
     if kind == "mta-s3":
@@ -610,7 +632,7 @@ def _run_relay(kind: str, load: LoadOptions, workers: int, temp_root: Path, keep
     if kind == "postfix":
         relay = Postfix(directory, load.sign)
     elif kind == "before":
-        relay = OurMta(directory, workers, before_tree, load.sign)
+        relay = OurMta(directory, workers, before_tree, load.sign, extra_config=webhooks.config() if webhooks else "")
     else:
         relay = OurMta(directory, workers, None, load.sign, name=kind,
                        extra_config=webhooks.config() if webhooks else "")
@@ -627,7 +649,10 @@ def _run_relay(kind: str, load: LoadOptions, workers: int, temp_root: Path, keep
             relay.start(sink.port)
         sink.start()
         print(f"{kind}: listening on {LOOPBACK}:{relay.port}, sending {load.messages} messages", flush=True)
+        events_before, started = (webhooks.count if webhooks else 0), time.perf_counter()
         measure(relay, sink, load, result)
+        if webhooks is not None and kind != "postfix":
+            measure_webhooks(webhooks, events_before, started, load, result)
     except (BenchmarkError, SigningError, OSError, subprocess.SubprocessError) as error:
         result.failures.append(str(error))
     finally:
@@ -697,6 +722,10 @@ def report_run(result: RunResult, log_path: Path) -> None:
         print(f"{result.relay}: {result.messages_arrived} of {result.messages_sent} arrived, "
               f"accepted {result.accepted_per_second} msg/s, arriving {result.arriving_per_second} msg/s, "
               f"CPU {result.cpu_seconds} s, {result.deferred_log_lines} deferral(s) logged", flush=True)
+        if result.webhook_events_expected is not None:
+            print(f"{result.relay}: webhooks: {result.webhook_events_at_load_end} of "
+                  f"{result.webhook_events_expected} events received when the load ended, "
+                  f"{result.webhook_events} in all, {result.webhook_events_per_second} events/s", flush=True)
         return
 
     print(f"{result.relay}: RUN FAILED", file=sys.stderr)
@@ -762,7 +791,7 @@ def cpu_per_message_ms(results: list[RunResult]) -> float | None:
 
 # The medians compared between relays, with their labels.
 FIGURES = (("accepted_per_second", "accepted msg/s"), ("arriving_per_second", "arriving msg/s"),
-           ("cpu_ms_per_message", "CPU ms per message"))
+           ("cpu_ms_per_message", "CPU ms per message"), ("webhook_events_per_second", "webhook events/s"))
 # Relays compared with another besides Postfix, when the first one ran: (left, right, summary key of the ratios).
 COMPARISONS = (("before", "mta", "before", "ratio_mta_to_before"),
                ("mta-s3", "mta-s3", "mta", "ratio_mta_s3_to_mta"))
@@ -781,17 +810,10 @@ def print_table(results: list[RunResult]) -> dict:
 
     ours = [result for result in results if result.relay == "mta"]
     theirs = [result for result in results if result.relay == "postfix"]
-    summary = {
-        "mta": {"accepted_per_second": median_of(ours, "accepted_per_second"),
-                "arriving_per_second": median_of(ours, "arriving_per_second"),
-                "cpu_ms_per_message": cpu_per_message_ms(ours)},
-        "postfix": {"accepted_per_second": median_of(theirs, "accepted_per_second"),
-                    "arriving_per_second": median_of(theirs, "arriving_per_second"),
-                    "cpu_ms_per_message": cpu_per_message_ms(theirs)},
-    }
+    summary = {"mta": relay_medians(ours, "mta"), "postfix": relay_medians(theirs, "postfix")}
     summary["ratio_mta_to_postfix"] = {
         key: ratio(summary["mta"][key], summary["postfix"][key])
-        for key in ("accepted_per_second", "arriving_per_second", "cpu_ms_per_message")
+        for key, _ in FIGURES
     }
     relays = {result.relay for result in results}
     comparisons = [comparison[1:] for comparison in COMPARISONS if comparison[0] in relays]
@@ -812,7 +834,8 @@ def relay_medians(results: list[RunResult], relay: str) -> dict:
     runs = [result for result in results if result.relay == relay]
     return {"accepted_per_second": median_of(runs, "accepted_per_second"),
             "arriving_per_second": median_of(runs, "arriving_per_second"),
-            "cpu_ms_per_message": cpu_per_message_ms(runs)}
+            "cpu_ms_per_message": cpu_per_message_ms(runs),
+            "webhook_events_per_second": median_of(runs, "webhook_events_per_second")}
 
 
 def print_comparison(summary: dict, left: str, right: str, ratio_key: str) -> None:
@@ -869,8 +892,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                         help="also run the MTA from this other checkout (git worktree of an earlier commit)"
                              " as relay 'before', and print the ratios mta/before")
     parser.add_argument("--webhook", action="store_true",
-                        help="relay 'mta' sends every event to a webhook receiver in this process "
-                             "(relay 'before' gets none), to measure the cost of webhooks")
+                        help="relays mta and before send every event to a webhook receiver in this process; "
+                             "each run then waits for the events to drain and reports events/s")
     parser.add_argument("--relays", default="mta,postfix",
                         help="comma-separated relays to run: mta, postfix, or mta-s3, which is this MTA with "
                              "its bodies in moto's S3 server on loopback (default: %(default)s)")
@@ -929,7 +952,7 @@ def main(argv: list[str] | None = None) -> int:
     webhooks = WebhookReceiver() if args.webhook else None
     if webhooks is not None:
         webhooks.start()
-        print(f"webhooks: relay mta sends events to {webhooks.url}")
+        print(f"webhooks: our relays send events to {webhooks.url}")
     results = []
     try:
         for _ in range(args.repeat):

@@ -887,6 +887,9 @@ def check(config: Config) -> None:
         check_webhooks(config.webhooks)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    complaints = config.webhooks.complaints_address
+    if complaints and ("@" not in complaints or not config.is_local_domain(complaints.rpartition("@")[2])):
+        raise ConfigError(f"webhooks.complaints_address must be an address in a local domain, got {complaints!r}")
 
 
 def _check_retention(retention: RetentionConfig) -> None:

@@ -53,3 +53,9 @@ STORE_ERRORS = Counter(
 WEBHOOK_ATTEMPTS = Counter(
     "mta_webhook_attempts_total", "Webhook POSTs, by result: delivered (2xx), retried, or failed (given up).",
     ["result"])
+WEBHOOK_PENDING = Gauge(
+    "mta_webhook_outbox_pending", "Webhook events not yet delivered or given up, per configured endpoint, "
+    "read at scrape time.", ["endpoint"], multiprocess_mode="max")
+WEBHOOK_OLDEST = Gauge(
+    "mta_webhook_outbox_oldest_seconds", "Age of the oldest pending webhook event per configured endpoint "
+    "(0 with none pending), read at scrape time.", ["endpoint"], multiprocess_mode="max")

@@ -186,7 +186,7 @@ def cmd_action(config: Config, args: argparse.Namespace) -> int:
     queue_ids = _checked_ids(*args.queue_ids)
 
     async def work(connection):
-        queue_admin = admin.QueueAdmin(connection, _actor(args))
+        queue_admin = admin.QueueAdmin(connection, _actor(args), _outbox(config))
         if args.action == "bounce":
             return await _bounce(config, queue_admin, queue_ids)
         return await getattr(queue_admin, args.action)(queue_ids)
@@ -213,11 +213,18 @@ async def _bounce(config: Config, queue_admin, queue_ids: list[str]):
     bodies = body_codec(config, queue_admin.connection)
     # Only prepare() and insert() are used: the notifications go in the action's own transaction.
     spool = Spool(queue_admin.connection, store, bodies, config.storage.inline_max_size, "admin", 0.0,
-                  on_ready=lambda jobs: None)
+                  on_ready=lambda jobs: None, outbox=queue_admin.outbox)
     try:
         return await queue_admin.bounce(queue_ids, spool, store, bodies, config.server.hostname)
     finally:
         await store.close()
+
+
+def _outbox(config: Config):
+    """Return the outbox for the webhook events of delete and bounce, or None when no endpoint is configured."""
+    from mta.webhooks.outbox import Outbox
+
+    return Outbox(config.webhooks.endpoints) if config.webhooks.endpoints else None
 
 
 def cmd_flush(config: Config, args: argparse.Namespace) -> int:

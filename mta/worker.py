@@ -98,7 +98,7 @@ class Worker:
                       outbox=outbox)
         settler = Settler(pool, spool, self.node_id, config.server.hostname, delivery.retry_schedule,
                           delivery.max_age, delivery.delay_notice_after, outbox=outbox)
-        webhooks = [WebhookDispatcher(pool, config.webhooks, self.prepared.webhook_secrets, self.node_id)] \
+        webhooks = [WebhookDispatcher(self.prepared.url, config.webhooks, self.prepared.webhook_secrets, self.node_id)] \
             if outbox is not None else []
         mta_sts = MtaSts(pool, resolver.dns, delivery.tls.ca_file, delivery.mta_sts.port) \
             if delivery.mta_sts.enabled else None

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
-from collections import Counter
+from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests.conftest import config_error, query
 from tests.mx import RELAY_DOMAIN, relay_config, send_mx, wait_until
+from tests.test_operations import http_get
+from mta.complaints.report import ReportError, parse_report
 from mta.webhooks.signature import sign, verify
 
 SECRET = "test-secret-0123456789abcdef"
@@ -97,6 +100,12 @@ def test_events_survive_restart_once_each(make_mta, sink, receiver):
     # Four events: accepted and delivered, accepted and bounced.
     assert wait_until(lambda: len(receiver.failures) >= 4, timeout=30)
     assert wait_until(lambda: min(receiver.failures.values()) >= 2, timeout=30)
+    backlog = http_get(mta.http_port, "/metrics")[1]
+    # The bounce's notification to the sender adds events of its own.
+    pending = re.search(r'^mta_webhook_outbox_pending\{endpoint="test"\} (\S+)$', backlog, re.MULTILINE)
+    assert pending and float(pending.group(1)) >= 4
+    oldest = re.search(r'^mta_webhook_outbox_oldest_seconds\{endpoint="test"\} (\S+)$', backlog, re.MULTILINE)
+    assert oldest and float(oldest.group(1)) > 0
     mta.stop()
     receiver.failing = False
     mta.start()
@@ -142,6 +151,101 @@ def test_event_payload_fields(make_mta, sink, receiver):
     assert events["delivered"]["attempt"] == 1
 
 
+def test_queue_delete_and_bounce_send_events(make_mta, sink, receiver):
+    receiver.failing = False
+    mta = make_mta({**relay_config(sink.port, retry_schedule=[3600.0]), **webhook_config(receiver.url)})
+    sink.script.rcpt_replies = deque(["451 4.7.1 greylisted"] * 2)
+    queue_ids = []
+    for name in ("deleted", "bounced"):
+        code, text = send_mx(mta, "sender@example.net", f"{name}@{RELAY_DOMAIN}")
+        assert code == 250, text
+        queue_ids.append(text.decode().split()[-1])
+    assert wait_until(lambda: mta.log().count("status=deferred") == 2)
+
+    assert mta.cli("queue", "delete", queue_ids[0]).returncode == 0
+    assert mta.cli("queue", "bounce", queue_ids[1]).returncode == 0
+
+    expected = {(queue_ids[0], "deleted", f"deleted@{RELAY_DOMAIN}"), (queue_ids[1], "bounced", f"bounced@{RELAY_DOMAIN}")}
+    assert wait_until(lambda: expected <= set(facts(receiver.events(), set(queue_ids)))), \
+        facts(receiver.events(), set(queue_ids))
+    operator_events = [event for event in receiver.events() if event["type"] in ("deleted", "bounced")]
+    assert [event["by_operator"] for event in operator_events] == [True, True]
+    assert {event["status"] for event in operator_events} == {"2.0.0", "5.0.0"}
+
+
+def feedback_report(original: bytes, feedback_type: str = "abuse", recipient: str = "") -> bytes:
+    """Return an ARF report (RFC 5965) about original, as a mailbox provider sends it."""
+    rcpt_field = f"Original-Rcpt-To: {recipient}\r\n" if recipient else ""
+    return (
+        "From: fbl@isp.example\r\nTo: fbl@example.com\r\nSubject: complaint\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=feedback-report; boundary="b1"\r\n\r\n'
+        "--b1\r\nContent-Type: text/plain\r\n\r\nA user marked this message as spam.\r\n"
+        "--b1\r\nContent-Type: message/feedback-report\r\n\r\n"
+        f"Feedback-Type: {feedback_type}\r\nUser-Agent: isp-fbl/1.0\r\nVersion: 1\r\n{rcpt_field}\r\n"
+        "--b1\r\nContent-Type: message/rfc822\r\n\r\n"
+    ).encode() + original + b"\r\n--b1--\r\n"
+
+
+def test_feedback_report_complains_and_suppresses(make_mta, sink, receiver):
+    receiver.failing = False
+    config = {**relay_config(sink.port), **webhook_config(receiver.url)}
+    config["webhooks"]["complaints_address"] = "fbl@example.com"
+    mta = make_mta(config)
+    assert mta.cli("user", "add", "fbl@example.com", "--password-stdin", input_text="fbl-password-1\n").returncode == 0
+    code, text = send_mx(mta, "news@example.net", f"reader@{RELAY_DOMAIN}")
+    assert code == 250, text
+    queue_id = text.decode().split()[-1]
+    original = sink.wait_for(1)[0].data
+
+    code, text = send_mx(mta, "fbl@isp.example", "fbl@example.com",
+                         feedback_report(original, recipient=f"<reader@{RELAY_DOMAIN}>"))
+    assert code == 250, text
+    code, text = send_mx(mta, "fbl@isp.example", "fbl@example.com",
+                         feedback_report(b"Received: from a by mta.test with ESMTP id AAAAAAAAAAAAAAAA; now\r\n\r\n"))
+    assert code == 250, text
+    malformed_id = text.decode().split()[-1]
+
+    complaints = lambda: [event for event in receiver.events() if event["type"] == "complained"]
+    assert wait_until(complaints)
+    (event,) = complaints()
+    assert event["queue_id"] == queue_id
+    assert event["recipient"] == f"reader@{RELAY_DOMAIN}"
+    assert event["feedback_type"] == "abuse"
+    assert event["sender"] == "news@example.net"
+    rows = query(mta.database_url, "SELECT sender_domain, address, source FROM suppression")
+    assert [tuple(row) for row in rows] == [("example.net", f"reader@{RELAY_DOMAIN}", "complaint")]
+    # Both reports are also kept in the mailbox, the unknown one with a log line.
+    assert wait_until(lambda: len(query(mta.database_url, "SELECT id FROM mailbox_message")) == 2)
+    assert f"{malformed_id}: feedback report names no message of ours" in mta.log()
+
+
+@pytest.mark.parametrize("report, expected", [
+    (b"Subject: hi\r\n\r\nplain text\r\n", "not a multipart/report"),
+    (b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n--b--\r\n',
+     "without report-type=feedback-report"),
+    (feedback_report(b"Received: from a by mta.test with ESMTP id AAAAAAAAAAAAAAAA; now\r\n\r\n",
+                     feedback_type="ab use"), "invalid or missing Feedback-Type"),
+    (feedback_report(b"Message-ID: <someone@example.org>\r\n\r\n"), "no queue id of ours"),
+    (feedback_report(b"")[:200], "no message/feedback-report part"),
+])
+def test_malformed_reports_rejected(report, expected):
+    with pytest.raises(ReportError, match=expected):
+        parse_report(report)
+
+
+def test_report_queue_ids_from_received_and_message_id():
+    original = (b"Received: from isp by mx.isp.example with ESMTP id XYZ; now\r\n"
+                b"Received: from client ([192.0.2.1])\r\n\tby mta.example.com with ESMTPS id 4DS3EJN23MFPI5D4\r\n"
+                b"\tfor <bob@example.org>; Sat, 5 Dec 2026 10:00:00 +0000\r\n"
+                b"Message-ID: <QQQQQQQQQQQQQQQQ.0a1b2c@mta.example.com>\r\n\r\nbody\r\n")
+
+    report = parse_report(feedback_report(original, "Not-Spam", "<Bob@Example.org>"))
+
+    assert report.queue_ids == ["4DS3EJN23MFPI5D4", "QQQQQQQQQQQQQQQQ"]
+    assert report.feedback_type == "not-spam"
+    assert report.recipients == ["bob@example.org"]
+
+
 def test_no_events_without_endpoints(make_mta, sink):
     mta = make_mta(relay_config(sink.port))
 
@@ -168,7 +272,7 @@ def test_signature_covers_timestamp_and_body():
     ({"url": "http://127.0.0.1/hook", "secret": SECRET}, "allow_insecure_loopback"),
     ({"url": "https://hooks.example/", "secret": "short"}, "at least 16 characters"),
     ({"url": "https://hooks.example/"}, "exactly one of secret and secret_file"),
-    ({"url": "https://hooks.example/", "secret": SECRET, "events": ["complained"]}, "events must name"),
+    ({"url": "https://hooks.example/", "secret": SECRET, "events": ["opened"]}, "events must name"),
     ({"url": "https://hooks.example/", "secret": SECRET, "timeout": 500.0}, "timeout must be between"),
 ])
 def test_endpoint_config_errors(tmp_path, endpoint, expected):

@@ -2,10 +2,10 @@
 
 Health returns 200 when the database responds and the number of queued
 deliveries is under its threshold, else 503 with the reasons, one per line.
-Queue depth and node heartbeats are read from the database at scrape time,
-so every worker reports the same, correct numbers. None of the three needs
-a token: they say nothing about messages or people, and the HTTP listener
-is on loopback unless configured otherwise.
+Queue depth, node heartbeats and the webhook backlog are read from the
+database at scrape time, so every worker reports the same, correct numbers.
+None of the three needs a token: they say nothing about messages or people,
+and the HTTP listener is on loopback unless configured otherwise.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ SELECT count(*) FILTER (WHERE seen_at > now() - interval '30 seconds') AS alive,
        count(*) FILTER (WHERE seen_at <= now() - interval '30 seconds'
                           AND seen_at > now() - interval '1 hour') AS lost
 FROM node
+"""
+
+_WEBHOOK_BACKLOG = """
+SELECT endpoint, count(*) AS pending, extract(epoch FROM now() - min(created_at)) AS oldest
+FROM webhook_outbox WHERE state = 'pending' GROUP BY endpoint
 """
 
 _TEXT = {"content": {"text/plain": {"schema": {"type": "string"}}}}
@@ -111,9 +116,22 @@ async def scrape(context: ApiContext = Depends(get_context)) -> Response:
         for state in ("alive", "lost"):
             metrics.NODES.labels(state=state).set(nodes[state])
         metrics.AUDIT_LAG.set(await asyncio.wait_for(context.pool.fetchval(_AUDIT_LAG), timeout=3))
+        await _record_webhook_backlog(context)
     except TRANSIENT_ERRORS:
         pass
     return Response(content=generate_latest(_registry()), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _record_webhook_backlog(context: ApiContext) -> None:
+    """Set the backlog gauges of each configured endpoint; rows of other endpoints are left out to bound the labels."""
+    endpoints = context.config.webhooks.endpoints
+    if not endpoints:
+        return
+    rows = {row["endpoint"]: row for row in await asyncio.wait_for(context.pool.fetch(_WEBHOOK_BACKLOG), timeout=3)}
+    for name in endpoints:
+        row = rows.get(name)
+        metrics.WEBHOOK_PENDING.labels(endpoint=name).set(row["pending"] if row else 0)
+        metrics.WEBHOOK_OLDEST.labels(endpoint=name).set(float(row["oldest"]) if row else 0.0)
 
 
 def _registry() -> CollectorRegistry:

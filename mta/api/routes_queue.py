@@ -111,7 +111,8 @@ def _action(name: str, summary: str):
                   context: ApiContext = Depends(get_context)) -> ActionOutcome:
         queue_id = _checked(queue_id)
         async with context.pool.acquire() as connection:
-            queue_admin = admin.QueueAdmin(connection, actor(token))
+            outbox = context.spool.outbox if context.spool is not None else None
+            queue_admin = admin.QueueAdmin(connection, actor(token), outbox)
             try:
                 result = await _perform(queue_admin, name, queue_id, context)
             except admin.AdminError as error:

@@ -20,6 +20,7 @@ from mta import metrics
 from mta.config import Config
 from mta.addresses import domain_of
 from mta.db import TRANSIENT_ERRORS
+from mta.complaints.handler import ComplaintHandler
 from mta.delivery import feedback, suppression
 from mta.delivery.lmtp import LmtpSettings, deliver_lmtp, parse_destination
 from mta.delivery.local import deliver_local
@@ -65,6 +66,8 @@ class DeliveryAgent:
                      for domain, text in config.delivery.lmtp.items()}
         self.lmtp_settings = LmtpSettings(config.server.hostname, config.delivery.connect_timeout,
                                           config.delivery.connect_timeout, config.delivery.data_timeout)
+        address = config.webhooks.complaints_address
+        self.complaints = ComplaintHandler(pool, settler.outbox, address) if address else None
 
     async def run(self, job: Job, slot: Slot) -> None:
         started = time.monotonic()
@@ -118,6 +121,8 @@ class DeliveryAgent:
         body = opened.body
         local = self.config.is_local_domain(job.domain) and self.resolver.route_for(job.domain) is None
         if local:
+            if self.complaints is not None:
+                await self.complaints.receive(job.message_id, job.recipients, body)
             destination = self.lmtp.get(job.domain.lower())
             if destination is not None:
                 return await deliver_lmtp(destination, self.lmtp_settings, message.sender, job.recipients, body)

@@ -1,8 +1,9 @@
 """The suppression list: recipients a sender domain does not send to any more.
 
 An address is added for its sender's domain when a receiver replies that
-the mailbox does not exist (a hard bounce, kept ``bounce_days``), or by an
-operator with ``mta suppression add`` or ``import``. A delivery attempt
+the mailbox does not exist (a hard bounce, kept ``bounce_days``), when the
+recipient complains in a feedback loop report (mta.complaints, no expiry),
+or by an operator with ``mta suppression add`` or ``import``. A delivery attempt
 fails the suppressed recipients at once, before any connection, with
 550 5.7.1. Messages from the null sender are never suppressed.
 """
@@ -23,7 +24,7 @@ from mta.delivery.outcome import Reply
 
 log = logging.getLogger("mta.delivery")
 
-SOURCES = ("bounce", "operator", "import")
+SOURCES = ("bounce", "operator", "import", "complaint")
 
 def suppressed_column(message: str, recipients: str) -> str:
     """Return an SQL column: the lower-case recipients suppressed for the sender domain of a message row.

@@ -23,6 +23,7 @@ from mta.spool.enqueue import NewMessage, Spool
 from mta.spool.scheduler import NOTIFY_CHANNEL
 from mta.storage.bodies import BodyCodec
 from mta.storage.store import BodyStore
+from mta.webhooks.outbox import Outbox, operator_events
 
 QUEUE_ID = re.compile(r"^[A-Z2-7]{16}$")
 OPERATOR_BOUNCE = Reply(550, "5.0.0 returned to sender by the mail operator")
@@ -126,9 +127,11 @@ async def summary(connection: asyncpg.Connection) -> list[asyncpg.Record]:
 class QueueAdmin:
     """Changing actions, each in one transaction with its audit entry."""
 
-    def __init__(self, connection: asyncpg.Connection, actor: str):
+    def __init__(self, connection: asyncpg.Connection, actor: str, outbox: Outbox | None = None):
         self.connection = connection
         self.actor = actor
+        # Where delete and bounce write their webhook events; None when no endpoint is configured.
+        self.outbox = outbox
 
     async def hold(self, queue_ids: list[str]) -> ActionResult:
         return await self._update(queue_ids, "hold", "UPDATE delivery SET held = true"
@@ -195,8 +198,9 @@ class QueueAdmin:
         """Delete the unleased delivery rows of the messages and record status for their recipients."""
         await self._require_known(queue_ids)
         rows = await self.connection.fetch(
-            "DELETE FROM delivery WHERE message_id = ANY($1::text[]) AND lease_owner IS NULL"
-            " RETURNING message_id, recipients", queue_ids)
+            "DELETE FROM delivery d USING message m WHERE m.id = d.message_id"
+            " AND d.message_id = ANY($1::text[]) AND d.lease_owner IS NULL"
+            " RETURNING d.message_id, d.recipients, m.sender", queue_ids)
         leased = await self.connection.fetch(
             "SELECT DISTINCT message_id FROM delivery WHERE message_id = ANY($1::text[]) AND lease_owner IS NOT NULL",
             queue_ids)
@@ -210,6 +214,9 @@ class QueueAdmin:
             "INSERT INTO delivery_event (message_id, recipient, status, reply, relay)"
             " SELECT m, r, $3, $4, 'none' FROM unnest($1::text[], $2::text[]) AS e (m, r)",
             [queue_id for queue_id, _ in events], [recipient for _, recipient in events], status, str(reply))
+        if self.outbox is not None:
+            await self.outbox.insert(self.connection, operator_events(status, reply, [
+                (row["message_id"], row["sender"], recipient) for row in rows for recipient in row["recipients"]]))
         await self.connection.execute(
             "UPDATE message m SET completed_at = now() WHERE m.id = ANY($1::text[]) AND m.completed_at IS NULL"
             " AND NOT EXISTS (SELECT 1 FROM delivery d WHERE d.message_id = m.id)", removed.done)

@@ -19,6 +19,7 @@ import asyncpg
 
 from mta import metrics
 from mta.db import TRANSIENT_ERRORS
+from mta.listen import listen_forever
 from mta.spool.enqueue import Job
 from mta.storage.local import StoreError
 
@@ -229,25 +230,4 @@ class Scheduler:
                 log.warning("lease renewal failed: %s", error)
 
     async def _listen_loop(self) -> None:
-        # A connection of its own, outside the pool: it is held for as long as
-        # the database is up, and the poll covers the gaps when it is not.
-        while True:
-            connection = None
-            try:
-                connection = await asyncpg.connect(self.url, timeout=10)
-                lost = asyncio.Event()
-                connection.add_termination_listener(lambda _: lost.set())
-                await connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
-                # Catch up on rows that became due while no connection was listening.
-                self._wake.set()
-                await lost.wait()
-                log.warning("LISTEN connection lost, polling until it is back")
-            except TRANSIENT_ERRORS as error:
-                log.warning("LISTEN connection failed, polling only: %r", error)
-            finally:
-                if connection is not None and not connection.is_closed():
-                    await connection.close(timeout=5)
-            await asyncio.sleep(self.poll_interval)
-
-    def _on_notify(self, *_: object) -> None:
-        self._wake.set()
+        await listen_forever(self.url, NOTIFY_CHANNEL, self._wake.set, self.poll_interval)

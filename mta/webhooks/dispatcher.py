@@ -1,183 +1,110 @@
 """Send the events in ``webhook_outbox`` to their endpoints, with retries.
 
-Every node runs a dispatcher. It claims due rows with FOR UPDATE SKIP LOCKED,
-so nodes never claim the same row at once, and pushes their due time forward
-by the lease. It then POSTs each event. A 2xx reply marks the row delivered.
-Any other reply, a redirect among them, and a timeout or connection error
-count as failures: the row is retried after the endpoint's backoff, or marked
-failed after max_attempts or max_age. A node that dies mid-POST leaves the row
-to be sent again when the lease ends, so an event may arrive more than once.
-Its Mta-Event-Id stays the same for every attempt.
+Every node (worker process) runs a dispatcher with one lane per configured
+endpoint (mta.webhooks.lane), so an endpoint that is slow or down holds up
+only its own events. The lanes share one aiohttp client, which keeps its
+connections alive between POSTs, and a small pool of database connections
+with synchronous_commit off. That is safe because a claim or an outcome lost
+in a database crash only makes an event be sent again, which the
+at-least-once contract allows, and it spares the WAL flushes that accepts
+wait for.
 
-NOTE: the dispatcher runs in the worker's event loop, beside SMTP. Under full
-relay load it sent about 50 events/s (docs/BENCHMARKS.md), so events queue up
-in the outbox until the load drops.
+New events wake the lanes at once: a trigger on webhook_outbox sends a NOTIFY
+on NOTIFY_CHANNEL when rows are inserted (queue/0028_webhook_notify_and_complaints.sql).
+Retries that fall due later, and events inserted while the LISTEN connection
+was down, are found by a poll every poll_interval seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import Counter
-from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import aiohttp
 import asyncpg
 
-from mta import metrics
 from mta.background import BackgroundTask
 from mta.db import TRANSIENT_ERRORS
-from mta.webhooks.settings import WebhookEndpoint, WebhooksConfig
-from mta.webhooks.signature import sign
+from mta.listen import listen_forever
+from mta.webhooks.lane import EndpointLane
+from mta.webhooks.settings import WebhooksConfig
 
 log = logging.getLogger("mta.webhooks")
 
+NOTIFY_CHANNEL = "mta_webhook"
 # Seconds between deletions of delivered and failed rows older than retention_days.
 PURGE_INTERVAL = 3600.0
-# Octets of a failure reason kept in last_error.
-ERROR_LENGTH = 200
-
-_CLAIM = """
-UPDATE webhook_outbox o
-SET due_at = now() + make_interval(secs => $2), lease_owner = $1, attempts = o.attempts + 1
-FROM (SELECT id FROM webhook_outbox WHERE state = 'pending' AND due_at <= now()
-      ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED) due
-WHERE o.id = due.id
-RETURNING o.id, o.event_id, o.endpoint, o.event, o.payload::text AS payload, o.attempts, o.created_at
-"""
-
-# Applied only while this node still holds the lease of that attempt.
-_FINISH = """
-UPDATE webhook_outbox o
-SET state = f.state, last_error = f.error, lease_owner = NULL,
-    due_at = CASE WHEN f.state = 'pending' THEN now() + make_interval(secs => f.delay) ELSE o.due_at END,
-    finished_at = CASE WHEN f.state = 'pending' THEN NULL ELSE now() END
-FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::text[]) AS f (id, attempts, state, delay, error)
-WHERE o.id = f.id AND o.attempts = f.attempts AND o.lease_owner = $6
-"""
 
 _PURGE = "DELETE FROM webhook_outbox WHERE state <> 'pending' AND finished_at < now() - make_interval(days => $1)"
 
-
-@dataclass(frozen=True)
-class Result:
-    """The outcome of one attempt, as written to its row."""
-
-    row_id: int
-    attempts: int
-    # pending (retry after delay seconds), delivered or failed.
-    state: str
-    delay: float = 0.0
-    error: str | None = None
+# Due rows only: a row leased by a node with another configuration is left to that node.
+_FAIL_UNCONFIGURED = """
+UPDATE webhook_outbox SET state = 'failed', last_error = 'endpoint no longer configured', finished_at = now()
+WHERE state = 'pending' AND due_at <= now() AND endpoint <> ALL($1::text[])
+"""
 
 
 class WebhookDispatcher(BackgroundTask):
     task_name = "webhook-dispatcher"
 
-    def __init__(self, pool: asyncpg.Pool, settings: WebhooksConfig, secrets: dict[str, bytes], node_id: str):
+    def __init__(self, url: str, settings: WebhooksConfig, secrets: dict[str, bytes], node_id: str):
         super().__init__()
-        self.pool = pool
+        self.url = url
         self.settings = settings
         self.secrets = secrets
         self.node_id = node_id
-        self._session: aiohttp.ClientSession | None = None
 
     async def _loop(self) -> None:
-        next_purge = 0.0
-        async with aiohttp.ClientSession() as session:
-            self._session = session
-            while True:
-                claimed = 0
-                try:
-                    claimed = await self.dispatch_once()
-                    if time.monotonic() >= next_purge:
-                        await self._purge()
-                        next_purge = time.monotonic() + PURGE_INTERVAL
-                except TRANSIENT_ERRORS as error:
-                    log.warning("webhook dispatch failed, trying again in %g s: %r",
-                                self.settings.poll_interval, error)
-
-                # A full batch suggests more are due, so look again at once.
-                if claimed < self.settings.batch_size:
-                    await asyncio.sleep(self.settings.poll_interval)
-
-    async def dispatch_once(self) -> int:
-        """Claim the due events, send them, record the results; return how many were claimed."""
-        rows = await self.pool.fetch(_CLAIM, self.node_id, self.settings.lease_seconds, self.settings.batch_size)
-        if not rows:
-            return 0
-
-        results = await asyncio.gather(*(self._attempt(row) for row in rows))
-        await self.pool.execute(
-            _FINISH, [result.row_id for result in results], [result.attempts for result in results],
-            [result.state for result in results], [result.delay for result in results],
-            [result.error for result in results], self.node_id)
-        self._log_retries(rows, results)
-        return len(rows)
-
-    async def _attempt(self, row: asyncpg.Record) -> Result:
-        endpoint = self.settings.endpoints.get(row["endpoint"])
-        if endpoint is None:
-            log.error("webhook event %s: endpoint %s is no longer configured, event dropped",
-                      row["event_id"], row["endpoint"])
-            metrics.WEBHOOK_ATTEMPTS.labels(result="failed").inc()
-            return Result(row["id"], row["attempts"], "failed", error="endpoint no longer configured")
-
-        error = await self._post(row, endpoint)
-        if error is None:
-            metrics.WEBHOOK_ATTEMPTS.labels(result="delivered").inc()
-            return Result(row["id"], row["attempts"], "delivered")
-        return self._after_failure(row, endpoint, error)
-
-    def _after_failure(self, row: asyncpg.Record, endpoint: WebhookEndpoint, error: str) -> Result:
-        age = (datetime.now(UTC) - row["created_at"]).total_seconds()
-        attempts = row["attempts"]
-        if attempts >= endpoint.max_attempts or age >= endpoint.max_age:
-            log.error("webhook event %s (%s) to endpoint %s given up after %d attempts in %.0f s: %s",
-                      row["event_id"], row["event"], row["endpoint"], attempts, age, error)
-            metrics.WEBHOOK_ATTEMPTS.labels(result="failed").inc()
-            return Result(row["id"], attempts, "failed", error=error)
-
-        metrics.WEBHOOK_ATTEMPTS.labels(result="retried").inc()
-        delay = endpoint.backoff[min(attempts - 1, len(endpoint.backoff) - 1)]
-        return Result(row["id"], attempts, "pending", delay=delay, error=error)
-
-    async def _post(self, row: asyncpg.Record, endpoint: WebhookEndpoint) -> str | None:
-        """POST one event; return None on a 2xx reply, else why it failed."""
-        assert self._session is not None
-        body = row["payload"].encode()
-        timestamp = int(time.time())
-        headers = {
-            "Content-Type": "application/json",
-            "Mta-Event-Id": str(row["event_id"]),
-            "Mta-Event": row["event"],
-            "Mta-Timestamp": str(timestamp),
-            "Mta-Signature": sign(self.secrets[row["endpoint"]], timestamp, body),
-        }
+        pool = await self._connect()
         try:
-            async with self._session.post(endpoint.url, data=body, headers=headers, allow_redirects=False,
-                                          timeout=aiohttp.ClientTimeout(total=endpoint.timeout)) as response:
-                if 200 <= response.status < 300:
-                    return None
-                return f"HTTP status {response.status}"
-        except asyncio.TimeoutError:
-            return f"timed out after {endpoint.timeout:g} s"
-        except aiohttp.ClientError as error:
-            return f"request failed: {error}"[:ERROR_LENGTH]
+            # No limit in the connector: each lane's concurrency bounds its own connections.
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+                lanes = [EndpointLane(name, endpoint, self.secrets[name], self.settings, self.node_id, pool, session)
+                         for name, endpoint in self.settings.endpoints.items()]
+                await self._run(pool, lanes)
+        finally:
+            await pool.close()
 
-    def _log_retries(self, rows: list[asyncpg.Record], results: list[Result]) -> None:
-        """Log one line per endpoint and batch, so an endpoint that is down does not log once per event."""
-        retried = Counter(row["endpoint"] for row, result in zip(rows, results) if result.state == "pending")
-        for name, count in retried.items():
-            reason = next(result.error for row, result in zip(rows, results)
-                          if row["endpoint"] == name and result.state == "pending")
-            log.warning("webhook endpoint %s: %d event(s) failed and will be retried, for example: %s",
-                        name, count, reason)
+    async def _connect(self) -> asyncpg.Pool:
+        while True:
+            try:
+                return await asyncpg.create_pool(
+                    self.url, min_size=1, max_size=len(self.settings.endpoints) + 1,
+                    server_settings={"synchronous_commit": "off", "application_name": "mta-webhooks"})
+            except TRANSIENT_ERRORS as error:
+                log.warning("webhook dispatcher cannot connect to the database, trying again in %g s: %r",
+                            self.settings.poll_interval, error)
+                await asyncio.sleep(self.settings.poll_interval)
 
-    async def _purge(self) -> None:
-        deleted = await self.pool.execute(_PURGE, self.settings.retention_days)
+    async def _run(self, pool: asyncpg.Pool, lanes: list[EndpointLane]) -> None:
+        def wake_all() -> None:
+            for lane in lanes:
+                lane.wake.set()
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(listen_forever(self.url, NOTIFY_CHANNEL, wake_all, self.settings.poll_interval),
+                              name="webhook-listen")
+            group.create_task(self._housekeeping(pool), name="webhook-housekeeping")
+            for lane in lanes:
+                group.create_task(lane.run(), name=f"webhook-{lane.name}")
+
+    async def _housekeeping(self, pool: asyncpg.Pool) -> None:
+        while True:
+            try:
+                await self._fail_unconfigured(pool)
+                await self._purge(pool)
+            except TRANSIENT_ERRORS as error:
+                log.warning("webhook outbox housekeeping failed, trying again in %g s: %r", PURGE_INTERVAL, error)
+            await asyncio.sleep(PURGE_INTERVAL)
+
+    async def _fail_unconfigured(self, pool: asyncpg.Pool) -> None:
+        status = await pool.execute(_FAIL_UNCONFIGURED, list(self.settings.endpoints))
+        count = int(status.split()[-1])
+        if count:
+            log.error("webhook events of endpoints no longer configured marked failed: %d", count)
+
+    async def _purge(self, pool: asyncpg.Pool) -> None:
+        deleted = await pool.execute(_PURGE, self.settings.retention_days)
         count = int(deleted.split()[-1])
         if count:
             log.info("webhook events older than %d days deleted: %d", self.settings.retention_days, count)

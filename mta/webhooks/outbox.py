@@ -1,10 +1,11 @@
 """Write webhook events into ``webhook_outbox`` inside the caller's transaction.
 
-The spool writer and the settle writer call ``Outbox.insert`` in the
-transaction that commits the change, so an event is stored exactly when its
-change is: a crash after the commit cannot lose it, and a rolled-back batch
-leaves none. Each batch costs one INSERT. Workers without endpoints have no
-Outbox at all, and the writers skip this step.
+The spool writer, the settle writer, the queue commands delete and bounce,
+and the complaint handler call ``Outbox.insert`` in the transaction that
+commits the change, so an event is stored exactly when its change is: a
+crash after the commit cannot lose it, and a rolled-back batch leaves none.
+Each batch costs one INSERT, whose trigger wakes the dispatchers. Workers
+without endpoints have no Outbox at all, and the writers skip this step.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from typing import Any
 
 import asyncpg
 
-from mta.delivery.outcome import Outcome
-from mta.webhooks.settings import ACCEPTED, BOUNCED, DEFERRED, DELIVERED, WebhookEndpoint
+from mta.delivery.outcome import Outcome, Reply
+from mta.webhooks.settings import ACCEPTED, BOUNCED, DEFERRED, DELETED, DELIVERED, WebhookEndpoint
 
 # One row per event and subscribed endpoint. Endpoints of one event share its id.
 _INSERT = """
 INSERT INTO webhook_outbox (event_id, endpoint, event, payload)
 SELECT e::uuid, n, k, p::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t (e, n, k, p)
+ON CONFLICT (event_id, endpoint) DO NOTHING
 """
 
 
@@ -32,6 +34,8 @@ class Event:
     kind: str
     # The JSON object sent, without the id and type the outbox adds.
     data: dict[str, Any]
+    # A UUID fixed by the caller, so that writing the event again adds nothing; empty: a new one.
+    event_id: str = ""
 
 
 class Outbox:
@@ -49,7 +53,7 @@ class Outbox:
             names = self._subscribers.get(event.kind)
             if not names:
                 continue
-            event_id = str(uuid.uuid4())
+            event_id = event.event_id or str(uuid.uuid4())
             payload = json.dumps({"id": event_id, "type": event.kind, "time": now, **event.data})
             for name in names:
                 for column, value in zip(columns, (event_id, name, event.kind, payload)):
@@ -74,3 +78,14 @@ def delivery_events(queue_id: str, sender: str, attempt: int, outcome: Outcome) 
                                        "attempt": attempt, "relay": outcome.relay, "reply": str(reply),
                                        "status": reply.enhanced}))
     return events
+
+
+def operator_events(status: str, reply: Reply, removed: list[tuple[str, str, str]]) -> list[Event]:
+    """Return one event per (queue id, sender, recipient) that an operator deleted or bounced.
+
+    status is the delivery_event status written for them: deleted, or bounced.
+    """
+    kind = BOUNCED if status == "bounced" else DELETED
+    return [Event(kind, {"queue_id": queue_id, "sender": sender, "recipient": recipient, "relay": "none",
+                         "reply": str(reply), "status": reply.enhanced, "by_operator": True})
+            for queue_id, sender, recipient in removed]

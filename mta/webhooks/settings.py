@@ -17,7 +17,11 @@ ACCEPTED = "accepted"
 DELIVERED = "delivered"
 DEFERRED = "deferred"
 BOUNCED = "bounced"
-EVENTS = (ACCEPTED, DELIVERED, DEFERRED, BOUNCED)
+# A recipient removed from the queue by an operator (mta queue delete).
+DELETED = "deleted"
+# A recipient's feedback report (ARF) about a message of ours.
+COMPLAINED = "complained"
+EVENTS = (ACCEPTED, DELIVERED, DEFERRED, BOUNCED, DELETED, COMPLAINED)
 
 # An HMAC key much shorter than the hash output weakens the signature.
 MIN_SECRET_LENGTH = 16
@@ -38,6 +42,8 @@ class WebhookEndpoint:
     events: list[str] = field(default_factory=lambda: list(EVENTS))
     # Seconds one POST may take, connection included.
     timeout: float = 10.0
+    # POSTs in flight at once to this endpoint from one worker, over kept-alive connections.
+    concurrency: int = 8
     # An event is given up (state failed) after this many attempts, or once it is max_age seconds old.
     max_attempts: int = 12
     max_age: float = 86400.0
@@ -51,14 +57,20 @@ class WebhooksConfig:
     endpoints: dict[str, WebhookEndpoint] = field(default_factory=dict)
     # Allow http:// URLs to 127.0.0.0/8 and ::1, for tests and a receiver on the same host.
     allow_insecure_loopback: bool = False
-    # Seconds between looks for due events on each node.
+    # Seconds between looks for due events on each node when no NOTIFY arrives:
+    # new events wake the dispatchers at once, retries are found by this poll.
     poll_interval: float = 1.0
-    # Events one node claims and sends at once.
+    # Events of one endpoint one node claims at once (fewer when the lease
+    # could not cover sending them all; see mta.webhooks.lane).
     batch_size: int = 50
     # Seconds a claimed event stays with its node before another node may send it again.
     lease_seconds: float = 120.0
     # Days delivered and failed events stay in webhook_outbox.
     retention_days: int = 7
+    # A local mailbox for feedback loop reports (ARF): each report about a
+    # message of ours becomes a complained event and suppresses the recipient
+    # who complained (mta.complaints). Empty: reports are ordinary mail.
+    complaints_address: str = ""
 
 
 def check_webhooks(webhooks: WebhooksConfig) -> None:
@@ -85,6 +97,7 @@ def _check_endpoint(key: str, endpoint: WebhookEndpoint, webhooks: WebhooksConfi
         raise ValueError(f"{key}.events must name one or more of {', '.join(EVENTS)}, got {endpoint.events!r}")
 
     _check_range(f"{key}.timeout", endpoint.timeout, 0.1, 300.0)
+    _check_range(f"{key}.concurrency", endpoint.concurrency, 1, 256)
     if endpoint.timeout >= webhooks.lease_seconds:
         raise ValueError(f"{key}.timeout ({endpoint.timeout:g} s) must be shorter than webhooks.lease_seconds "
                          f"({webhooks.lease_seconds:g} s), or another node may send the event meanwhile")
