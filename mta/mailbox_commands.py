@@ -68,21 +68,20 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(config: Config, args: argparse.Namespace) -> int:
-    from mta.mailbox.store import MessageNotFound, fetch_message
+    from mta.mailbox.store import MessageNotFound, open_message
 
     if args.output is None and sys.stdout.isatty():
         print("mta: a raw message is not written to a terminal: give --output FILE or redirect standard output",
               file=sys.stderr)
         return EXIT_USAGE
 
-    body = _read_or_exit(config, lambda connection, store, bodies: fetch_message(
-        connection, store, bodies, args.address, args.message_id), (MessageNotFound,))
-    if args.output is None:
-        sys.stdout.buffer.write(body)
-        sys.stdout.buffer.flush()
-        return 0
-    _write_private(args.output, body)
-    print(f"message {args.message_id} written to {args.output} ({len(body)} octets)", file=sys.stderr)
+    async def work(connection, store, bodies) -> int:
+        content = await open_message(connection, store, bodies, args.address, args.message_id)
+        return await _copy(content, args.output)
+
+    written = _read_or_exit(config, work, (MessageNotFound,), args.output)
+    if args.output is not None:
+        print(f"message {args.message_id} written to {args.output} ({written} octets)", file=sys.stderr)
     return 0
 
 
@@ -103,34 +102,53 @@ def cmd_attachments(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_attachment(config: Config, args: argparse.Namespace) -> int:
-    from mta.mailbox.store import AttachmentNotFound, MessageNotFound, fetch_attachment
+    from mta.mailbox.store import AttachmentNotFound, MessageNotFound, open_attachment
 
-    info, data = _read_or_exit(config, lambda connection, store, bodies: fetch_attachment(
-        connection, store, bodies, args.address, args.message_id, args.position),
-        (MessageNotFound, AttachmentNotFound))
-    _write_private(args.output, data)
+    async def work(connection, store, bodies) -> tuple[object, int]:
+        info, content = await open_attachment(connection, store, bodies, args.address, args.message_id,
+                                              args.position)
+        return info, await _copy(content, args.output)
+
+    info, written = _read_or_exit(config, work, (MessageNotFound, AttachmentNotFound), args.output)
     print(f"attachment {info.position} ({info.filename}, {info.content_type}) written to {args.output} "
-          f"({len(data)} octets)", file=sys.stderr)
+          f"({written} octets)", file=sys.stderr)
     return 0
 
 
-def _read_or_exit(config: Config, work, not_found: tuple[type[Exception], ...]):
-    """Run work with the body store; exit 2 on a not_found error and 1 when the body cannot be decrypted."""
+def _read_or_exit(config: Config, work, not_found: tuple[type[Exception], ...], output: Path | None):
+    """Run work with the body store; exit 2 on a not_found error and 1 when the content cannot be read or written."""
     from mta.storage.crypto import DecryptionError
 
     try:
         return run_with_bodies(config, work, not_found)
     except DecryptionError as error:
         print(f"mta: cannot decrypt: {error}", file=sys.stderr)
-        raise SystemExit(EXIT_FAILURE) from None
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write mail content to a new or existing file that only its owner may read (mode 0600 when created)."""
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
     except OSError as error:
-        print(f"mta: cannot write {path}: {error.strerror}", file=sys.stderr)
-        raise SystemExit(EXIT_FAILURE) from None
+        print(f"mta: cannot write {output or 'standard output'}: {error.strerror}", file=sys.stderr)
+    raise SystemExit(EXIT_FAILURE)
+
+
+async def _copy(content, output: Path | None) -> int:
+    """Write the content's pieces to output, or to standard output when it is None; return the octets written.
+
+    A created file gets mode 0600, because it holds mail content. When
+    reading or writing fails, the file with part of the content is removed.
+    """
+    if output is None:
+        target = sys.stdout.buffer
+    else:
+        target = os.fdopen(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+    written = 0
+    try:
+        async for piece in content.pieces:
+            target.write(piece)
+            written += len(piece)
+        target.flush()
+    except BaseException:
+        if output is not None:
+            output.unlink(missing_ok=True)
+        raise
+    finally:
+        if output is not None:
+            target.close()
+    return written

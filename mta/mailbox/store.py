@@ -159,11 +159,6 @@ async def get_message(database, address: str, message_id: int) -> MailboxMessage
     return _message(row)
 
 
-async def fetch_message(database, store: BodyStore, bodies: BodyCodec, address: str, message_id: int) -> bytes:
-    """Return the whole RFC 5322 message as delivered, decrypted with the mailbox's own wrap."""
-    return await (await open_message(database, store, bodies, address, message_id)).read()
-
-
 async def open_message(database, store: BodyStore, bodies: BodyCodec, address: str, message_id: int) -> Content:
     """Start reading the RFC 5322 message as delivered, decrypted with the mailbox's own wrap."""
     return await open_body(database, store, bodies, message_id, address.lower())
@@ -205,13 +200,6 @@ async def list_attachments(database, address: str, message_id: int) -> list[Atta
     await get_message(database, address, message_id)
     rows = await database.fetch(_ATTACHMENTS, address.lower(), message_id, None)
     return [AttachmentInfo(row["position"], row["filename"], row["content_type"], row["size"]) for row in rows]
-
-
-async def fetch_attachment(database, store: BodyStore, bodies: BodyCodec, address: str, message_id: int,
-                           position: int) -> tuple[AttachmentInfo, bytes]:
-    """Return one stored attachment and its decoded content; raise MessageNotFound or AttachmentNotFound."""
-    info, content = await open_attachment(database, store, bodies, address, message_id, position)
-    return info, await content.read()
 
 
 async def open_attachment(database, store: BodyStore, bodies: BodyCodec, address: str, message_id: int,
