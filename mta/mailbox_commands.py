@@ -131,7 +131,7 @@ def _read_or_exit(config: Config, work, not_found: tuple[type[Exception], ...], 
 async def _copy(content, output: Path | None) -> int:
     """Write the content's pieces to output, or to standard output when it is None; return the octets written.
 
-    A created file gets mode 0600, because it holds mail content. When
+    A created file gets mode 0600, because it contains mail content. When
     reading or writing fails, the file with part of the content is removed.
     """
     if output is None:
