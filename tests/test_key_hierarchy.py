@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import smtplib
+import time
 from collections import deque
 from pathlib import Path
 
@@ -408,3 +409,28 @@ def test_mail_after_destroy_gets_new_key(make_mta):
     assert isinstance(read_copy(mta, masters, mailbox_rows(mta, first_id)["alice@example.com"]), KeyDestroyedError)
     owners = query(mta.database_url, "SELECT owner FROM data_key WHERE destroyed_at IS NULL ORDER BY owner")
     assert [row["owner"] for row in owners] == ["mailbox:alice@example.com", "queue:inbound"]
+
+
+def test_erased_queued_body_bounces(make_mta, sink, sink_port):
+    mta = make_mta({**relay_config(sink_port, retry_schedule=[3600.0]),
+                    "storage": {"data_key_cache_seconds": 1.0}})
+    sink.script.rcpt_replies = deque(["451 4.7.1 greylisted"])
+    queue_id = send(mta, f"sender@{RELAY_DOMAIN}", [f"user@{RELAY_DOMAIN}"])
+    assert wait_until(lambda: query(mta.database_url, "SELECT 1 FROM delivery WHERE message_id = $1"
+                                                      " AND attempts = 1 AND lease_owner IS NULL", queue_id))
+
+    result = mta.cli("keys", "destroy", "queue:inbound")
+    assert result.returncode == 0, result.stderr
+    # The worker sees the tombstone only once its cached data keys expire, after data_key_cache_seconds.
+    time.sleep(1.2)
+    assert mta.cli("queue", "flush").returncode == 0
+
+    notification = sink.wait_for(1)[0]
+    assert notification.sender == "<>"
+    assert notification.recipients == [f"sender@{RELAY_DOMAIN}"]
+    assert b"Status: 5.3.0" in notification.data
+    assert b"Your balance" not in notification.data
+    wait_completed(mta, queue_id)
+    assert query(mta.database_url, "SELECT 1 FROM delivery WHERE message_id = $1", queue_id) == []
+    assert f"{queue_id}: body erased, failing delivery" in mta.log()
+    assert "dsn=5.3.0, status=bounced" in mta.log()
