@@ -434,3 +434,30 @@ def test_erased_queued_body_bounces(make_mta, sink, sink_port):
     assert query(mta.database_url, "SELECT 1 FROM delivery WHERE message_id = $1", queue_id) == []
     assert f"{queue_id}: body erased, failing delivery" in mta.log()
     assert "dsn=5.3.0, status=bounced" in mta.log()
+
+
+def test_queue_delete_and_bounce_drop_queue_wrap(make_mta, sink, sink_port):
+    mta = make_mta(relay_config(sink_port, retry_schedule=[3600.0]))
+    add_user(mta, "alice@example.com")
+    sink.script.rcpt_replies = deque(["451 4.7.1 greylisted", "451 4.7.1 greylisted"])
+    queue_ids = [send(mta, f"sender@{RELAY_DOMAIN}", ["alice@example.com", f"user@{RELAY_DOMAIN}"])
+                 for _ in range(2)]
+    for queue_id in queue_ids:
+        assert wait_until(lambda: query(mta.database_url, "SELECT 1 FROM delivery WHERE message_id = $1"
+                                                          " AND attempts = 1 AND lease_owner IS NULL", queue_id))
+        assert wait_until(lambda: mailbox_rows(mta, queue_id))
+    wraps = query(mta.database_url, "SELECT wrapped_key FROM message WHERE id = ANY($1::text[])", queue_ids)
+    assert all(row["wrapped_key"] is not None for row in wraps)
+
+    for action, queue_id in zip(("delete", "bounce"), queue_ids):
+        result = mta.cli("queue", action, queue_id)
+        assert result.returncode == 0, result.stderr
+
+    rows = query(mta.database_url, "SELECT id, wrapped_key, completed_at FROM message WHERE id = ANY($1::text[])",
+                 queue_ids)
+    assert [row["wrapped_key"] for row in rows] == [None, None]
+    assert all(row["completed_at"] is not None for row in rows)
+    masters = file_masters(mta)
+    for queue_id in queue_ids:
+        assert read_copy(mta, masters, mailbox_rows(mta, queue_id)["alice@example.com"]).endswith(b"100 EUR.\r\n")
+    assert sink.wait_for(1)[0].recipients == [f"sender@{RELAY_DOMAIN}"]

@@ -113,6 +113,26 @@ def _to_notify(message: MessageInfo, pairs: list[tuple[str, Reply]], event: str)
             if event in requests.get(recipient, {}).get("notify", DEFAULT_NOTIFY)]
 
 
+async def complete_messages(connection: asyncpg.Connection, queue_ids: list[str]) -> set[str]:
+    """Mark the messages without delivery rows left as completed, and return those whose body no mailbox keeps.
+
+    Their inline bodies are deleted, and the queue's wrap of a body that a
+    mailbox keeps is dropped. Objects in the body store are the caller's to
+    delete after the commit (or the orphan sweep's).
+    """
+    if not queue_ids:
+        return set()
+    await connection.execute(_LOCK_MESSAGES, queue_ids)
+    rows = await connection.fetch(_COMPLETE, queue_ids)
+    unused = {row["id"] for row in rows if row["body_unused"]}
+    if unused:
+        await connection.execute(_DROP_INLINE_BODIES, list(unused))
+    kept = [row["id"] for row in rows if not row["body_unused"]]
+    if kept:
+        await connection.execute(_DROP_QUEUE_WRAPS, kept)
+    return unused
+
+
 def retry_delay(schedule: list[float], attempt: int) -> float:
     """Seconds until the next attempt; the last interval repeats, with 10 % jitter."""
     base = schedule[min(attempt - 1, len(schedule) - 1)]
@@ -292,19 +312,8 @@ class Settler:
             await connection.execute(_EVENTS, *columns)
 
     async def _complete_messages(self, connection: asyncpg.Connection, done: list[_Attempt]) -> set[str]:
-        """Mark messages without delivery rows left as completed; return those whose body no mailbox keeps."""
         queue_ids = sorted({attempt.message.queue_id for attempt in done if not attempt.outcome.deferred})
-        if not queue_ids:
-            return set()
-        await connection.execute(_LOCK_MESSAGES, queue_ids)
-        rows = await connection.fetch(_COMPLETE, queue_ids)
-        unused = {row["id"] for row in rows if row["body_unused"]}
-        if unused:
-            await connection.execute(_DROP_INLINE_BODIES, list(unused))
-        kept = [row["id"] for row in rows if not row["body_unused"]]
-        if kept:
-            await connection.execute(_DROP_QUEUE_WRAPS, kept)
-        return unused
+        return await complete_messages(connection, queue_ids)
 
     def _delay_notice_due(self, message: MessageInfo, outcome: Outcome) -> bool:
         if message.delay_notified or message.sender == "" or self.delay_notice_after <= 0:
