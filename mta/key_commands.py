@@ -116,7 +116,6 @@ async def _vacuum(config: Config) -> None:
 
 def cmd_rotate_master(config: Config, args: argparse.Namespace) -> int:
     from mta.storage.crypto import DecryptionError
-    from mta.storage.key_admin import rotate_master
     from mta.storage.master_key import MasterKey, key_from_environment, key_from_file
 
     masters = master_keys_or_exit(config)
@@ -126,22 +125,39 @@ def cmd_rotate_master(config: Config, args: argparse.Namespace) -> int:
         print(f"mta: {error}", file=sys.stderr)
         return EXIT_USAGE
     new = MasterKey.from_bytes(new_key)
-
-    async def work(connection):
-        rotation = await rotate_master(connection, masters, new)
-        await audit(connection, _actor(args), "keys.rotate-master", {
-            "old_master_key_ids": rotation.old_master_key_ids, "new_master_key_id": rotation.new_master_key_id,
-            "data_keys": rotation.data_keys, "legacy_body_keys": rotation.legacy_body_keys,
-            "dkim_keys": rotation.dkim_keys})
-        return rotation
+    # Nodes must unwrap with the new key before any data key moves to it, so it has to be configured first.
+    if new.key_id != masters.current.key_id:
+        print(f"mta: the new master key {new.key_id} is not the configured master key {masters.current.key_id}: "
+              "first make the new key storage.master_key_file (or master_key_env) and the old one "
+              "storage.previous_master_key_file on every node, restart them, then run rotate-master",
+              file=sys.stderr)
+        return EXIT_USAGE
 
     try:
-        rotation = run_in_transaction(config, work)
+        legacy, rotation = asyncio.run(_rotate(config, masters, new, _actor(args)))
     except DecryptionError as error:
-        print(f"mta: rotation failed, nothing changed: {error}", file=sys.stderr)
+        print(f"mta: rotation failed before the data keys were re-wrapped: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"re-wrapped {rotation.data_keys} data key(s), {rotation.legacy_body_keys} older body key(s) and "
-          f"{rotation.dkim_keys} DKIM key(s) from master key {', '.join(rotation.old_master_key_ids)} to {rotation.new_master_key_id}")
-    print("next: make the new key storage.master_key_file (or master_key_env) on every node, with the old "
-          "one as storage.previous_master_key_file until all nodes have restarted")
+    print(f"re-wrapped {rotation.data_keys} data key(s), {legacy} older body key(s) and {rotation.dkim_keys} "
+          f"DKIM key(s) from master key(s) {', '.join(rotation.old_master_key_ids) or '(none)'} to "
+          f"{rotation.new_master_key_id}")
+    print("next: remove storage.previous_master_key_file on every node and restart them")
     return 0
+
+
+async def _rotate(config: Config, masters, new, actor: str):
+    """Re-wrap the older body keys batch by batch, then the data keys and the record in one transaction."""
+    from mta.cli import connect_or_exit
+    from mta.storage.key_admin import rewrap_legacy_body_keys, rotate_master
+
+    connection = await connect_or_exit(config)
+    try:
+        legacy = await rewrap_legacy_body_keys(connection, masters, new)
+        async with connection.transaction():
+            rotation = await rotate_master(connection, masters, new)
+            await audit(connection, actor, "keys.rotate-master", {
+                "old_master_key_ids": rotation.old_master_key_ids, "new_master_key_id": rotation.new_master_key_id,
+                "data_keys": rotation.data_keys, "legacy_body_keys": legacy, "dkim_keys": rotation.dkim_keys})
+    finally:
+        await connection.close()
+    return legacy, rotation

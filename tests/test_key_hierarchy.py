@@ -28,6 +28,7 @@ from mta.storage.local import LocalStore
 from mta.storage.master_key import MasterKey, MasterKeys
 from mta.storage.stream import parse_header
 from tests.conftest import query
+from tests.mtaprocess import MtaProcess
 from tests.mx import RELAY_DOMAIN, relay_config, wait_until
 
 PASSWORD = "correct horse battery"
@@ -84,10 +85,9 @@ def live_data_keys(mta, masters: MasterKeys) -> list[DataKey]:
     """Unwrap every data key left in the database, as someone holding the master key could."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    rows = query(mta.database_url, "SELECT id, owner, wrapped, master_key_id FROM data_key WHERE wrapped IS NOT NULL")
-    return [DataKey(row["id"], row["owner"],
-                    AESGCM(masters.unwrap_data_key(bytes(row["wrapped"]), row["owner"], row["master_key_id"])))
-            for row in rows]
+    rows = query(mta.database_url, "SELECT id, owner, wrapped, master_key_id, wrap_version FROM data_key"
+                                   " WHERE wrapped IS NOT NULL")
+    return [DataKey(row["id"], row["owner"], AESGCM(masters.unwrap_row(row))) for row in rows]
 
 
 def wait_completed(mta, queue_id: str) -> None:
@@ -201,12 +201,28 @@ def test_rotate_master_keeps_mail_readable(make_mta, tmp_path):
     new_key = os.urandom(32)
     new_path = tmp_path / "new-master.key"
     new_path.write_bytes(new_key)
+    new = MasterKey.from_bytes(new_key)
+    refused = mta.cli("keys", "rotate-master", "--new-key-file", str(new_path))
+    assert refused.returncode == 2
+    assert f"the new master key {new.key_id} is not the configured master key {old.key_id}" in refused.stderr
+
+    # The order the README gives: the new key current and the old one previous, then rotate.
+    old_path = tmp_path / "old-master.key"
+    old_path.write_bytes(old_key)
+    master_key_path(mta).write_bytes(new_key)
+    with mta.config_path.open("a") as config:
+        config.write(f'\n[storage]\n"previous_master_key_file" = "{old_path}"\n')
     result = mta.cli("keys", "rotate-master", "--new-key-file", str(new_path), "--actor", "ops")
     assert result.returncode == 0, result.stderr
-    new = MasterKey.from_bytes(new_key)
-    assert f"from master key {old.key_id} to {new.key_id}" in result.stdout
+    assert f"from master key(s) {old.key_id} to {new.key_id}" in result.stdout
+    assert "remove storage.previous_master_key_file" in result.stdout
+    assert query(mta.database_url, "SELECT key_id FROM master_key")[0]["key_id"] == new.key_id
+    versions = query(mta.database_url, "SELECT DISTINCT wrap_version FROM data_key WHERE wrapped IS NOT NULL")
+    assert [row["wrap_version"] for row in versions] == [2]
 
-    master_key_path(mta).write_bytes(new_key)
+    old_path.unlink()
+    mta.config_path.write_text(mta.config_path.read_text().replace(
+        f'"previous_master_key_file" = "{old_path}"', ""))
     mta.start()
     new_masters = MasterKeys(new)
     assert read_copy(mta, new_masters, row_id).endswith(b"Your balance is 100 EUR.\r\n")
@@ -345,8 +361,8 @@ def test_master_key_from_environment(make_mta, monkeypatch):
 
     data_keys = live_data_keys(mta, masters)
     assert {data_key.owner for data_key in data_keys} == {"queue:inbound", "mailbox:alice@example.com"}
-    unwrapped = [masters.unwrap_data_key(bytes(row["wrapped"]), row["owner"], row["master_key_id"])
-                 for row in query(mta.database_url, "SELECT owner, wrapped, master_key_id FROM data_key")]
+    unwrapped = [masters.unwrap_row(row) for row in query(
+        mta.database_url, "SELECT id, owner, wrapped, master_key_id, wrap_version FROM data_key")]
     listing = mta.cli("keys", "list", "--json")
     assert listing.returncode == 0, listing.stderr
     for secret in [key, *unwrapped]:
@@ -461,3 +477,77 @@ def test_queue_delete_and_bounce_drop_queue_wrap(make_mta, sink, sink_port):
     for queue_id in queue_ids:
         assert read_copy(mta, masters, mailbox_rows(mta, queue_id)["alice@example.com"]).endswith(b"100 EUR.\r\n")
     assert sink.wait_for(1)[0].recipients == [f"sender@{RELAY_DOMAIN}"]
+
+
+def test_second_node_needs_recorded_master_key(make_mta, dns, sink_port, tmp_path):
+    first = make_mta()
+    recorded = query(first.database_url, "SELECT key_id FROM master_key")
+    assert [row["key_id"] for row in recorded] == [file_masters(first).current.key_id]
+    (tmp_path / "second").mkdir()
+    second = MtaProcess(tmp_path / "second", first.database_url, dns.port, sink_port)
+
+    missing = second.cli("serve")
+    assert missing.returncode == 2
+    assert f"the master key file is missing, but the database records master key {recorded[0]['key_id']}" \
+        in missing.stderr
+    assert not master_key_path(second).exists()
+
+    master_key_path(second).parent.mkdir(parents=True)
+    master_key_path(second).write_bytes(os.urandom(32))
+    other = second.cli("serve")
+    assert other.returncode == 2
+    assert f"the database records master key {recorded[0]['key_id']}, but this node loaded" in other.stderr
+
+
+def test_data_key_wrap_binds_its_id():
+    masters = MasterKeys(MasterKey.from_bytes(os.urandom(32)))
+    key = os.urandom(32)
+    key_id = masters.current.key_id
+
+    wrapped = masters.wrap_data_key(key, "mailbox:alice@example.com", 7)
+
+    assert masters.unwrap_data_key(wrapped, "mailbox:alice@example.com", key_id, 7, 2) == key
+    with pytest.raises(DecryptionError):
+        masters.unwrap_data_key(wrapped, "mailbox:alice@example.com", key_id, 8, 2)
+    with pytest.raises(DecryptionError):
+        masters.unwrap_data_key(wrapped, "mailbox:bob@example.com", key_id, 7, 2)
+
+
+def test_version_1_data_key_wrap_still_opens():
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    master = MasterKey.from_bytes(os.urandom(32))
+    key = os.urandom(32)
+    nonce = os.urandom(12)
+    wrapped = nonce + AESGCM(master.key).encrypt(nonce, key, b"mta data key v1\x00queue:inbound")
+
+    assert MasterKeys(master).unwrap_data_key(wrapped, "queue:inbound", master.key_id, 3, 1) == key
+
+
+def test_rotation_rewraps_older_body_keys_in_batches(make_mta):
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from mta.storage.crypto import unwrap_legacy_body_key
+    from mta.storage.key_admin import rewrap_legacy_body_keys
+
+    mta = make_mta()
+    old = file_masters(mta).current
+    mta.stop()
+    queue_ids = [f"LEGACYBATCH0000{number}" for number in range(5)]
+    for queue_id in queue_ids:
+        insert_mta1_message(mta, BodyCipher(old.key), queue_id, f"user@{RELAY_DOMAIN}")
+    new = MasterKey.from_bytes(os.urandom(32))
+
+    async def rewrap() -> int:
+        connection = await asyncpg.connect(mta.database_url)
+        try:
+            return await rewrap_legacy_body_keys(connection, MasterKeys(new, old), new, batch_size=2)
+        finally:
+            await connection.close()
+
+    assert asyncio.run(rewrap()) == 5
+    assert asyncio.run(rewrap()) == 0
+    rows = query(mta.database_url, "SELECT id, wrapped_key FROM message WHERE id = ANY($1::text[])", queue_ids)
+    assert len(rows) == 5
+    for row in rows:
+        unwrap_legacy_body_key([AESGCM(new.key)], row["id"], bytes(row["wrapped_key"]))
