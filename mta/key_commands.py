@@ -87,30 +87,58 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_destroy(config: Config, args: argparse.Namespace) -> int:
     from mta.storage.key_admin import KeyAdminError, destroy_data_key
+    from mta.storage.keyring import normalise_owner
+    from mta.storage.store import StoreError
 
-    async def work(connection) -> int:
-        data_key_id = await destroy_data_key(connection, args.owner)
-        await audit(connection, _actor(args), "keys.destroy", {"owner": args.owner, "data_key_id": data_key_id})
-        return data_key_id
+    owner = normalise_owner(args.owner)
 
-    data_key_id = run_in_transaction(config, work, (KeyAdminError,))
-    asyncio.run(_vacuum(config))
-    print(f"data key {data_key_id} of {args.owner} destroyed: every body wrapped under it is unreadable")
-    print(f"running MTAs may keep it in memory for up to {config.storage.data_key_cache_seconds:.0f} s "
-          "(storage.data_key_cache_seconds)")
+    async def work(connection):
+        destroyed = await destroy_data_key(connection, owner)
+        await audit(connection, _actor(args), "keys.destroy", {
+            "owner": owner, "data_key_id": destroyed.data_key_id, "legacy_mailbox_rows": destroyed.legacy_rows})
+        return destroyed
+
+    destroyed = run_in_transaction(config, work, (KeyAdminError,))
+    if destroyed.data_key_id is not None:
+        print(f"data key {destroyed.data_key_id} of {owner} destroyed: every body wrapped under it is unreadable")
+        print(f"running MTAs may keep it in memory for up to {config.storage.data_key_cache_seconds:.0f} s "
+              "(storage.data_key_cache_seconds)")
+    if destroyed.legacy_rows:
+        print(f"deleted {destroyed.legacy_rows} mailbox message(s) of {owner} delivered before the key hierarchy")
+
+    try:
+        deleted, failed = asyncio.run(_after_destroy(config))
+    except StoreError as error:
+        deleted, failed = 0, len(destroyed.objects)
+        print(f"mta: body store failed: {error}", file=sys.stderr)
+    if deleted:
+        print(f"deleted {deleted} object(s) from the body store")
+    if failed:
+        print(f"mta: {failed} object(s) are still queued for deletion from the body store: run mta gdpr "
+              "retention once the store is reachable", file=sys.stderr)
+        return EXIT_FAILURE
     return 0
 
 
-async def _vacuum(config: Config) -> None:
-    """Remove the dead row versions that still contain the destroyed key's wrapped octets."""
+async def _after_destroy(config: Config) -> tuple[int, int]:
+    """Vacuum the destroyed key's old row versions, then delete the objects queued for deletion.
+
+    Returns how many objects were deleted and how many failed.
+    """
     from mta.cli import connect_or_exit
+    from mta.mailbox.removal import delete_queued_objects
+    from mta.storage.factory import build_store
 
     connection = await connect_or_exit(config)
+    store = build_store(config)
     try:
         # NOTE: WAL segments, replicas and base backups keep the wrapped octets
         # until they expire; those are still wrapped under the master key.
         await connection.execute("VACUUM data_key")
+        await store.start()
+        return await delete_queued_objects(connection, store)
     finally:
+        await store.close()
         await connection.close()
 
 

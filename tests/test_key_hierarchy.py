@@ -321,10 +321,12 @@ def test_mta1_body_delivered_after_upgrade(make_mta, sink, sink_port):
     assert wraps[0]["data_key_id"] is not None
 
 
-def insert_mta1_message(mta, cipher: BodyCipher, queue_id: str, recipient: str) -> None:
-    """Queue a message as the MTA did before the key hierarchy: an MTA1 body wrapped under the master key."""
+def insert_mta1_message(mta, cipher: BodyCipher, queue_id: str, recipient: str | None) -> None:
+    """Queue a message as the MTA did before the key hierarchy: an MTA1 body wrapped under the master key.
+
+    With recipient None the message gets no delivery row.
+    """
     data, wrapped = cipher.encrypt(queue_id, BODY)
-    domain = recipient.rpartition("@")[2]
 
     async def run() -> None:
         connection = await asyncpg.connect(mta.database_url)
@@ -334,9 +336,11 @@ def insert_mta1_message(mta, cipher: BodyCipher, queue_id: str, recipient: str) 
                     "INSERT INTO message (id, sender, size, body_key, wrapped_key, origin, session_id)"
                     " VALUES ($1, 'sender@example.net', $2, NULL, $3, 'mx', 'legacy')", queue_id, len(BODY), wrapped)
                 await connection.execute("INSERT INTO message_body (message_id, data) VALUES ($1, $2)", queue_id, data)
-                await connection.execute("INSERT INTO delivery (message_id, domain, recipients, attempts)"
-                                         " VALUES ($1, $2, $3, 0)", queue_id, domain, [recipient])
-                await connection.execute("SELECT pg_notify('mta_delivery', '')")
+                if recipient is not None:
+                    await connection.execute("INSERT INTO delivery (message_id, domain, recipients, attempts)"
+                                             " VALUES ($1, $2, $3, 0)", queue_id, recipient.rpartition("@")[2],
+                                             [recipient])
+                    await connection.execute("SELECT pg_notify('mta_delivery', '')")
         finally:
             await connection.close()
 
@@ -551,3 +555,39 @@ def test_rotation_rewraps_older_body_keys_in_batches(make_mta):
     assert len(rows) == 5
     for row in rows:
         unwrap_legacy_body_key([AESGCM(new.key)], row["id"], bytes(row["wrapped_key"]))
+
+
+def insert_legacy_delivery(mta, cipher: BodyCipher, queue_id: str, mailboxes: list[str]) -> None:
+    """Store a message delivered before the key hierarchy: mailbox rows without wraps of their own."""
+    insert_mta1_message(mta, cipher, queue_id, None)
+    query(mta.database_url, "UPDATE message SET completed_at = now() WHERE id = $1", queue_id)
+    query(mta.database_url, "INSERT INTO mailbox_message (mailbox, message_id, size, date)"
+                            " SELECT unnest($2::text[]), $1, $3, now()", queue_id, mailboxes, len(BODY))
+
+
+def test_destroy_deletes_older_mailbox_rows(make_mta):
+    mta = make_mta()
+    add_user(mta, "alice@example.com")
+    add_user(mta, "bob@example.com")
+    masters = file_masters(mta)
+    insert_legacy_delivery(mta, BodyCipher(masters.current.key), "LEGACYSHARED0001", ["alice@example.com",
+                                                                                    "bob@example.com"])
+    rows = mailbox_rows(mta, "LEGACYSHARED0001")
+    assert read_copy(mta, masters, rows["alice@example.com"]) == BODY
+
+    # The domain and the local part are matched without case, as the MTA stores owners in lower case.
+    result = mta.cli("keys", "destroy", "mailbox:Alice@EXAMPLE.com", "--actor", "dpo")
+    assert result.returncode == 0, result.stderr
+    assert "deleted 1 mailbox message(s) of mailbox:alice@example.com" in result.stdout
+
+    assert set(mailbox_rows(mta, "LEGACYSHARED0001")) == {"bob@example.com"}
+    assert read_copy(mta, masters, rows["bob@example.com"]) == BODY
+    entries = query(mta.database_url, "SELECT detail FROM audit_log WHERE action = 'keys.destroy'")
+    assert json.loads(entries[0]["detail"])["owner"] == "mailbox:alice@example.com"
+
+    result = mta.cli("keys", "destroy", "mailbox:bob@example.com")
+    assert result.returncode == 0, result.stderr
+    assert mailbox_rows(mta, "LEGACYSHARED0001") == {}
+    left = query(mta.database_url, "SELECT wrapped_key FROM message WHERE id = 'LEGACYSHARED0001'")
+    assert left[0]["wrapped_key"] is None
+    assert query(mta.database_url, "SELECT 1 FROM message_body WHERE message_id = 'LEGACYSHARED0001'") == []

@@ -24,6 +24,7 @@ import asyncpg
 
 from mta.delivery.bounce import build_dsn
 from mta.delivery.outcome import Outcome, Reply
+from mta.mailbox.removal import drop_queue_wraps
 from mta.smtp.dsn import DEFAULT_NOTIFY
 from mta.spool.batch import GroupCommit, StoppingError
 from mta.spool.enqueue import Job, NewMessage, Prepared, Spool
@@ -70,16 +71,6 @@ RETURNING m.id, NOT EXISTS (SELECT 1 FROM mailbox_message b WHERE b.message_id =
 """
 
 _DROP_INLINE_BODIES = "DELETE FROM message_body WHERE message_id = ANY($1::text[])"
-
-# Once a message has left the queue, only its mailbox rows' own wraps may open
-# the body, so that destroying a mailbox's data key erases that copy. Rows
-# delivered before the key hierarchy have no wrap of their own and keep the
-# message's.
-_DROP_QUEUE_WRAPS = """
-UPDATE message m SET wrapped_key = NULL
-WHERE m.id = ANY($1::text[])
-  AND NOT EXISTS (SELECT 1 FROM mailbox_message b WHERE b.message_id = m.id AND b.wrapped_key IS NULL)
-"""
 
 # Attempts settled in one transaction, and how long the writer waits for more.
 MAX_BATCH = 100
@@ -129,7 +120,7 @@ async def complete_messages(connection: asyncpg.Connection, queue_ids: list[str]
         await connection.execute(_DROP_INLINE_BODIES, list(unused))
     kept = [row["id"] for row in rows if not row["body_unused"]]
     if kept:
-        await connection.execute(_DROP_QUEUE_WRAPS, kept)
+        await drop_queue_wraps(connection, kept)
     return unused
 
 

@@ -15,6 +15,7 @@ import asyncpg
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mta.config import ConfigError
+from mta.mailbox.removal import Removed, remove_mailbox_rows
 from mta.storage import crypto
 from mta.storage.master_key import WRAP_VERSION, MasterKey, MasterKeys
 
@@ -58,6 +59,8 @@ _DESTROY = """
 UPDATE data_key SET wrapped = NULL, destroyed_at = now() WHERE owner = $1 AND destroyed_at IS NULL RETURNING id
 """
 _LIST = "SELECT id, owner, master_key_id, created_at, destroyed_at FROM data_key ORDER BY id"
+# Mailbox rows delivered before the key hierarchy, read through their message's wrap under the master key.
+_LEGACY_MAILBOX_ROWS = "SELECT id FROM mailbox_message WHERE mailbox = $1 AND wrapped_key IS NULL ORDER BY id FOR UPDATE"
 
 
 class KeyAdminError(Exception):
@@ -66,6 +69,18 @@ class KeyAdminError(Exception):
 
 # Message rows re-wrapped per transaction, so that rotation never locks the whole queue at once.
 LEGACY_BATCH_SIZE = 500
+
+
+@dataclass(frozen=True)
+class Destroyed:
+    """The result of destroying an owner's data key."""
+
+    # None when the owner had no live data key, only older mailbox rows.
+    data_key_id: int | None
+    # Mailbox rows from before the key hierarchy, which no data key wraps, deleted instead.
+    legacy_rows: int
+    # Body store objects queued for deletion after the commit (mta.mailbox.removal).
+    objects: list[str]
 
 
 @dataclass(frozen=True)
@@ -143,7 +158,7 @@ async def rotate_master(connection: asyncpg.Connection, masters: MasterKeys, new
 
 async def rewrap_legacy_body_keys(connection: asyncpg.Connection, masters: MasterKeys, new: MasterKey,
                                   batch_size: int = LEGACY_BATCH_SIZE) -> int:
-    """Re-wrap under new the body keys of messages queued before the key hierarchy; return how many moved.
+    """Re-wrap under new the body keys of messages queued before the key hierarchy, and return how many moved.
 
     Each batch commits in a transaction of its own, so a run that stops
     half-way leaves every wrap under the old or the new key, both loaded,
@@ -186,13 +201,27 @@ def _opens(master: AESGCM, queue_id: str, wrapped: bytes) -> bool:
     return True
 
 
-async def destroy_data_key(connection: asyncpg.Connection, owner: str) -> int:
-    """Delete the wrapped octets of the owner's live data key, keeping a tombstone row; return its id."""
+async def destroy_data_key(connection: asyncpg.Connection, owner: str) -> Destroyed:
+    """Delete the wrapped octets of the owner's live data key, keeping a tombstone row, inside the caller's transaction.
+
+    The mailbox rows of a ``mailbox:`` owner from before the key hierarchy
+    are deleted, because no data key wraps their bodies. Raises
+    KeyAdminError when there is neither a live key nor such a row.
+    """
+    removed = await _remove_legacy_mailbox_rows(connection, owner)
     await connection.fetchval(_LOCK_FOR_DESTROY, owner)
     data_key_id = await connection.fetchval(_DESTROY, owner)
-    if data_key_id is None:
+    if data_key_id is None and not removed.rows:
         raise KeyAdminError(f"no live data key for owner {owner!r}: see mta keys list")
-    return data_key_id
+    return Destroyed(data_key_id, removed.rows, removed.objects)
+
+
+async def _remove_legacy_mailbox_rows(connection: asyncpg.Connection, owner: str) -> Removed:
+    kind, _, mailbox = owner.partition(":")
+    if kind != "mailbox":
+        return Removed(0, 0, [])
+    row_ids = [row["id"] for row in await connection.fetch(_LEGACY_MAILBOX_ROWS, mailbox)]
+    return await remove_mailbox_rows(connection, row_ids)
 
 
 async def list_data_keys(connection: asyncpg.Connection) -> list[asyncpg.Record]:

@@ -46,6 +46,19 @@ class UnknownDataKeyError(DecryptionError):
     """No data key has the id that a row names."""
 
 
+def normalise_owner(owner: str) -> str:
+    """Return an owner as data keys are stored: a mailbox or sender address in lower case, local part included.
+
+    The MTA folds whole addresses to lower case before it makes their keys
+    (mailbox_owner, sender_owner), so Alice@Example.COM and alice@example.com
+    share one key. Other owners are returned unchanged.
+    """
+    kind, separator, address = owner.partition(":")
+    if separator and kind.lower() in ("mailbox", "sender"):
+        return f"{kind.lower()}:{address.lower()}"
+    return owner
+
+
 def mailbox_owner(address: str) -> str:
     return f"mailbox:{address.lower()}"
 
