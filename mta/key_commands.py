@@ -33,7 +33,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     destroy.add_argument("--actor", help="who does this, for the audit log (default: the login name)")
     destroy.set_defaults(run=cmd_destroy)
 
-    rotate = keys.add_parser("rotate-master", help="re-wrap every data key under a new master key")
+    rotate = keys.add_parser("rotate-master", help="re-wrap every data key under the new master key, which must "
+                                                   "already be storage.master_key_file or master_key_env")
     source = rotate.add_mutually_exclusive_group(required=True)
     source.add_argument("--new-key-file", type=Path, metavar="PATH", help="file with the new key: 32 raw octets")
     source.add_argument("--new-key-env", metavar="NAME",

@@ -496,11 +496,21 @@ def test_second_node_needs_recorded_master_key(make_mta, dns, sink_port, tmp_pat
         in missing.stderr
     assert not master_key_path(second).exists()
 
-    master_key_path(second).parent.mkdir(parents=True)
-    master_key_path(second).write_bytes(os.urandom(32))
-    other = second.cli("serve")
-    assert other.returncode == 2
-    assert f"the database records master key {recorded[0]['key_id']}, but this node loaded" in other.stderr
+
+
+def test_node_with_other_master_key_stops(make_mta):
+    # The state a node finds when another node, starting on the same empty database, recorded its key first.
+    mta = make_mta(start=False)
+    assert mta.cli("migrate").returncode == 0
+    query(mta.database_url, "INSERT INTO master_key (key_id) VALUES ('0badc0de')")
+    master_key_path(mta).parent.mkdir(parents=True)
+    master_key_path(mta).write_bytes(os.urandom(32))
+
+    result = mta.cli("serve")
+
+    assert result.returncode == 2
+    assert "the database records master key 0badc0de, but this node loaded" in result.stderr
+    assert "copy its key to storage.master_key_file" in result.stderr
 
 
 def test_data_key_wrap_binds_its_id():
