@@ -33,7 +33,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     destroy.add_argument("--actor", help="who does this, for the audit log (default: the login name)")
     destroy.set_defaults(run=cmd_destroy)
 
-    rotate = keys.add_parser("rotate-master", help="re-wrap every data key under a new master key")
+    rotate = keys.add_parser("rotate-master", help="re-wrap every data key under the new master key, which must "
+                                                   "already be storage.master_key_file or master_key_env")
     source = rotate.add_mutually_exclusive_group(required=True)
     source.add_argument("--new-key-file", type=Path, metavar="PATH", help="file with the new key: 32 raw octets")
     source.add_argument("--new-key-env", metavar="NAME",
@@ -87,36 +88,63 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_destroy(config: Config, args: argparse.Namespace) -> int:
     from mta.storage.key_admin import KeyAdminError, destroy_data_key
+    from mta.storage.keyring import normalise_owner
+    from mta.storage.store import StoreError
 
-    async def work(connection) -> int:
-        data_key_id = await destroy_data_key(connection, args.owner)
-        await audit(connection, _actor(args), "keys.destroy", {"owner": args.owner, "data_key_id": data_key_id})
-        return data_key_id
+    owner = normalise_owner(args.owner)
 
-    data_key_id = run_in_transaction(config, work, (KeyAdminError,))
-    asyncio.run(_vacuum(config))
-    print(f"data key {data_key_id} of {args.owner} destroyed: every body wrapped under it is unreadable")
-    print(f"running MTAs may keep it in memory for up to {config.storage.data_key_cache_seconds:.0f} s "
-          "(storage.data_key_cache_seconds)")
+    async def work(connection):
+        destroyed = await destroy_data_key(connection, owner)
+        await audit(connection, _actor(args), "keys.destroy", {
+            "owner": owner, "data_key_id": destroyed.data_key_id, "legacy_mailbox_rows": destroyed.legacy_rows})
+        return destroyed
+
+    destroyed = run_in_transaction(config, work, (KeyAdminError,))
+    if destroyed.data_key_id is not None:
+        print(f"data key {destroyed.data_key_id} of {owner} destroyed: every body wrapped under it is unreadable")
+        print(f"running MTAs may keep it in memory for up to {config.storage.data_key_cache_seconds:.0f} s "
+              "(storage.data_key_cache_seconds)")
+    if destroyed.legacy_rows:
+        print(f"deleted {destroyed.legacy_rows} mailbox message(s) of {owner} delivered before the key hierarchy")
+
+    try:
+        deleted, failed = asyncio.run(_after_destroy(config))
+    except StoreError as error:
+        deleted, failed = 0, len(destroyed.objects)
+        print(f"mta: body store failed: {error}", file=sys.stderr)
+    if deleted:
+        print(f"deleted {deleted} object(s) from the body store")
+    if failed:
+        print(f"mta: {failed} object(s) are still queued for deletion from the body store: run mta gdpr "
+              "retention once the store is reachable", file=sys.stderr)
+        return EXIT_FAILURE
     return 0
 
 
-async def _vacuum(config: Config) -> None:
-    """Remove the dead row versions that still contain the destroyed key's wrapped octets."""
+async def _after_destroy(config: Config) -> tuple[int, int]:
+    """Vacuum the destroyed key's old row versions, then delete the objects queued for deletion.
+
+    Returns how many objects were deleted and how many failed.
+    """
     from mta.cli import connect_or_exit
+    from mta.mailbox.removal import delete_queued_objects
+    from mta.storage.factory import build_store
 
     connection = await connect_or_exit(config)
+    store = build_store(config)
     try:
         # NOTE: WAL segments, replicas and base backups keep the wrapped octets
         # until they expire; those are still wrapped under the master key.
         await connection.execute("VACUUM data_key")
+        await store.start()
+        return await delete_queued_objects(connection, store)
     finally:
+        await store.close()
         await connection.close()
 
 
 def cmd_rotate_master(config: Config, args: argparse.Namespace) -> int:
     from mta.storage.crypto import DecryptionError
-    from mta.storage.key_admin import rotate_master
     from mta.storage.master_key import MasterKey, key_from_environment, key_from_file
 
     masters = master_keys_or_exit(config)
@@ -126,22 +154,39 @@ def cmd_rotate_master(config: Config, args: argparse.Namespace) -> int:
         print(f"mta: {error}", file=sys.stderr)
         return EXIT_USAGE
     new = MasterKey.from_bytes(new_key)
-
-    async def work(connection):
-        rotation = await rotate_master(connection, masters, new)
-        await audit(connection, _actor(args), "keys.rotate-master", {
-            "old_master_key_ids": rotation.old_master_key_ids, "new_master_key_id": rotation.new_master_key_id,
-            "data_keys": rotation.data_keys, "legacy_body_keys": rotation.legacy_body_keys,
-            "dkim_keys": rotation.dkim_keys})
-        return rotation
+    # Nodes must unwrap with the new key before any data key moves to it, so it has to be configured first.
+    if new.key_id != masters.current.key_id:
+        print(f"mta: the new master key {new.key_id} is not the configured master key {masters.current.key_id}: "
+              "first make the new key storage.master_key_file (or master_key_env) and the old one "
+              "storage.previous_master_key_file on every node, restart them, then run rotate-master",
+              file=sys.stderr)
+        return EXIT_USAGE
 
     try:
-        rotation = run_in_transaction(config, work)
+        legacy, rotation = asyncio.run(_rotate(config, masters, new, _actor(args)))
     except DecryptionError as error:
-        print(f"mta: rotation failed, nothing changed: {error}", file=sys.stderr)
+        print(f"mta: rotation failed before the data keys were re-wrapped: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"re-wrapped {rotation.data_keys} data key(s), {rotation.legacy_body_keys} older body key(s) and "
-          f"{rotation.dkim_keys} DKIM key(s) from master key {', '.join(rotation.old_master_key_ids)} to {rotation.new_master_key_id}")
-    print("next: make the new key storage.master_key_file (or master_key_env) on every node, with the old "
-          "one as storage.previous_master_key_file until all nodes have restarted")
+    print(f"re-wrapped {rotation.data_keys} data key(s), {legacy} older body key(s) and {rotation.dkim_keys} "
+          f"DKIM key(s) from master key(s) {', '.join(rotation.old_master_key_ids) or '(none)'} to "
+          f"{rotation.new_master_key_id}")
+    print("next: remove storage.previous_master_key_file on every node and restart them")
     return 0
+
+
+async def _rotate(config: Config, masters, new, actor: str):
+    """Re-wrap the older body keys batch by batch, then the data keys and the record in one transaction."""
+    from mta.cli import connect_or_exit
+    from mta.storage.key_admin import rewrap_legacy_body_keys, rotate_master
+
+    connection = await connect_or_exit(config)
+    try:
+        legacy = await rewrap_legacy_body_keys(connection, masters, new)
+        async with connection.transaction():
+            rotation = await rotate_master(connection, masters, new)
+            await audit(connection, actor, "keys.rotate-master", {
+                "old_master_key_ids": rotation.old_master_key_ids, "new_master_key_id": rotation.new_master_key_id,
+                "data_keys": rotation.data_keys, "legacy_body_keys": legacy, "dkim_keys": rotation.dkim_keys})
+    finally:
+        await connection.close()
+    return legacy, rotation

@@ -51,9 +51,7 @@ def prepare(config: Config) -> Prepared:
         # Read once; child processes such as the embedded PostgreSQL must not inherit it.
         os.environ.pop(config.storage.master_key_env, None)
     url = db.database_url(config)
-    asyncio.run(_migrate(url, master_keys))
-    if master_keys is None:
-        master_keys = create_master_key(config)
+    master_keys = asyncio.run(_migrate(config, url, master_keys))
     log.info("master key %s loaded%s", master_keys.current.key_id,
              f", and previous master key {master_keys.previous.key_id} for unwrapping only"
              if master_keys.previous else "")
@@ -107,18 +105,25 @@ def bind_sockets(config: Config) -> dict[str, socket.socket]:
     return sockets
 
 
-async def _migrate(url: str, master_keys: MasterKeys | None) -> None:
-    """Apply migrations, then check that the master keys open what the database holds."""
+async def _migrate(config: Config, url: str, master_keys: MasterKeys | None) -> MasterKeys:
+    """Apply migrations, check that the master keys open what the database holds, and record the master key.
+
+    Makes the master key file when there is none and the database contains nothing wrapped under a master key.
+    """
     import asyncpg
 
-    from mta.storage.key_admin import check_master_keys
+    from mta.storage.key_admin import check_master_keys, record_master_key
 
     connection = await asyncpg.connect(url)
     try:
         await db.migrate(connection)
         await check_master_keys(connection, master_keys)
+        if master_keys is None:
+            master_keys = create_master_key(config)
+        await record_master_key(connection, master_keys)
     finally:
         await connection.close()
+    return master_keys
 
 
 def serve(config: Config) -> int:

@@ -3,7 +3,9 @@
 The attempt reads the envelope and the encrypted body, chooses local mailbox
 delivery or SMTP (static route first, then MX), logs one line per recipient
 in Postfix's form, and settles the row. A failure to read the message leaves
-the row leased: the lease expires and another attempt starts later.
+the row leased: the lease expires and another attempt starts later. A body
+whose data key was destroyed is the exception, because it can never be read
+again: its recipients fail at once.
 """
 
 from __future__ import annotations
@@ -36,9 +38,13 @@ from mta.spool.scheduler import Slot
 from mta.spool.settle import MessageInfo, Settler
 from mta.storage.bodies import BodyCodec, Opened
 from mta.storage.crypto import DecryptionError
+from mta.storage.keyring import KeyDestroyedError
 from mta.storage.store import BodyStore
 
 log = logging.getLogger("mta.delivery")
+
+# The body was erased by destroying its data key, so no later attempt can send it.
+BODY_ERASED = Reply(554, "5.3.0 message body erased: its data key was destroyed")
 
 _LOAD = f"""
 SELECT m.sender, m.body_key, m.wrapped_key, m.data_key_id, m.received_at, m.delay_notified_at, m.dsn, b.data AS inline_data,
@@ -79,7 +85,7 @@ class DeliveryAgent:
         message = MessageInfo(job.message_id, row["sender"], row["received_at"],
                               delay_notified=row["delay_notified_at"] is not None,
                               dsn=json.loads(row["dsn"]) if row["dsn"] else None)
-        opened = await self._open_body(job, row)
+        opened = await self._open_body(job, row, message)
         if opened is None:
             return
         body = opened.body
@@ -99,22 +105,38 @@ class DeliveryAgent:
                 await self.store.delete(row["body_key"])
             log.info("%s: removed", message.queue_id)
 
-    async def _open_body(self, job: Job, row: asyncpg.Record) -> Opened | None:
+    async def _open_body(self, job: Job, row: asyncpg.Record, message: MessageInfo) -> Opened | None:
         """Read and decrypt the body, or log why not and return None, leaving the row leased until it expires.
 
         A StoreError propagates to the scheduler, which logs it the same way.
+        A body under a destroyed data key fails its recipients instead.
         """
         data = row["inline_data"]
         if data is None:
             data = await self.store.get(row["body_key"])
         try:
             return await self.bodies.open(job.message_id, data, row["wrapped_key"], row["data_key_id"])
+        except KeyDestroyedError as error:
+            log.error("%s: body erased, failing delivery %d permanently: %s", job.message_id, job.delivery_id, error)
+            await self._fail_erased(job, message, row)
+            return None
         except DecryptionError as error:
-            # TODO: a body whose data key was destroyed can never be delivered,
-            # yet it is retried after every lease until an operator deletes it.
             log.error("%s: cannot decrypt the body, delivery %d retried after its lease: %s",
                       job.message_id, job.delivery_id, error)
             return None
+
+    async def _fail_erased(self, job: Job, message: MessageInfo, row: asyncpg.Record) -> None:
+        """Fail every recipient of the job with BODY_ERASED, in a notification without any part of the body."""
+        started = time.monotonic()
+        outcome = Outcome(relay="none")
+        outcome.add_all(job.recipients, BODY_ERASED)
+        settlement = await self.settler.settle(job, message, outcome, b"")
+        if not settlement.applied:
+            return
+
+        self._log(job, message, outcome, time.monotonic() - started)
+        if settlement.body_unused and row["body_key"] is not None:
+            await self.store.delete(row["body_key"])
 
     async def _attempt(self, job: Job, message: MessageInfo, opened: Opened, slot: Slot,
                        suppressed: set[str]) -> Outcome:

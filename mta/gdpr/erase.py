@@ -217,10 +217,13 @@ async def _delete_records(connection: asyncpg.Connection, address: str, erasure:
                                                                   account_key(address)))
     for owner in (mailbox_owner(address), sender_owner(address)):
         try:
-            erasure.data_keys_destroyed.append(await destroy_data_key(connection, owner))
+            destroyed = await destroy_data_key(connection, owner)
         except KeyAdminError:
             # No live key: never made, or destroyed by an earlier run.
             continue
+        if destroyed.data_key_id is not None:
+            erasure.data_keys_destroyed.append(destroyed.data_key_id)
+        erasure.objects += destroyed.objects
 
 
 def _count(status: str) -> int:

@@ -39,6 +39,16 @@ WHERE m.id = ANY($1::text[])
 
 _DROP_INLINE = "DELETE FROM message_body WHERE message_id = ANY($1::text[])"
 _DROP_WRAPS = "UPDATE message SET wrapped_key = NULL WHERE id = ANY($1::text[])"
+
+# Once a message has left the queue, only its mailbox rows' own wraps may open
+# the body, so that destroying a mailbox's data key erases that copy. Rows
+# delivered before the key hierarchy have no wrap of their own and keep the
+# message's.
+_DROP_QUEUE_WRAPS = """
+UPDATE message m SET wrapped_key = NULL
+WHERE m.id = ANY($1::text[]) AND m.completed_at IS NOT NULL AND m.wrapped_key IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM mailbox_message b WHERE b.message_id = m.id AND b.wrapped_key IS NULL)
+"""
 _QUEUE = "INSERT INTO object_deletion (object_key) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING"
 _PENDING = "SELECT object_key FROM object_deletion ORDER BY queued_at, object_key LIMIT $1"
 _DONE = "DELETE FROM object_deletion WHERE object_key = $1"
@@ -64,6 +74,8 @@ async def remove_mailbox_rows(connection: asyncpg.Connection, row_ids: list[int]
     objects = sorted(attachment_keys - still_named)
 
     bodies = await release_bodies(connection, message_ids)
+    # A removed row may have been the last one from before the key hierarchy that needed the message's wrap.
+    await drop_queue_wraps(connection, message_ids)
     objects += bodies.objects
     await connection.execute(_QUEUE, objects)
     return Removed(len(row_ids), bodies.bodies, objects)
@@ -87,6 +99,11 @@ async def release_bodies(connection: asyncpg.Connection, message_ids: list[str])
     objects = [row["body_key"] for row in unused if row["body_key"] is not None]
     await connection.execute(_QUEUE, objects)
     return Removed(0, len(ids), objects)
+
+
+async def drop_queue_wraps(connection: asyncpg.Connection, message_ids: list[str]) -> None:
+    """Drop the queue's wrap of completed messages whose mailbox rows all have wraps of their own."""
+    await connection.execute(_DROP_QUEUE_WRAPS, message_ids)
 
 
 async def delete_queued_objects(database, store: BodyStore, limit: int = 10_000) -> tuple[int, int]:

@@ -21,7 +21,9 @@ from mta.delivery.bounce import build_dsn
 from mta.delivery.outcome import Reply
 from mta.spool.enqueue import NewMessage, Spool
 from mta.spool.scheduler import NOTIFY_CHANNEL
+from mta.spool.settle import complete_messages
 from mta.storage.bodies import BodyCodec
+from mta.storage.keyring import KeyDestroyedError
 from mta.storage.store import BodyStore
 from mta.webhooks.outbox import Outbox, operator_events
 
@@ -159,6 +161,7 @@ class QueueAdmin:
         """Remove the messages' queued deliveries, recording 'deleted' for each recipient."""
         async with self.connection.transaction():
             result = await self._take_rows(queue_ids)
+            await complete_messages(self.connection, result.done)
             await self._audit("delete", {"queue_ids": result.done, "busy": result.busy})
         return result
 
@@ -179,6 +182,8 @@ class QueueAdmin:
                     "UPDATE delivery SET lease_owner = NULL, lease_until = NULL, attempts = 0"
                     " WHERE id = ANY($1::bigint[])", [job.delivery_id for job in jobs])
                 await self._wake()
+            # After the notifications, which read the bodies that completing may delete.
+            await complete_messages(self.connection, result.done)
             await self._audit("bounce", {"queue_ids": result.done, "busy": result.busy,
                                          "notifications": [n.queue_id for n in notifications]})
         return result
@@ -195,7 +200,10 @@ class QueueAdmin:
 
     async def _take_rows(self, queue_ids: list[str], status: str = "deleted",
                          reply: Reply = OPERATOR_DELETE) -> _Removed:
-        """Delete the unleased delivery rows of the messages and record status for their recipients."""
+        """Delete the unleased delivery rows of the messages and record status for their recipients.
+
+        The caller completes the messages left without delivery rows (complete_messages).
+        """
         await self._require_known(queue_ids)
         rows = await self.connection.fetch(
             "DELETE FROM delivery d USING message m WHERE m.id = d.message_id"
@@ -217,9 +225,6 @@ class QueueAdmin:
         if self.outbox is not None:
             await self.outbox.insert(self.connection, operator_events(status, reply, [
                 (row["message_id"], row["sender"], recipient) for row in rows for recipient in row["recipients"]]))
-        await self.connection.execute(
-            "UPDATE message m SET completed_at = now() WHERE m.id = ANY($1::text[]) AND m.completed_at IS NULL"
-            " AND NOT EXISTS (SELECT 1 FROM delivery d WHERE d.message_id = m.id)", removed.done)
         return removed
 
     async def _notification(self, queue_id: str, recipients: list[str], spool: Spool, store: BodyStore,
@@ -231,7 +236,11 @@ class QueueAdmin:
             # RFC 5321 section 6.1: never a notification about a notification.
             return None
         data = row["inline_data"] if row["inline_data"] is not None else await store.get(row["body_key"])
-        original = (await bodies.open(queue_id, data, row["wrapped_key"], row["data_key_id"])).body
+        try:
+            original = (await bodies.open(queue_id, data, row["wrapped_key"], row["data_key_id"])).body
+        except KeyDestroyedError:
+            # The body was erased, so the notification names the recipients only.
+            original = b""
         dsn = build_dsn(hostname, queue_id, row["sender"], row["received_at"],
                         [(recipient, OPERATOR_BOUNCE) for recipient in recipients], original)
         return await spool.prepare(NewMessage(sender="", recipients=[row["sender"]], body=dsn, origin="bounce",

@@ -24,6 +24,7 @@ import asyncpg
 
 from mta.delivery.bounce import build_dsn
 from mta.delivery.outcome import Outcome, Reply
+from mta.mailbox.removal import drop_queue_wraps
 from mta.smtp.dsn import DEFAULT_NOTIFY
 from mta.spool.batch import GroupCommit, StoppingError
 from mta.spool.enqueue import Job, NewMessage, Prepared, Spool
@@ -71,16 +72,6 @@ RETURNING m.id, NOT EXISTS (SELECT 1 FROM mailbox_message b WHERE b.message_id =
 
 _DROP_INLINE_BODIES = "DELETE FROM message_body WHERE message_id = ANY($1::text[])"
 
-# Once a message has left the queue, only its mailbox rows' own wraps may open
-# the body, so that destroying a mailbox's data key erases that copy. Rows
-# delivered before the key hierarchy have no wrap of their own and keep the
-# message's.
-_DROP_QUEUE_WRAPS = """
-UPDATE message m SET wrapped_key = NULL
-WHERE m.id = ANY($1::text[])
-  AND NOT EXISTS (SELECT 1 FROM mailbox_message b WHERE b.message_id = m.id AND b.wrapped_key IS NULL)
-"""
-
 # Attempts settled in one transaction, and how long the writer waits for more.
 MAX_BATCH = 100
 BATCH_WINDOW = 0.002
@@ -111,6 +102,26 @@ def _to_notify(message: MessageInfo, pairs: list[tuple[str, Reply]], event: str)
     requests = (message.dsn or {}).get("recipients", {})
     return [(recipient, reply) for recipient, reply in pairs
             if event in requests.get(recipient, {}).get("notify", DEFAULT_NOTIFY)]
+
+
+async def complete_messages(connection: asyncpg.Connection, queue_ids: list[str]) -> set[str]:
+    """Mark the messages without delivery rows left as completed, and return those whose body no mailbox keeps.
+
+    Their inline bodies are deleted, and the queue's wrap of a body that a
+    mailbox keeps is dropped. Objects in the body store are the caller's to
+    delete after the commit (or the orphan sweep's).
+    """
+    if not queue_ids:
+        return set()
+    await connection.execute(_LOCK_MESSAGES, queue_ids)
+    rows = await connection.fetch(_COMPLETE, queue_ids)
+    unused = {row["id"] for row in rows if row["body_unused"]}
+    if unused:
+        await connection.execute(_DROP_INLINE_BODIES, list(unused))
+    kept = [row["id"] for row in rows if not row["body_unused"]]
+    if kept:
+        await drop_queue_wraps(connection, kept)
+    return unused
 
 
 def retry_delay(schedule: list[float], attempt: int) -> float:
@@ -292,19 +303,8 @@ class Settler:
             await connection.execute(_EVENTS, *columns)
 
     async def _complete_messages(self, connection: asyncpg.Connection, done: list[_Attempt]) -> set[str]:
-        """Mark messages without delivery rows left as completed; return those whose body no mailbox keeps."""
         queue_ids = sorted({attempt.message.queue_id for attempt in done if not attempt.outcome.deferred})
-        if not queue_ids:
-            return set()
-        await connection.execute(_LOCK_MESSAGES, queue_ids)
-        rows = await connection.fetch(_COMPLETE, queue_ids)
-        unused = {row["id"] for row in rows if row["body_unused"]}
-        if unused:
-            await connection.execute(_DROP_INLINE_BODIES, list(unused))
-        kept = [row["id"] for row in rows if not row["body_unused"]]
-        if kept:
-            await connection.execute(_DROP_QUEUE_WRAPS, kept)
-        return unused
+        return await complete_messages(connection, queue_ids)
 
     def _delay_notice_due(self, message: MessageInfo, outcome: Outcome) -> bool:
         if message.delay_notified or message.sender == "" or self.delay_notice_after <= 0:

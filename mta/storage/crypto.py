@@ -33,7 +33,10 @@ class DecryptionError(Exception):
 
 
 def load_or_create_master_key(path: Path) -> bytes:
-    """Read the 32-octet master key, creating it with mode 0600 if missing."""
+    """Read the 32-octet master key, creating it with mode 0600 if missing.
+
+    A new key file and its directory are fsynced, so the key survives a crash once the database names it.
+    """
     if path.exists():
         key = path.read_bytes()
         if len(key) != KEY_SIZE:
@@ -47,6 +50,11 @@ def load_or_create_master_key(path: Path) -> bytes:
         file.write(key)
         file.flush()
         os.fsync(file.fileno())
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
     return key
 
 

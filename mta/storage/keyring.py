@@ -18,20 +18,24 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mta.storage.crypto import KEY_SIZE, DecryptionError
-from mta.storage.master_key import MasterKeys
+from mta.storage.master_key import WRAP_VERSION, MasterKeys
 
 log = logging.getLogger("mta.storage")
 
 QUEUE_INBOUND = "queue:inbound"
 
+# The id is taken before the insert because the wrap binds it.
+_NEXT_ID = "SELECT nextval(pg_get_serial_sequence('data_key', 'id'))"
 # Another node may create the owner's key at the same moment, so the insert
 # yields to it and the select below returns whichever row won.
 _CREATE = """
-INSERT INTO data_key (owner, wrapped, master_key_id) VALUES ($1, $2, $3)
+INSERT INTO data_key (id, owner, wrapped, master_key_id, wrap_version) VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (owner) WHERE destroyed_at IS NULL DO NOTHING
 """
-_BY_OWNER = "SELECT id, owner, wrapped, master_key_id FROM data_key WHERE owner = $1 AND destroyed_at IS NULL"
-_BY_ID = "SELECT id, owner, wrapped, master_key_id, destroyed_at FROM data_key WHERE id = $1"
+_BY_OWNER = """
+SELECT id, owner, wrapped, master_key_id, wrap_version FROM data_key WHERE owner = $1 AND destroyed_at IS NULL
+"""
+_BY_ID = "SELECT id, owner, wrapped, master_key_id, wrap_version, destroyed_at FROM data_key WHERE id = $1"
 
 
 class KeyDestroyedError(DecryptionError):
@@ -40,6 +44,19 @@ class KeyDestroyedError(DecryptionError):
 
 class UnknownDataKeyError(DecryptionError):
     """No data key has the id that a row names."""
+
+
+def normalise_owner(owner: str) -> str:
+    """Return an owner as data keys are stored: a mailbox or sender address in lower case, local part included.
+
+    The MTA folds whole addresses to lower case before it makes their keys
+    (mailbox_owner, sender_owner), so Alice@Example.COM and alice@example.com
+    share one key. Other owners are returned unchanged.
+    """
+    kind, separator, address = owner.partition(":")
+    if separator and kind.lower() in ("mailbox", "sender"):
+        return f"{kind.lower()}:{address.lower()}"
+    return owner
 
 
 def mailbox_owner(address: str) -> str:
@@ -120,8 +137,10 @@ class Keyring:
         row = await self.database.fetchrow(_BY_OWNER, owner)
         if row is None:
             key = AESGCM.generate_key(bit_length=KEY_SIZE * 8)
-            wrapped = self.masters.wrap_data_key(key, owner)
-            await self.database.execute(_CREATE, owner, wrapped, self.masters.current.key_id)
+            data_key_id = await self.database.fetchval(_NEXT_ID)
+            wrapped = self.masters.wrap_data_key(key, owner, data_key_id)
+            await self.database.execute(_CREATE, data_key_id, owner, wrapped, self.masters.current.key_id,
+                                        WRAP_VERSION)
             row = await self.database.fetchrow(_BY_OWNER, owner)
             if row is None:
                 raise KeyDestroyedError(f"the data key of {owner} was destroyed while it was being created")
@@ -129,7 +148,7 @@ class Keyring:
         return self._remember(row)
 
     def _remember(self, row) -> DataKey:
-        key = self.masters.unwrap_data_key(bytes(row["wrapped"]), row["owner"], row["master_key_id"])
+        key = self.masters.unwrap_row(row)
         data_key = DataKey(row["id"], row["owner"], AESGCM(key))
         self._by_owner.put(data_key.owner, data_key)
         self._by_id.put(data_key.id, data_key)

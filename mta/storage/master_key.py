@@ -24,7 +24,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from mta.config import Config, ConfigError
 from mta.storage.crypto import KEY_SIZE, NONCE_SIZE, DecryptionError, load_or_create_master_key
 
-_DATA_KEY_CONTEXT = b"mta data key v1\x00"
+# Associated data of a data key's wrap, by the wrap_version of its row (queue/0027_master_key_record.sql):
+# version 1 binds the owner, and version 2, which new wraps use, the owner and the data key's id.
+_DATA_KEY_CONTEXT_V1 = b"mta data key v1\x00"
+_DATA_KEY_CONTEXT_V2 = b"mta data key v2\x00"
+WRAP_VERSION = 2
 
 
 class MasterKeyMismatchError(DecryptionError):
@@ -61,13 +65,22 @@ class MasterKeys:
     def ids(self) -> list[str]:
         return [key.key_id for key in self.keys()]
 
-    def wrap_data_key(self, data_key: bytes, owner: str) -> bytes:
-        """Wrap a data key under the current master key, binding the owner in so that a wrap moved to another row fails."""
-        return self.seal(data_key, _DATA_KEY_CONTEXT + owner.encode())
+    def wrap_data_key(self, data_key: bytes, owner: str, data_key_id: int) -> bytes:
+        """Wrap a data key under the current master key as WRAP_VERSION.
 
-    def unwrap_data_key(self, wrapped: bytes, owner: str, key_id: str) -> bytes:
+        The owner and the data key's id are bound in, so a wrap moved to another row fails.
+        """
+        return self.seal(data_key, _data_key_context(WRAP_VERSION, owner, data_key_id))
+
+    def unwrap_data_key(self, wrapped: bytes, owner: str, key_id: str, data_key_id: int, wrap_version: int) -> bytes:
         """Unwrap a data key with the master key named key_id, or raise DecryptionError when that key is not loaded or fails."""
-        return self.open(wrapped, _DATA_KEY_CONTEXT + owner.encode(), key_id, f"data key of {owner}")
+        return self.open(wrapped, _data_key_context(wrap_version, owner, data_key_id), key_id,
+                         f"data key {data_key_id} of {owner}")
+
+    def unwrap_row(self, row) -> bytes:
+        """Unwrap the data key of a data_key row that has id, owner, wrapped, master_key_id and wrap_version."""
+        return self.unwrap_data_key(bytes(row["wrapped"]), row["owner"], row["master_key_id"], row["id"],
+                                    row["wrap_version"])
 
     def seal(self, plaintext: bytes, associated_data: bytes) -> bytes:
         """Encrypt plaintext under the current master key: a fresh nonce, then the GCM ciphertext and tag.
@@ -93,6 +106,14 @@ class MasterKeys:
             return aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], associated_data)
         except InvalidTag:
             raise DecryptionError(f"{name} failed authentication under master key {key_id}") from None
+
+
+def _data_key_context(wrap_version: int, owner: str, data_key_id: int) -> bytes:
+    if wrap_version == 1:
+        return _DATA_KEY_CONTEXT_V1 + owner.encode()
+    if wrap_version == 2:
+        return _DATA_KEY_CONTEXT_V2 + owner.encode() + b"\x00" + str(data_key_id).encode()
+    raise DecryptionError(f"data key {data_key_id} of {owner} has unknown wrap version {wrap_version}")
 
 
 def read_master_keys(config: Config) -> MasterKeys | None:
