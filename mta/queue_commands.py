@@ -189,6 +189,8 @@ def cmd_action(config: Config, args: argparse.Namespace) -> int:
         queue_admin = admin.QueueAdmin(connection, _actor(args), _outbox(config))
         if args.action == "bounce":
             return await _bounce(config, queue_admin, queue_ids)
+        if args.action == "delete":
+            return await _delete(config, queue_admin, queue_ids)
         return await getattr(queue_admin, args.action)(queue_ids)
 
     result = _run(config, work)
@@ -202,6 +204,16 @@ def cmd_action(config: Config, args: argparse.Namespace) -> int:
     if result.busy:
         print(f"being delivered now, not changed: {' '.join(result.busy)} (repeat once the attempt is over)")
     return 0
+
+
+async def _delete(config: Config, queue_admin, queue_ids: list[str]):
+    from mta.storage.factory import build_store
+
+    store = build_store(config)
+    try:
+        return await queue_admin.delete(queue_ids, store)
+    finally:
+        await store.close()
 
 
 async def _bounce(config: Config, queue_admin, queue_ids: list[str]):

@@ -6,19 +6,22 @@ import asyncio
 import json
 import smtplib
 from collections import deque
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from mta.storage.local import LocalStore
 from tests.conftest import query
 from tests.mx import RELAY_DOMAIN, relay_config, send_mx, wait_until
 
 GREYLISTED = "451 4.7.1 greylisted"
 
 
-def deferred_mta(make_mta, sink, sink_port, count: int = 1):
+def deferred_mta(make_mta, sink, sink_port, count: int = 1, inline_max_size: int = 65536):
     """Start an MTA, send count messages that the sink defers once each, and return it with their queue ids."""
-    mta = make_mta(relay_config(sink_port, retry_schedule=[3600.0]))
+    mta = make_mta({**relay_config(sink_port, retry_schedule=[3600.0]),
+                    "storage": {"inline_max_size": inline_max_size}})
     sink.script.rcpt_replies = deque([GREYLISTED] * count)
     queue_ids = []
     for number in range(count):
@@ -78,10 +81,20 @@ def test_held_message_waits_for_release(make_mta, sink, sink_port):
     assert [row["action"] for row in actions] == ["queue hold", "queue hold", "queue flush", "queue release"]
 
 
+def body_object(mta, queue_id: str) -> Path:
+    (row,) = query(mta.database_url, "SELECT body_key FROM message WHERE id = $1", queue_id)
+    return LocalStore(mta.workdir / "var" / "blobs")._path(row["body_key"])
+
+
 def test_delete_removes_and_records_it(make_mta, sink, sink_port):
-    mta, (queue_id,) = deferred_mta(make_mta, sink, sink_port)
+    # Bodies go to the body store, so the delete must remove the object too.
+    mta, (queue_id,) = deferred_mta(make_mta, sink, sink_port, inline_max_size=0)
+    body = body_object(mta, queue_id)
+    assert body.exists()
 
     assert f"1 message deleted: {queue_id}" in queue(mta, "delete", queue_id)
+
+    assert not body.exists()
 
     assert "0 deliveries in the queue" in queue(mta, "list")
     events = json.loads(queue(mta, "show", queue_id, "--json"))["events"]
@@ -90,9 +103,12 @@ def test_delete_removes_and_records_it(make_mta, sink, sink_port):
 
 
 def test_bounce_sends_one_notification(make_mta, sink, sink_port):
-    mta, (queue_id,) = deferred_mta(make_mta, sink, sink_port)
+    mta, (queue_id,) = deferred_mta(make_mta, sink, sink_port, inline_max_size=0)
+    body = body_object(mta, queue_id)
 
     assert f"1 message bounced: {queue_id}" in queue(mta, "bounce", queue_id)
+
+    assert not body.exists()
 
     notification = sink.wait_for(1)[0]
     assert notification.sender == "<>"

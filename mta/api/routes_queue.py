@@ -131,6 +131,8 @@ async def _perform(queue_admin: admin.QueueAdmin, name: str, queue_id: str,
     if name == "bounce":
         return await queue_admin.bounce([queue_id], context.spool, context.store, context.bodies,
                                         context.config.server.hostname)
+    if name == "delete":
+        return await queue_admin.delete([queue_id], context.store)
     return await getattr(queue_admin, name)([queue_id])
 
 

@@ -11,6 +11,7 @@ the action after it.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,8 +25,10 @@ from mta.spool.scheduler import NOTIFY_CHANNEL
 from mta.spool.settle import complete_messages
 from mta.storage.bodies import BodyCodec
 from mta.storage.keyring import KeyDestroyedError
-from mta.storage.store import BodyStore
+from mta.storage.store import BodyStore, StoreError
 from mta.webhooks.outbox import Outbox, operator_events
+
+log = logging.getLogger("mta.queue")
 
 QUEUE_ID = re.compile(r"^[A-Z2-7]{16}$")
 OPERATOR_BOUNCE = Reply(550, "5.0.0 returned to sender by the mail operator")
@@ -55,6 +58,16 @@ class ActionResult:
 
     done: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)
+
+
+async def remove_objects(store: BodyStore, object_keys: list[str]) -> None:
+    """Delete body objects that no row needs any more, leaving any that fail to the orphan sweep."""
+    for key in object_keys:
+        try:
+            await store.delete(key)
+        except StoreError as error:
+            log.warning("failed to delete the body object of a removed message, the orphan sweep deletes it "
+                        "later: %s", error)
 
 
 def check_queue_ids(queue_ids: list[str]) -> list[str]:
@@ -157,12 +170,19 @@ class QueueAdmin:
             await self._wake()
         return count
 
-    async def delete(self, queue_ids: list[str]) -> ActionResult:
-        """Remove the messages' queued deliveries, recording 'deleted' for each recipient."""
+    async def delete(self, queue_ids: list[str], store: BodyStore | None = None) -> ActionResult:
+        """Remove the messages' queued deliveries, recording 'deleted' for each recipient.
+
+        With store, the body objects that no mailbox keeps are deleted after
+        the commit. Without it, or when that fails, the orphan sweep deletes them.
+        """
         async with self.connection.transaction():
             result = await self._take_rows(queue_ids)
-            await complete_messages(self.connection, result.done)
+            unused = await complete_messages(self.connection, result.done)
+            object_keys = await self._object_keys(unused)
             await self._audit("delete", {"queue_ids": result.done, "busy": result.busy})
+        if store is not None:
+            await remove_objects(store, object_keys)
         return result
 
     async def bounce(self, queue_ids: list[str], spool: Spool, store: BodyStore, bodies: BodyCodec,
@@ -183,10 +203,18 @@ class QueueAdmin:
                     " WHERE id = ANY($1::bigint[])", [job.delivery_id for job in jobs])
                 await self._wake()
             # After the notifications, which read the bodies that completing may delete.
-            await complete_messages(self.connection, result.done)
+            unused = await complete_messages(self.connection, result.done)
+            object_keys = await self._object_keys(unused)
             await self._audit("bounce", {"queue_ids": result.done, "busy": result.busy,
                                          "notifications": [n.queue_id for n in notifications]})
+        await remove_objects(store, object_keys)
         return result
+
+    async def _object_keys(self, queue_ids: set[str]) -> list[str]:
+        """Return the body store keys of these messages' bodies; inline bodies have none."""
+        rows = await self.connection.fetch("SELECT body_key FROM message WHERE id = ANY($1::text[])"
+                                           " AND body_key IS NOT NULL", list(queue_ids))
+        return [row["body_key"] for row in rows]
 
     async def _update(self, queue_ids: list[str], action: str, sql: str, wake: bool = False) -> ActionResult:
         async with self.connection.transaction():
