@@ -76,8 +76,7 @@ def cmd_records(config: Config, args: argparse.Namespace) -> int:
         return [key for key in await list_keys(connection) if key.state == ACTIVE]
 
     for key in run_in_transaction(config, work):
-        # One quoted string, as before keys moved into the database; mta dns records splits long values.
-        print(f'{key.selector}._domainkey.{key.domain}. IN TXT "{key.public.txt_value()}"')
+        print(key.public.zone_line(key.domain))
     return 0
 
 

@@ -140,7 +140,7 @@ def cmd_erase(config: Config, args: argparse.Namespace) -> int:
 def _report_erasure(config: Config, pseudonym: str, erasure) -> None:
     print(f"erased {pseudonym}: {erasure.mailbox_messages} mailbox message(s), {erasure.bodies} body(ies), "
           f"{erasure.deliveries_removed} queued deliver(ies), {erasure.suppression_entries} suppression entr(ies), "
-          f"{erasure.accounts} account(s); data keys destroyed: "
+          f"{erasure.accounts} account(s), {erasure.api_tokens} API token(s); data keys destroyed: "
           f"{', '.join(map(str, erasure.data_keys_destroyed)) or 'none left'}")
     print(f"pseudonymised {erasure.events_pseudonymised} delivery attempt(s) and "
           f"{erasure.messages_pseudonymised} message sender(s); objects deleted: {erasure.objects_deleted}")

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from mta.dkim_store import published_keys
 from tests.conftest import create_database
 from tests.dnsserver import DnsServer
 from tests.mtaprocess import REPOSITORY, merge, to_toml
+from tests.test_end_to_end import txt_strings
 
 DOMAIN = "example.com"
 SOURCE_ADDRESS = "127.0.0.3"
@@ -183,7 +185,9 @@ def test_records_zone_lines_parse(config_path: Path, data_dir: Path) -> None:
     apex_txt = [txt(rdata) for rdata in parsed[("example.com.", "TXT")]]
     assert apex_txt == [f"v=spf1 ip4:{SOURCE_ADDRESS} -all"]
 
-    dkim_line = run_mta(config_path, "dkim", "records").stdout.split('"')[1]
+    records_line = run_mta(config_path, "dkim", "records").stdout.splitlines()[0]
+    assert all(len(string) <= 255 for string in re.findall(r'"([^"]*)"', records_line))
+    dkim_line = txt_strings(records_line)
     (signing,) = parsed[("mta._domainkey.example.com.", "TXT")]
     assert dkim_tags(txt(signing))["k"] == "rsa"
     assert dkim_tags(txt(signing))["p"] == dkim_tags(dkim_line)["p"]

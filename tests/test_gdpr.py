@@ -114,12 +114,16 @@ def test_erase_leaves_no_trace_of_alice(populated, tmp_path):
         shutil.copy(object_path(mta, key), copy)
     bob_rows = mailbox_ids(mta, BOB)
     pseudonym = mta.cli("gdpr", "pseudonym", ALICE).stdout.strip()
+    token = mta.cli("api", "token", "create", "alice-app", "--scope", "send", "--account", ALICE)
+    assert token.returncode == 0, token.stderr
 
     result = mta.cli("gdpr", "erase", ALICE, "--actor", "dpo")
 
     assert result.returncode == 0, result.stderr
     assert pseudonym.startswith("anon.")
     assert "1 body(ies)" in result.stdout
+    assert "1 API token(s)" in result.stdout
+    assert query(mta.database_url, "SELECT 1 FROM api_token") == []
     assert mailbox_ids(mta, ALICE) == {}
     assert query(mta.database_url, "SELECT 1 FROM mailbox_attachment") == []
     for key in old_copies:

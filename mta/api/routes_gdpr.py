@@ -43,6 +43,7 @@ class ErasureReport(BaseModel):
     suppression_entries: int
     accounts: int
     auth_failure_counts: int
+    api_tokens: int = Field(description="API tokens that sent as the account, deleted with it")
     data_keys_destroyed: list[int]
     objects_deleted: int
     objects_failed: int = Field(description="objects left in the body store; the next erasure or retention run "

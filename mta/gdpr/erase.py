@@ -41,7 +41,7 @@ from mta.storage.store import BodyStore
 
 # Tables whose dead row versions an erasure leaves with the address or key material in them.
 VACUUMED_TABLES = ("data_key", "mailbox_message", "mailbox_attachment", "mailbox_user", "suppression",
-                   "auth_failure", "message", "delivery", "delivery_event")
+                   "auth_failure", "api_token", "message", "delivery", "delivery_event")
 
 _OWN_ROWS = "SELECT id FROM mailbox_message WHERE mailbox = $1 ORDER BY id FOR UPDATE"
 
@@ -108,6 +108,8 @@ class Erasure:
     suppression_entries: int = 0
     accounts: int = 0
     auth_failure_counts: int = 0
+    # API tokens that sent as the account, revoked ones included: their rows name the address.
+    api_tokens: int = 0
     data_keys_destroyed: list[int] = field(default_factory=list)
     objects: list[str] = field(default_factory=list)
     # Ids of older audit entries naming the address in clear, which the chain keeps.
@@ -120,7 +122,7 @@ class Erasure:
     def found_nothing(self) -> bool:
         counts = (self.mailbox_messages, self.bodies, self.deliveries_removed, self.deliveries_changed,
                   self.events_pseudonymised, self.messages_pseudonymised, self.suppression_entries, self.accounts,
-                  self.auth_failure_counts, len(self.data_keys_destroyed))
+                  self.auth_failure_counts, self.api_tokens, len(self.data_keys_destroyed))
         return not any(counts)
 
     def as_audit_detail(self, pseudonym: str) -> dict:
@@ -130,7 +132,8 @@ class Erasure:
                 "events_pseudonymised": self.events_pseudonymised,
                 "messages_pseudonymised": self.messages_pseudonymised,
                 "suppression_entries": self.suppression_entries, "accounts": self.accounts,
-                "auth_failure_counts": self.auth_failure_counts, "data_keys_destroyed": self.data_keys_destroyed,
+                "auth_failure_counts": self.auth_failure_counts, "api_tokens": self.api_tokens,
+                "data_keys_destroyed": self.data_keys_destroyed,
                 "audit_entries_naming_address": len(self.audit_entries_naming_address)}
 
 
@@ -215,6 +218,8 @@ async def _delete_records(connection: asyncpg.Connection, address: str, erasure:
     erasure.accounts = _count(await connection.execute("DELETE FROM mailbox_user WHERE address = $1", address))
     erasure.auth_failure_counts = _count(await connection.execute("DELETE FROM auth_failure WHERE key = $1",
                                                                   account_key(address)))
+    erasure.api_tokens = _count(await connection.execute("DELETE FROM api_token WHERE lower(account) = $1",
+                                                         address))
     for owner in (mailbox_owner(address), sender_owner(address)):
         try:
             destroyed = await destroy_data_key(connection, owner)
