@@ -13,6 +13,7 @@ import pytest
 
 from mta.storage.local import LocalStore
 from tests.conftest import query
+from tests.test_operations import http_get
 from tests.mx import RELAY_DOMAIN, relay_config, send_mx, wait_until
 
 GREYLISTED = "451 4.7.1 greylisted"
@@ -72,6 +73,9 @@ def test_held_message_waits_for_release(make_mta, sink, sink_port):
         mta, "hold", queue_id)
     assert "0 deliveries made due now" in queue(mta, "flush")
     assert queue_id in queue(mta, "list", "--state", "held")
+    metrics = http_get(mta.http_port, "/metrics")[1]
+    assert 'mta_queue_depth{state="held"} 1.0' in metrics
+    assert 'mta_queue_depth{state="deferred"} 0.0' in metrics
 
     assert f"1 message released: {queue_id}" in queue(mta, "release", queue_id, "--actor", "alice")
     assert len(sink.wait_for(1)) == 1

@@ -28,9 +28,10 @@ from mta.db import TRANSIENT_ERRORS
 router = APIRouter(tags=["operations"])
 
 _DEPTH = """
-SELECT count(*) FILTER (WHERE lease_owner IS NULL AND due_at <= now()) AS due,
-       count(*) FILTER (WHERE lease_owner IS NULL AND due_at > now()) AS deferred,
-       count(*) FILTER (WHERE lease_owner IS NOT NULL) AS active
+SELECT count(*) FILTER (WHERE lease_owner IS NULL AND NOT held AND due_at <= now()) AS due,
+       count(*) FILTER (WHERE lease_owner IS NULL AND NOT held AND due_at > now()) AS deferred,
+       count(*) FILTER (WHERE lease_owner IS NOT NULL) AS active,
+       count(*) FILTER (WHERE lease_owner IS NULL AND held) AS held
 FROM delivery
 """
 
@@ -62,7 +63,7 @@ SELECT COALESCE(EXTRACT(EPOCH FROM now() - (
 
 async def queue_depth(pool: asyncpg.Pool) -> dict[str, int]:
     row = await asyncio.wait_for(pool.fetchrow(_DEPTH), timeout=3)
-    return {"due": row["due"], "deferred": row["deferred"], "active": row["active"]}
+    return {"due": row["due"], "deferred": row["deferred"], "active": row["active"], "held": row["held"]}
 
 
 @router.get("/health", response_class=PlainTextResponse,
@@ -71,7 +72,8 @@ async def health(context: ApiContext = Depends(get_context)) -> PlainTextRespons
     problems = []
     try:
         depth = await queue_depth(context.pool)
-        backlog = sum(depth.values())
+        # Held mail waits for an operator on purpose, so it is no backlog.
+        backlog = depth["due"] + depth["deferred"] + depth["active"]
         threshold = context.config.http.backlog_threshold
         if backlog > threshold:
             problems.append(f"backlog: {backlog} queued deliveries exceed the threshold of {threshold}")
