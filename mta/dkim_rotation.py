@@ -101,11 +101,13 @@ class DkimActivator(BackgroundTask):
             except NameserverError as error:
                 # Without an answer the count stays as it was, and one line per round is enough.
                 log.warning("DKIM record check of active keys skipped: %s", error)
+                metrics.DKIM_RECORD_CHECK_FAILED.set(1)
                 return
             if not served:
                 missing.append(f"{key.selector}._domainkey.{key.domain}")
 
         metrics.DKIM_RECORDS_MISSING.set(len(missing))
+        metrics.DKIM_RECORD_CHECK_FAILED.set(0)
         if missing:
             log.warning("DNS does not return the DKIM record of %d active key(s), so receivers fail their "
                         "signatures: %s (mta dns records prints the records)", len(missing), ", ".join(missing))

@@ -36,6 +36,9 @@ REMOTE_REPLIES = Counter(
 DKIM_RECORDS_MISSING = Gauge(
     "mta_dkim_records_missing", "Active DKIM keys whose TXT record the nameservers do not return, "
     "as worker 0 last checked them.", multiprocess_mode="max")
+DKIM_RECORD_CHECK_FAILED = Gauge(
+    "mta_dkim_record_check_failed", "1 when the last check of the active DKIM keys' records got no answer from "
+    "the nameservers, so mta_dkim_records_missing is out of date; else 0.", multiprocess_mode="max")
 AUDIT_LAG = Gauge(
     "mta_audit_lag_seconds", "Age of the oldest accepted message without its audit entry yet, read at scrape time "
     "(0 when the auditor is up to date).", multiprocess_mode="max")

@@ -138,6 +138,13 @@ def test_activate_without_record_rejected(make_mta, dns):
     assert key_states(mta) == {"mta": "active", selector: "active"}
     wait_until(lambda: "mta_dkim_records_missing 2.0" in http_get(mta.http_port, "/metrics")[1],
                "both active keys missing in the metrics")
+    assert "mta_dkim_record_check_failed 0.0" in http_get(mta.http_port, "/metrics")[1]
+    dns.set_failing("mta._domainkey.example.com")
+    try:
+        wait_until(lambda: "mta_dkim_record_check_failed 1.0" in http_get(mta.http_port, "/metrics")[1],
+                   "the failed check in the metrics")
+    finally:
+        dns.set_failing("mta._domainkey.example.com", False)
     (entry,) = query(mta.database_url, "SELECT actor, detail FROM audit_log WHERE action = 'dkim.activate'")
     assert entry["actor"] == "tester"
     assert json.loads(entry["detail"])["dns_checked"] is False

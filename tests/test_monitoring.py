@@ -20,7 +20,7 @@ RULES = REPOSITORY / "config" / "prometheus" / "mta-alerts.yml"
 # Series names every Prometheus target has, besides the MTA's own.
 TARGET_SERIES = {"up"}
 SUFFIXES = {Counter: ("_total",), Gauge: ("",), Histogram: ("_bucket", "_sum", "_count")}
-PROMQL_WORDS = {"sum", "max", "min", "by", "rate", "increase", "histogram_quantile", "time", "and", "le"}
+PROMQL_WORDS = {"sum", "max", "min", "by", "rate", "increase", "histogram_quantile", "time", "and", "or", "le"}
 EXPECTED_ALERTS = {"MtaDown", "MtaQueueBacklogHigh", "MtaDeferralRateHigh", "MtaBounceRateHigh",
                    "MtaOutboundTlsFailures", "MtaCertificateExpiringSoon", "MtaNodeHeartbeatLost",
                    "MtaBodyStoreErrors", "MtaAuditLagging", "MtaDkimRecordMissing"}
