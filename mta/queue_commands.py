@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from mta.config import Config
 
 EXIT_USAGE = 2
+# Some messages were not changed because a node was delivering them.
+EXIT_BUSY = 1
 STATES = ("active", "deferred", "held")
 UNCHANGED_REASON = {
     "hold": "already held or with no delivery left in the queue",
@@ -202,7 +204,10 @@ def cmd_action(config: Config, args: argparse.Namespace) -> int:
     if unchanged:
         print(f"unchanged, as {UNCHANGED_REASON[args.action]}: {' '.join(unchanged)}")
     if result.busy:
-        print(f"being delivered now, not changed: {' '.join(result.busy)} (repeat once the attempt is over)")
+        # Exit 1, so a script sees that these messages still need the action.
+        print(f"mta: being delivered now, not changed: {' '.join(result.busy)} (repeat once the attempt is over)",
+              file=sys.stderr)
+        return EXIT_BUSY
     return 0
 
 

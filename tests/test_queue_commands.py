@@ -173,3 +173,17 @@ def test_show_keeps_each_recipients_reply(make_mta, sink, sink_port):
 
     assert row["replies"] == {first: GREYLISTED, second: "452 4.2.2 mailbox full"}
     assert f"<{second}>: 452 4.2.2 mailbox full" in details
+
+
+def test_delete_of_leased_message_exits_1(make_mta, sink, sink_port):
+    mta, (queue_id,) = deferred_mta(make_mta, sink, sink_port)
+    # As if another node were delivering it now.
+    query(mta.database_url, "UPDATE delivery SET lease_owner = 'other-node', lease_until = now() + interval '1 hour'"
+                            " WHERE message_id = $1", queue_id)
+
+    result = mta.cli("queue", "delete", queue_id)
+
+    assert result.returncode == 1
+    assert "0 messages deleted" in result.stdout
+    assert f"being delivered now, not changed: {queue_id}" in result.stderr
+    assert query(mta.database_url, "SELECT 1 FROM delivery WHERE message_id = $1", queue_id)
