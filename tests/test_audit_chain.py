@@ -37,12 +37,14 @@ def audit_ids(mta) -> list[int]:
 
 def test_intact_chain_verifies(make_mta):
     mta = make_mta()
+    # The MTA audits its own start-up steps, such as creating DKIM keys.
+    at_start = len(audit_ids(mta))
     add_entries(mta, 3)
 
     result = mta.cli("audit", "verify")
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("3 audit entries verified; chain head ")
+    assert result.stdout.startswith(f"{at_start + 3} audit entries verified; chain head ")
 
 
 def test_changed_entry_named(make_mta):
@@ -60,7 +62,7 @@ def test_changed_entry_named(make_mta):
 def test_removed_entry_breaks_the_next(make_mta):
     mta = make_mta()
     add_entries(mta, 3)
-    first, second, third = audit_ids(mta)
+    first, second, third = audit_ids(mta)[-3:]
     tamper(mta, f"DELETE FROM audit_log WHERE id = {second}")
 
     result = mta.cli("audit", "verify")
@@ -76,9 +78,10 @@ def test_export_links_entries(make_mta):
     result = mta.cli("audit", "export", "--from", "2000-01-01")
 
     entries = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [entry["actor"] for entry in entries] == ["op0", "op1"]
+    assert [entry["actor"] for entry in entries][-2:] == ["op0", "op1"]
     assert entries[0]["prev_hash"] == "00" * 32
-    assert entries[1]["prev_hash"] == entries[0]["hash"]
+    for earlier, later in zip(entries, entries[1:]):
+        assert later["prev_hash"] == earlier["hash"]
 
 
 def test_bad_export_time_exits_2(make_mta):
@@ -90,6 +93,7 @@ def test_bad_export_time_exits_2(make_mta):
 
 def test_concurrent_writers_keep_one_chain(make_mta):
     mta = make_mta()
+    at_start = len(audit_ids(mta))
 
     async def write_many() -> None:
         pool = await asyncpg.create_pool(mta.database_url, min_size=10, max_size=10)
@@ -103,14 +107,14 @@ def test_concurrent_writers_keep_one_chain(make_mta):
 
     result = mta.cli("audit", "verify")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("50 audit entries verified")
+    assert result.stdout.startswith(f"{at_start + 50} audit entries verified")
 
 
 def test_moved_field_boundary_detected(make_mta):
     mta = make_mta()
     result = mta.cli("suppression", "add", "example.net", "a@example.org", "--actor", "ops|suppression")
     assert result.returncode == 0, result.stderr
-    entry = query(mta.database_url, "SELECT id, action FROM audit_log")[0]
+    (entry,) = query(mta.database_url, "SELECT id, action FROM audit_log WHERE actor = 'ops|suppression'")
     # The same octets joined differently: without length prefixes the hash would not change.
     tamper(mta, f"UPDATE audit_log SET actor = 'ops', action = 'suppression|{entry['action']}' WHERE id = {entry['id']}")
 
