@@ -171,7 +171,7 @@ def cmd_rotate(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_activate(config: Config, args: argparse.Namespace) -> int:
     from mta.dkim_lifecycle import activate_key
-    from mta.dkim_store import DkimKeyError, list_keys
+    from mta.dkim_store import PENDING, RETIRING, DkimKeyError, list_keys
 
     domain = local_domain_or_exit(config, args.domain)
     keys = {key.selector: key for key in run_in_transaction(config, lambda connection: list_keys(connection, domain))}
@@ -179,6 +179,11 @@ def cmd_activate(config: Config, args: argparse.Namespace) -> int:
     if key is None:
         print(f"mta: {domain} has no DKIM key with selector {args.selector!r}: see mta dkim list {domain}",
               file=sys.stderr)
+        return EXIT_USAGE
+    if key.state not in (PENDING, RETIRING):
+        # Checked before the DNS query, so the state is the reason given, not a DNS failure.
+        print(f"mta: DKIM key {args.selector} of {domain} is {key.state}: only a pending or retiring key can be "
+              "activated", file=sys.stderr)
         return EXIT_USAGE
     if not args.force and not _record_published_or_report(config, domain, key, args.timeout):
         return EXIT_FAILURE
@@ -208,7 +213,7 @@ def _record_published_or_report(config: Config, domain: str, key, timeout: float
     try:
         served = record_served(resolver, domain, key.public)
     except dns_check.NameserverError as error:
-        print(f"mta: {error}; nothing changed", file=sys.stderr)
+        print(f"mta: {error}; nothing changed (--force activates without the check)", file=sys.stderr)
         return False
     if not served:
         print(f"mta: not activated: nameservers {', '.join(nameservers)} do not return the record of DKIM key "

@@ -129,6 +129,10 @@ def test_activate_without_record_rejected(make_mta, dns):
     assert f"do not return the record of DKIM key {selector} of example.com" in rejected.stderr
     assert key_states(mta)[selector] == "pending"
 
+    already = mta.cli("dkim", "activate", "example.com", "mta", "--timeout", "2")
+    assert already.returncode == 2
+    assert "DKIM key mta of example.com is active: only a pending or retiring key" in already.stderr
+
     unknown = mta.cli("dkim", "activate", "example.com", "nosuchkey")
     assert unknown.returncode == 2
     assert "has no DKIM key with selector 'nosuchkey'" in unknown.stderr
