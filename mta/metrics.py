@@ -10,6 +10,9 @@ MESSAGES_ACCEPTED = Counter(
     "mta_messages_accepted_total", "Messages queued after a 250 reply.", ["listener"])
 MESSAGES_REJECTED = Counter(
     "mta_messages_rejected_total", "Transactions refused at end of data.", ["listener", "reply_class"])
+API_REQUESTS = Counter(
+    "mta_api_requests_total", "HTTP API requests, by route template and status class (2xx, 4xx, 5xx).",
+    ["route", "status_class"])
 DELIVERIES = Counter(
     "mta_deliveries_total", "Recipient delivery outcomes.", ["outcome"])
 DELIVERY_SECONDS = Histogram(

@@ -117,6 +117,12 @@ def test_missing_scope_gets_403(api):
         assert error_code(response) == "insufficient_scope"
 
     assert api.call("GET", "/v1/queue", token="reader").status_code == 200
+    lines = [line for line in api.mta.log().splitlines() if " api: " in line]
+    assert any("warning: api: GET /v1/mailbox/{address}/messages status=403 token=reader" in line
+               for line in lines), lines[-5:]
+    assert not any("alice@example.com" in line for line in lines)
+    metrics = httpx.get(api.base + "/metrics", timeout=20).text
+    assert 'mta_api_requests_total{route="/v1/suppression",status_class="4xx"}' in metrics
 
 
 def test_json_message_arrives_signed(api, sink, dns):

@@ -13,6 +13,7 @@ from mta.api import (routes_audit, routes_gdpr, routes_health, routes_mailbox, r
                      routes_suppression)
 from mta.api.context import ApiContext
 from mta.api.errors import install_handlers
+from mta.api.request_log import RequestLog
 
 DESCRIPTION = """\
 Send mail, steer the queue, manage the suppression list, read local
@@ -34,6 +35,7 @@ def build_app(context: ApiContext) -> FastAPI:
                    routes_gdpr):
         app.include_router(module.router)
     _publish_request_schemas(app)
+    app.add_middleware(RequestLog)
     return app
 
 

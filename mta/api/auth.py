@@ -31,10 +31,11 @@ def require(scope: str) -> Callable[..., Awaitable[Token]]:
         if token is None:
             raise ApiError(401, ErrorCode.invalid_token, "invalid, unknown or revoked token",
                            {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        # Set before the scope check, so the request log names the token of a 403 too.
+        request.state.token = token
         if scope not in token.scopes:
             raise ApiError(403, ErrorCode.insufficient_scope, f"the token {token.name} lacks the scope {scope}",
                            {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'})
-        request.state.token = token
         return token
 
     return dependency
