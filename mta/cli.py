@@ -48,7 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     # aiosmtpd warns about the implicit-TLS listener, where AUTH needs no STARTTLS because TLS came first.
     warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
-    return args.run(config, args)
+    try:
+        return args.run(config, args)
+    except BrokenPipeError:
+        # The reader of standard output went away, as `mta ... | head` does: stop without a traceback.
+        # Standard output goes to /dev/null, so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
 
 
 def build_parser() -> argparse.ArgumentParser:
