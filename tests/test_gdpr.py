@@ -12,6 +12,7 @@ import json
 import mailbox
 import shutil
 import smtplib
+import time
 import zipfile
 
 import pytest
@@ -72,6 +73,9 @@ def test_export_archive_contents(populated, tmp_path):
     with zipfile.ZipFile(archive_path) as archive:
         assert sorted(archive.namelist()) == ["account.json", "audit.json", "deliveries.json", "mailbox.json",
                                               "mailbox.mbox", "suppression.json"]
+        # Every entry is dated at the export, none at the ZIP format's 1980 default.
+        assert {entry.date_time[0] for entry in archive.infolist()} == {time.localtime().tm_year}
+        assert archive.getinfo("mailbox.mbox").compress_type == zipfile.ZIP_DEFLATED
         archive.extract("mailbox.mbox", tmp_path)
         metadata = json.loads(archive.read("mailbox.json"))
         history = json.loads(archive.read("deliveries.json"))

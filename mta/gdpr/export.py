@@ -30,6 +30,7 @@ import hashlib
 import io
 import json
 import os
+import time
 import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -185,7 +186,10 @@ class Archive:
 
     async def _mbox(self, archive: zipfile.ZipFile) -> AsyncIterator[bytes]:
         """Write each readable message to mailbox.mbox, mark the others, and yield the archive so far."""
-        with archive.open("mailbox.mbox", "w", force_zip64=True) as mbox:
+        # A ZipInfo of its own, because archive.open by name dates the entry 1980-01-01.
+        entry = zipfile.ZipInfo("mailbox.mbox", date_time=time.localtime()[:6])
+        entry.compress_type = zipfile.ZIP_DEFLATED
+        with archive.open(entry, "w", force_zip64=True) as mbox:
             for message in self.snapshot.mailbox:
                 content = await self._open(message)
                 if content is None:
