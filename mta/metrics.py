@@ -4,7 +4,10 @@ Labels take only fixed values: the listener name (mx, submission) and the
 outcome classes below, never an address or a domain.
 """
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# No *_created series: they double the families listed, and rate() does not use them.
+disable_created_metrics()
 
 MESSAGES_ACCEPTED = Counter(
     "mta_messages_accepted_total", "Messages queued after a 250 reply.", ["listener"])

@@ -140,3 +140,4 @@ def test_metrics_export_node_heartbeats(make_mta):
     assert 'mta_nodes{state="alive"} 1.0' in text
     assert 'mta_nodes{state="lost"} 0.0' in text
     assert "mta_audit_lag_seconds 0.0" in text
+    assert "_created" not in text
