@@ -53,13 +53,15 @@ class MtaError(RuntimeError):
 
 class DeliveryMta:
     def __init__(self, directory: Path, database_url: str, routes: dict[str, str], reuse: Reuse,
-                 tree: Path = REPOSITORY):
+                 tree: Path = REPOSITORY, extra_config: str = ""):
         # The checkout whose mta runs: this one, or an older one to compare with.
         self.tree = tree
         self.directory = directory
         self.database_url = database_url
         self.routes = routes
         self.reuse = reuse
+        # TOML tables appended to the configuration, such as [delivery.lmtp].
+        self.extra_config = extra_config
         self.http_port = free_port()
         self.config_path = directory / "mta.toml"
         self.log_path = directory / "mta.log"
@@ -80,7 +82,7 @@ class DeliveryMta:
             f'[delivery]\nnameservers = ["{LOOPBACK}"]\n'
             f"connection_cache_seconds = {self.reuse.cache_seconds}\n"
             f"connection_reuse_limit = {self.reuse.reuse_limit}\n\n"
-            f"[delivery.routes]\n{routes}\n")
+            f"[delivery.routes]\n{routes}\n\n{self.extra_config}")
         return mta_config.load(self.config_path)
 
     def start(self) -> None:

@@ -39,6 +39,7 @@ import psutil
 
 from mta import db
 from mta.config import Config
+from mta.delivery.body import MessageBody
 from mta.delivery.outcome import Outcome, Reply
 from mta.ids import new_queue_id
 from mta.spool.enqueue import Job, NewMessage, Spool
@@ -114,7 +115,7 @@ class Node:
         outcome = Outcome(relay="bench")
         outcome.add_all(job.recipients, DELIVERED)
         message = MessageInfo(job.message_id, "bench@example.net", datetime.now(UTC))
-        await self.settler.settle(job, message, outcome, b"")
+        await self.settler.settle(job, message, outcome, MessageBody.whole(b""))
         self.settled += 1
         if self.settled >= self.expected:
             self.done.set()

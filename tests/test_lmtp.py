@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mta.delivery.body import MessageBody
 from mta.delivery.lmtp import LmtpSettings, deliver_lmtp, parse_destination
 from tests.conftest import config_error, query
 from tests.dovecot import Dovecot
@@ -131,7 +132,7 @@ async def test_lost_after_data_defers_unanswered_only():
     port = server.sockets[0].getsockname()[1]
     try:
         outcome = await deliver_lmtp(parse_destination(f"127.0.0.1:{port}"), SETTINGS, "s@example.net",
-                                     ["a@l.example", "b@l.example"], b"Subject: x\r\n\r\nbody\r\n")
+                                     ["a@l.example", "b@l.example"], MessageBody.whole(b"Subject: x\r\n\r\nbody\r\n"))
     finally:
         server.close()
 
@@ -146,7 +147,7 @@ async def test_malformed_reply_defers_everyone():
     port = server.sockets[0].getsockname()[1]
     try:
         outcome = await deliver_lmtp(parse_destination(f"127.0.0.1:{port}"), SETTINGS, "s@example.net",
-                                     ["a@l.example"], b"Subject: x\r\n\r\nbody\r\n")
+                                     ["a@l.example"], MessageBody.whole(b"Subject: x\r\n\r\nbody\r\n"))
     finally:
         server.close()
 
@@ -157,7 +158,7 @@ async def test_malformed_reply_defers_everyone():
 
 async def test_refused_connection_defers():
     outcome = await deliver_lmtp(parse_destination("unix:/nonexistent/lmtp"), SETTINGS, "s@example.net",
-                                 ["a@l.example"], b"Subject: x\r\n\r\nbody\r\n")
+                                 ["a@l.example"], MessageBody.whole(b"Subject: x\r\n\r\nbody\r\n"))
 
     assert outcome.connection_failed
     assert outcome.deferred[0][1].code == 451

@@ -12,9 +12,10 @@ import asyncio
 
 import uvloop
 
+from mta.delivery.body import MessageBody
 from mta.delivery.smtp import CrlfSMTP, Transaction
 
-BODY = b"Subject: pipelined\r\n\r\nhello\r\n"
+BODY = MessageBody.whole(b"Subject: pipelined\r\n\r\nhello\r\n")
 
 
 async def serve(group_replies: list[bytes], recipients: int, after_group=None):

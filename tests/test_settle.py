@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 
 from mta import db
+from mta.delivery.body import MessageBody
 from mta.delivery.outcome import Outcome, Reply
 from mta.spool.enqueue import Job, Spool
 from mta.spool.settle import MessageInfo, Settler
@@ -19,6 +20,8 @@ from mta.storage.keyring import Keyring
 from mta.storage.master_key import MasterKey, MasterKeys
 from mta.storage.local import LocalStore
 from tests.conftest import create_database
+
+EMPTY = MessageBody.whole(b"")
 
 MESSAGES = 20
 ROUNDS = 10
@@ -83,7 +86,7 @@ def test_nodes_finishing_together_complete_message(pg, tmp_path):
                 for domain, node in (("one.example", "node-a"), ("two.example", "node-b")):
                     job = jobs[domain]
                     attempts.append(settlers[node].settle(job, _info(queue_id), _outcome(job.recipients, DELIVERED),
-                                                          b""))
+                                                          EMPTY))
             settlements += await asyncio.gather(*attempts)
 
         assert all(settlement.applied for settlement in settlements)
@@ -101,8 +104,8 @@ def test_lost_lease_leaves_row_and_records_nothing(pg, tmp_path):
 
         failed = Reply(550, "5.1.1 no such user")
         settlements = await asyncio.gather(
-            settlers["node-a"].settle(owned["one.example"], _info("QOWNED"), _outcome(["user@one.example"], failed), b""),
-            settlers["node-a"].settle(lost["one.example"], _info("QLOST"), _outcome(["user@one.example"], failed), b""))
+            settlers["node-a"].settle(owned["one.example"], _info("QOWNED"), _outcome(["user@one.example"], failed), EMPTY),
+            settlers["node-a"].settle(lost["one.example"], _info("QLOST"), _outcome(["user@one.example"], failed), EMPTY))
 
         assert [settlement.applied for settlement in settlements] == [True, False]
         assert settlements[0].notification is not None
@@ -121,9 +124,9 @@ def test_deferred_and_finished_settle_in_one_batch(pg, tmp_path):
 
         await asyncio.gather(
             settlers["node-a"].settle(jobs["one.example"], _info("QMIXED"),
-                                      _outcome(["user@one.example"], DELIVERED), b""),
+                                      _outcome(["user@one.example"], DELIVERED), EMPTY),
             settlers["node-a"].settle(jobs["two.example"], _info("QMIXED"),
-                                      _outcome(["user@two.example"], greylisted), b""))
+                                      _outcome(["user@two.example"], greylisted), EMPTY))
 
         row = await pool.fetchrow("SELECT domain, lease_owner, last_reply, due_at > now() AS later FROM delivery")
         assert dict(row) == {"domain": "two.example", "lease_owner": None, "last_reply": "451 4.7.1 try later",
@@ -145,7 +148,7 @@ def test_deferred_message_gets_one_delay_notice(pg, tmp_path):
 
         settlements = await asyncio.gather(*(
             settlers[node].settle(jobs[domain], _info("QDELAYED", age=two_hours),
-                                  _outcome(jobs[domain].recipients, greylisted), b"Subject: hi\r\n\r\nbody\r\n")
+                                  _outcome(jobs[domain].recipients, greylisted), MessageBody.whole(b"Subject: hi\r\n\r\nbody\r\n"))
             for domain, node in domains.items()))
 
         assert sum(settlement.notification is not None for settlement in settlements) == 1

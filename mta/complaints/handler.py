@@ -26,6 +26,7 @@ import asyncpg
 from mta.addresses import domain_of
 from mta.complaints.report import FeedbackReport, ReportError, parse_report
 from mta.delivery import suppression
+from mta.delivery.body import MessageBody
 from mta.webhooks.outbox import Event, Outbox
 from mta.webhooks.settings import COMPLAINED
 
@@ -54,12 +55,12 @@ class ComplaintHandler:
         self.outbox = outbox
         self.address = address.lower()
 
-    async def receive(self, report_id: str, recipients: list[str], body: bytes) -> None:
+    async def receive(self, report_id: str, recipients: list[str], body: MessageBody) -> None:
         """Record the complaint in body when it is a feedback report to the complaints address."""
         if self.address not in (recipient.lower() for recipient in recipients):
             return
         try:
-            report = parse_report(body)
+            report = parse_report(await body.read())
         except ReportError as error:
             log.warning("%s: not used as a feedback report, kept as ordinary mail: %s", report_id, error)
             return

@@ -24,6 +24,8 @@ from mta.addresses import domain_of
 from mta.db import TRANSIENT_ERRORS
 from mta.complaints.handler import ComplaintHandler
 from mta.delivery import feedback, suppression
+from mta.delivery.body import MessageBody
+from mta.delivery.stored_body import load_body
 from mta.delivery.lmtp import LmtpSettings, deliver_lmtp, parse_destination
 from mta.delivery.local import deliver_local
 from mta.delivery.outcome import Outcome, Reply
@@ -88,10 +90,10 @@ class DeliveryAgent:
         opened = await self._open_body(job, row, message)
         if opened is None:
             return
-        body = opened.body
+        body, content_key = opened
 
         suppressed = set(row["suppressed"]) if self.config.delivery.suppression.enabled else set()
-        outcome = await self._attempt(job, message, opened, slot, suppressed)
+        outcome = await self._attempt(job, message, body, content_key, slot, suppressed)
         settlement = await self.settler.settle(job, message, outcome, body)
         if not settlement.applied:
             return
@@ -105,17 +107,22 @@ class DeliveryAgent:
                 await self.store.delete(row["body_key"])
             log.info("%s: removed", message.queue_id)
 
-    async def _open_body(self, job: Job, row: asyncpg.Record, message: MessageInfo) -> Opened | None:
+    async def _open_body(self, job: Job, row: asyncpg.Record,
+                         message: MessageInfo) -> tuple[MessageBody, bytes] | None:
         """Read and decrypt the body, or log why not and return None, leaving the row leased until it expires.
 
+        Returns the body and its content key. A large body is only checked
+        here and streamed from the store again when sent (mta.delivery.body).
         A StoreError propagates to the scheduler, which logs it the same way.
         A body under a destroyed data key fails its recipients instead.
         """
         data = row["inline_data"]
-        if data is None:
-            data = await self.store.get(row["body_key"])
         try:
-            return await self.bodies.open(job.message_id, data, row["wrapped_key"], row["data_key_id"])
+            if data is not None:
+                opened = await self.bodies.open(job.message_id, data, row["wrapped_key"], row["data_key_id"])
+                return MessageBody.whole(opened.body), opened.content_key
+            content_key = await self.bodies.content_key(job.message_id, row["wrapped_key"], row["data_key_id"])
+            return await load_body(self.store, job.message_id, content_key, row["body_key"]), content_key
         except KeyDestroyedError as error:
             log.error("%s: body erased, failing delivery %d permanently: %s", job.message_id, job.delivery_id, error)
             await self._fail_erased(job, message, row)
@@ -130,7 +137,7 @@ class DeliveryAgent:
         started = time.monotonic()
         outcome = Outcome(relay="none")
         outcome.add_all(job.recipients, BODY_ERASED)
-        settlement = await self.settler.settle(job, message, outcome, b"")
+        settlement = await self.settler.settle(job, message, outcome, MessageBody.whole(b""))
         if not settlement.applied:
             return
 
@@ -138,9 +145,8 @@ class DeliveryAgent:
         if settlement.body_unused and row["body_key"] is not None:
             await self.store.delete(row["body_key"])
 
-    async def _attempt(self, job: Job, message: MessageInfo, opened: Opened, slot: Slot,
+    async def _attempt(self, job: Job, message: MessageInfo, body: MessageBody, content_key: bytes, slot: Slot,
                        suppressed: set[str]) -> Outcome:
-        body = opened.body
         local = self.config.is_local_domain(job.domain) and self.resolver.route_for(job.domain) is None
         if local:
             if self.complaints is not None:
@@ -148,6 +154,7 @@ class DeliveryAgent:
             destination = self.lmtp.get(job.domain.lower())
             if destination is not None:
                 return await deliver_lmtp(destination, self.lmtp_settings, message.sender, job.recipients, body)
+            opened = Opened(await body.read(), content_key)
             return await deliver_local(self.pool, self.bodies, self.store, job.message_id, job.recipients, opened,
                                        message.received_at, self.config.mailbox.attachment_threshold)
 
@@ -159,7 +166,8 @@ class DeliveryAgent:
             return outcome
         return await self._send(job, message, body, slot, recipients)
 
-    async def _send(self, job: Job, message: MessageInfo, body: bytes, slot: Slot, recipients: list[str]) -> Outcome:
+    async def _send(self, job: Job, message: MessageInfo, body: MessageBody, slot: Slot,
+                    recipients: list[str]) -> Outcome:
         try:
             targets = await self.resolver.targets(job.domain)
         except ResolveError as error:

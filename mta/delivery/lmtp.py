@@ -17,7 +17,9 @@ import asyncio
 import re
 from dataclasses import dataclass
 
+from mta.delivery.body import BodyReadError, MessageBody
 from mta.delivery.outcome import Outcome, Reply
+from mta.smtp.dotstuff import DotStuffer
 
 # Stream buffer limit. RFC 5321 section 4.5.3.1.5 sets 512 octets per reply line, so a longer line is an error.
 _MAX_LINE = 4096
@@ -85,6 +87,14 @@ class LmtpSession:
                 return Reply(int(match.group(1)), "\n".join(lines))
         raise LmtpError(f"reply longer than {_MAX_REPLY_LINES} lines")
 
+    async def _drain(self) -> None:
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.settings.data_timeout)
+        except TimeoutError:
+            raise LmtpError(f"the server took no data for {self.settings.data_timeout:g} s") from None
+        except ConnectionError as error:
+            raise LmtpError(f"connection lost while sending data: {error!r}") from None
+
     async def command(self, line: str, encoding: str = "ascii") -> Reply:
         self.writer.write(line.encode(encoding) + b"\r\n")
         return await self.reply(self.settings.command_timeout)
@@ -100,18 +110,18 @@ class LmtpSession:
         self.extensions = {line.split(" ", 1)[0].upper() for line in hello.text.split("\n")[1:]}
         return None
 
-    async def send_data(self, body: bytes, accepted: list[str], outcome: Outcome) -> None:
+    async def send_data(self, body: MessageBody, accepted: list[str], outcome: Outcome) -> None:
         """Send DATA and the body, then record the one reply per accepted recipient."""
         start = await self.command("DATA")
         if start.code != 354:
             outcome.add_all(accepted, start)
             return
 
-        stuffed = body.replace(b"\r\n.", b"\r\n..")
-        if stuffed.startswith(b"."):
-            stuffed = b"." + stuffed
-        self.writer.write(stuffed)
-        self.writer.write(b".\r\n" if not stuffed or stuffed.endswith(b"\r\n") else b"\r\n.\r\n")
+        stuffer = DotStuffer()
+        async for piece in body.chunks():
+            self.writer.write(stuffer.feed(piece))
+            await self._drain()
+        self.writer.write(stuffer.end())
 
         for index, recipient in enumerate(accepted):
             try:
@@ -123,7 +133,7 @@ class LmtpSession:
 
 
 async def deliver_lmtp(destination: LmtpDestination, settings: LmtpSettings, sender: str,
-                       recipients: list[str], body: bytes) -> Outcome:
+                       recipients: list[str], body: MessageBody) -> Outcome:
     """Deliver one message to recipients of a local domain through the LMTP server at destination."""
     outcome = Outcome(relay=f"lmtp[{destination.text}]")
     try:
@@ -137,9 +147,11 @@ async def deliver_lmtp(destination: LmtpDestination, settings: LmtpSettings, sen
     try:
         await _transaction(session, sender, recipients, body, outcome)
     except LmtpError as error:
-        answered = {recipient for recipient, _ in outcome.delivered + outcome.deferred + outcome.failed}
-        outcome.add_all([r for r in recipients if r not in answered],
-                        Reply(451, f"4.4.2 LMTP session with {destination.text} failed: {error}"))
+        _defer_unanswered(outcome, recipients, Reply(451, f"4.4.2 LMTP session with {destination.text} failed: "
+                                                          f"{error}"))
+    except BodyReadError as error:
+        # The session is closed below before the end of data, so nothing was delivered.
+        _defer_unanswered(outcome, recipients, Reply(451, f"4.3.0 reading the queued message failed: {error}"))
     finally:
         session.writer.close()
     return outcome
@@ -154,7 +166,12 @@ async def _open(destination: LmtpDestination, settings: LmtpSettings) -> LmtpSes
     return LmtpSession(reader, writer, settings)
 
 
-async def _transaction(session: LmtpSession, sender: str, recipients: list[str], body: bytes,
+def _defer_unanswered(outcome: Outcome, recipients: list[str], reply: Reply) -> None:
+    answered = {recipient for recipient, _ in outcome.delivered + outcome.deferred + outcome.failed}
+    outcome.add_all([r for r in recipients if r not in answered], reply)
+
+
+async def _transaction(session: LmtpSession, sender: str, recipients: list[str], body: MessageBody,
                        outcome: Outcome) -> None:
     refusal = await session.greet()
     if refusal is not None:
@@ -188,10 +205,10 @@ async def _transaction(session: LmtpSession, sender: str, recipients: list[str],
     session.writer.write(b"QUIT\r\n")
 
 
-def _mail_options(session: LmtpSession, sender: str, recipients: list[str], body: bytes) -> str | None:
+def _mail_options(session: LmtpSession, sender: str, recipients: list[str], body: MessageBody) -> str | None:
     """Return the MAIL parameters, or None when UTF-8 addresses meet a server without SMTPUTF8."""
     options = ""
-    if "8BITMIME" in session.extensions and not body.isascii():
+    if "8BITMIME" in session.extensions and not body.ascii:
         options += " BODY=8BITMIME"
     if sender.isascii() and all(recipient.isascii() for recipient in recipients):
         return options

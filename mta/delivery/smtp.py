@@ -10,6 +10,7 @@ level defers the mail to it, and the next host is tried.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable
@@ -17,22 +18,28 @@ from dataclasses import dataclass
 
 import aiosmtplib
 import dns.asyncresolver
-from aiosmtplib.typing import Default
 
 from mta import metrics
 from mta.delivery import dane, pipelining, tlsrpt
+from mta.delivery.body import BodyReadError, MessageBody
 from mta.delivery.connections import Connection, ConnectionCache
 from mta.delivery.outcome import Outcome, Reply
 from mta.delivery.resolve import Target
 from mta.delivery.sources import SourceAddresses, SourcePool
 from mta.delivery.tls_policy import TlsPolicies, TlsRequirement
-from mta.rfc5322 import header_section
+from mta.smtp.dotstuff import DotStuffer
 from mta.smtp.longlines import LineTooLong, seven_bit
 
 log = logging.getLogger("mta.delivery")
 
 # Seconds to wait for the reply to MAIL, RCPT or RSET (RFC 5321 section 4.5.3.2).
 COMMAND_TIMEOUT = 300.0
+
+# The attributes of aiosmtplib's SMTPProtocol that CrlfSMTP.send_data uses.
+_INTERNALS = ("_command_lock", "_response_pending", "_paused", "_drain_helper")
+
+# Sent after DATA went ahead with no recipient accepted.
+EMPTY_BODY = MessageBody.whole(b"")
 
 
 @dataclass(frozen=True)
@@ -43,27 +50,26 @@ class ClientSettings:
 
 
 class CrlfSMTP(aiosmtplib.SMTP):
-    """aiosmtplib's client, sending queued bodies without normalising them again.
+    """aiosmtplib's client, sending queued bodies in pieces without normalising them again.
 
     Queued bodies are CRLF-only: the SMTP side rejects bare CR and LF before
     a message is queued, and bounces are built with CRLF. Yet aiosmtplib runs
     two regular expressions over every message before DATA, which took a
     third of the delivery loop's time on attachments, and checking the line
-    endings again took a fifth. This path dot-stuffs with bytes.replace and
-    writes the body as it is. It falls back to aiosmtplib's own DATA when the
-    protocol object lacks the attributes used here (checked with aiosmtplib 5.1).
+    endings again took a fifth. aiosmtplib also needs the whole message in
+    memory. This client dot-stuffs each piece as it goes (mta.smtp.dotstuff)
+    and waits for the socket to drain between pieces. It falls back to
+    aiosmtplib's own DATA, with the message joined, when the protocol object
+    lacks the attributes used here (checked with aiosmtplib 5.1).
     """
 
-    async def data(self, message, /, *, timeout=Default.token):
+    async def send_data(self, body: MessageBody, timeout: float) -> aiosmtplib.SMTPResponse:
+        """Send DATA and the body; raise SMTPDataError unless the server takes it."""
         protocol = self.protocol
-        fast = isinstance(message, bytes) and all(
-            hasattr(protocol, name) for name in ("_command_lock", "_response_pending"))
-        if not fast:
-            return await super().data(message, timeout=timeout)
+        if not all(hasattr(protocol, name) for name in _INTERNALS):
+            return await super().data(await body.read(), timeout=timeout)
 
         await self._ehlo_or_helo_if_needed()
-        if timeout is Default.token:
-            timeout = self.timeout
         try:
             async with protocol._command_lock:
                 protocol._response_pending = True
@@ -74,32 +80,44 @@ class CrlfSMTP(aiosmtplib.SMTP):
             raise
         if start.code != 354:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
-        return await self.send_body(message, timeout)
+        return await self.send_body(body, timeout)
 
-    async def send_body(self, message: bytes, timeout: float) -> aiosmtplib.SMTPResponse:
-        """Send the body after DATA got 354; raise SMTPDataError unless the server takes it."""
+    async def send_body(self, body: MessageBody, timeout: float) -> aiosmtplib.SMTPResponse:
+        """Send the body after DATA got 354; raise SMTPDataError unless the server takes it.
+
+        A body that cannot be read to its end raises BodyReadError after the
+        connection is closed, so the server never sees the end of data.
+        """
         try:
             async with self.protocol._command_lock:
-                response = await self._write_body(message, timeout)
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+                response = await self._write_body(body, timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, BodyReadError):
             self.close()
             raise
         if response.code != 250:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
         return response
 
-    async def _write_body(self, message: bytes, timeout: float) -> aiosmtplib.SMTPResponse:
+    async def _write_body(self, body: MessageBody, timeout: float) -> aiosmtplib.SMTPResponse:
         protocol = self.protocol
-        # RFC 5321 section 4.5.2: a line that starts with a period gets one more.
-        stuffed = message.replace(b"\r\n.", b"\r\n..")
-        if stuffed.startswith(b"."):
-            stuffed = b"." + stuffed
-        # Written after the body rather than appended, which would copy a large body once more.
-        terminator = b".\r\n" if not stuffed or stuffed.endswith(b"\r\n") else b"\r\n.\r\n"
+        stuffer = DotStuffer()
         protocol._response_pending = True
-        protocol.write(stuffed)
-        protocol.write(terminator)
+        async for piece in body.chunks():
+            protocol.write(stuffer.feed(piece))
+            # Checked first because wait_for() costs a task, and a small body never fills the buffer.
+            if protocol._paused:
+                await self._drain(timeout)
+        protocol.write(stuffer.end())
         return await protocol.read_response(timeout=timeout)
+
+    async def _drain(self, timeout: float) -> None:
+        """Wait until the transport's buffer is below its high-water mark, as StreamWriter.drain() does."""
+        try:
+            await asyncio.wait_for(self.protocol._drain_helper(), timeout)
+        except TimeoutError:
+            raise aiosmtplib.SMTPTimeoutError(f"the server took no data for {timeout:g} s") from None
+        except ConnectionError as error:
+            raise aiosmtplib.SMTPServerDisconnected(f"connection lost while sending data: {error}") from error
 
 
 class TlsFailure(Exception):
@@ -123,7 +141,7 @@ class SmtpDeliverer:
         # Counts TLS sessions for TLS reports (RFC 8460); None turns counting off.
         self.reports: tlsrpt.TlsSessionCounter | None = None
 
-    async def deliver(self, sender: str, recipients: list[str], body: bytes,
+    async def deliver(self, sender: str, recipients: list[str], body: MessageBody,
                       targets: list[Target], requirement: TlsRequirement = TlsRequirement("may"),
                       pool: SourcePool | None = None) -> Outcome:
         last_error = Reply(451, "4.4.1 no mail exchanger could be reached")
@@ -261,7 +279,7 @@ class SmtpDeliverer:
                      verified)
         return True
 
-    async def _use(self, connection: Connection, key: tuple, sender: str, recipients: list[str], body: bytes,
+    async def _use(self, connection: Connection, key: tuple, sender: str, recipients: list[str], body: MessageBody,
                     fresh: bool = False) -> Outcome | None:
         """Run the transactions for recipients on connection; keep the connection for reuse when they ended cleanly.
 
@@ -322,9 +340,9 @@ class Transaction:
         self.clean = False
         self.encoding = "ascii"
 
-    async def run(self, client: CrlfSMTP, sender: str, body: bytes, data_timeout: float) -> None:
-        if not body.isascii() and not client.supports_extension("8bitmime"):
-            body = self._seven_bit(body)
+    async def run(self, client: CrlfSMTP, sender: str, body: MessageBody, data_timeout: float) -> None:
+        if not body.ascii and not client.supports_extension("8bitmime"):
+            body = await self._seven_bit(body)
             if body is None:
                 self.clean = True
                 return
@@ -354,7 +372,7 @@ class Transaction:
         if not self.accepted:
             await self._reset(client)
             return
-        await self._finish_data(client, client.data(body, timeout=data_timeout))
+        await self._finish_data(client, client.send_data(body, data_timeout))
 
     async def _finish_data(self, client: CrlfSMTP, sending: Awaitable[aiosmtplib.SMTPResponse]) -> None:
         """Record the reply to DATA and the body for the accepted recipients."""
@@ -370,11 +388,15 @@ class Transaction:
             # delivered: retry, never bounce (RFC 5321 section 6.1).
             self.lost(str(error))
             return
+        except BodyReadError as error:
+            # The connection was closed before the end of data, so nothing was delivered.
+            self._add(self.accepted, Reply(451, f"4.3.0 reading the queued message failed: {error}"))
+            return
 
         self._add(self.accepted, Reply(250, final.message))
         self.clean = True
 
-    async def _run_pipelined(self, client: CrlfSMTP, sender: str, options: list[str], body: bytes,
+    async def _run_pipelined(self, client: CrlfSMTP, sender: str, options: list[str], body: MessageBody,
                              data_timeout: float) -> None:
         """Send MAIL, the RCPTs and DATA as one group (RFC 2920), then the body if DATA got 354."""
         commands = [_command(f"MAIL FROM:<{sender}>", options, self.encoding)]
@@ -428,18 +450,19 @@ class Transaction:
 
     async def _end_empty_data(self, client: CrlfSMTP) -> None:
         try:
-            await client.send_body(b"", COMMAND_TIMEOUT)
+            await client.send_body(EMPTY_BODY, COMMAND_TIMEOUT)
         except (aiosmtplib.SMTPException, OSError):
             pass
 
-    def _seven_bit(self, body: bytes) -> bytes | None:
+    async def _seven_bit(self, body: MessageBody) -> MessageBody | None:
         """Downgrade 8-bit parts for a server without 8BITMIME, or fail every recipient and return None.
 
+        The conversion needs the whole message in memory, even a streamed one.
         NOTE: re-encoding breaks a DKIM signature over the body, as Postfix's
         conversion does. Only 8-bit text in header fields goes as it is.
         """
         try:
-            converted = seven_bit(body)
+            converted = MessageBody.whole(seven_bit(await body.read()))
         except LineTooLong as error:
             self.outcome.add_all(self.recipients, Reply(
                 554, f"5.6.3 {self.relay} does not support 8BITMIME and the message cannot be converted: {error}"))
@@ -447,7 +470,7 @@ class Transaction:
         log.info("message converted to 7 bits for %s, which does not offer 8BITMIME", self.relay)
         return converted
 
-    def _mail_options(self, client: CrlfSMTP, sender: str, body: bytes) -> list[str] | None:
+    def _mail_options(self, client: CrlfSMTP, sender: str, body: MessageBody) -> list[str] | None:
         """Return MAIL parameters, or None after failing every recipient for what the server cannot take.
 
         That is a body over the server's SIZE, or addresses in UTF-8 for a
@@ -458,18 +481,18 @@ class Transaction:
         if client.supports_extension("size"):
             declared = client.esmtp_extensions.get("size", "")
             # RFC 1870: SIZE with 0 or no number means no fixed limit.
-            if declared.isdigit() and 0 < int(declared) < len(body):
+            if declared.isdigit() and 0 < int(declared) < body.size:
                 self.outcome.add_all(self.recipients, Reply(
-                    552, f"5.3.4 message size {len(body)} exceeds the limit {declared} of {self.relay}"))
+                    552, f"5.3.4 message size {body.size} exceeds the limit {declared} of {self.relay}"))
                 return None
-            options.append(f"SIZE={len(body)}")
-        ascii_body = body.isascii()
+            options.append(f"SIZE={body.size}")
+        ascii_body = body.ascii
         if client.supports_extension("8bitmime") and not ascii_body:
             options.append("BODY=8BITMIME")
 
         ascii_envelope = sender.isascii() and all(recipient.isascii() for recipient in self.recipients)
         # Most bodies are ASCII throughout, which spares slicing out the header.
-        if ascii_envelope and (ascii_body or header_section(body).isascii()):
+        if ascii_envelope and (ascii_body or body.header.isascii()):
             return options
         if client.supports_extension("smtputf8"):
             options.append("SMTPUTF8")

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
+from mta.delivery.body import MessageBody
 from mta.delivery.bounce import build_dsn
 from mta.delivery.outcome import Outcome, Reply
 from mta.mailbox.removal import drop_queue_wraps
@@ -177,7 +178,7 @@ class Settler:
             outcome.failed.append((recipient, Reply(reply.code, f"4.4.7 message expired in queue, last reply: {reply}")))
         outcome.deferred.clear()
 
-    async def settle(self, job: Job, message: MessageInfo, outcome: Outcome, body: bytes) -> Settlement:
+    async def settle(self, job: Job, message: MessageInfo, outcome: Outcome, body: MessageBody) -> Settlement:
         """Record the outcome together with other attempts' in one transaction; raise if it failed."""
         self.expire_if_old(message, outcome)
         delay_notice = self._delay_notice_due(message, outcome)
@@ -314,7 +315,7 @@ class Settler:
         age = (datetime.now(timezone.utc) - message.received_at).total_seconds()
         return age >= self.delay_notice_after
 
-    async def _prepare_notification(self, message: MessageInfo, outcome: Outcome, body: bytes,
+    async def _prepare_notification(self, message: MessageInfo, outcome: Outcome, body: MessageBody,
                                     delay_notice: bool) -> Prepared | None:
         failures = _to_notify(message, outcome.failed, "FAILURE")
         successes = _to_notify(message, outcome.delivered, "SUCCESS")
@@ -329,10 +330,13 @@ class Settler:
         delays = _to_notify(message, outcome.deferred, "DELAY") if delay_notice else []
         retry_until = message.received_at + timedelta(seconds=self.max_age)
         orcpts = {address: wish["orcpt"] for address, wish in request.get("recipients", {}).items() if wish["orcpt"]}
+        full = request.get("ret") == "FULL"
+        # Without RET=FULL only the header section is returned, so a streamed body is not read again.
+        original = await body.read() if full else body.header
         dsn = build_dsn(self.hostname, message.queue_id, message.sender, message.received_at,
-                        failures, body, delays, retry_until, successes=successes,
+                        failures, original, delays, retry_until, successes=successes,
                         success_action="delivered" if outcome.relay == "local" else "relayed",
-                        envid=request.get("envid", ""), orcpts=orcpts, full=request.get("ret") == "FULL")
+                        envid=request.get("envid", ""), orcpts=orcpts, full=full)
         return await self.spool.prepare(NewMessage(
             sender="", recipients=[message.sender], body=dsn, origin="bounce",
             session_id=message.queue_id))
