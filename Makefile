@@ -19,7 +19,7 @@ run: venv
 
 ## Install everything the tests need and run them.
 test: venv system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 ## Debian packages the tests use as real peers: swaks (with the Perl TLS modules it only recommends), OpenDKIM, HAProxy, SpamAssassin, Dovecot LMTP, and promtool (from prometheus) to check the alert rules.
 system-deps:
