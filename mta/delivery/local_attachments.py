@@ -2,7 +2,7 @@
 
 Each attachment's decoded content is held in memory up to the threshold.
 Past it, the content is encrypted chunk by chunk into an MTAS object and
-written with a streamed put, so a delivery holds about one chunk of it. If
+written with a streamed put, so a delivery keeps about one chunk of it in memory. If
 anything fails, the object being written is abandoned (the store removes
 its partial write) and the objects already written are deleted.
 """
@@ -120,7 +120,7 @@ class _PendingAttachment:
             await self._upload.write(held)
 
     async def finish(self) -> SealedAttachment | None:
-        """Complete the object; return None when the attachment stayed at or under the threshold."""
+        """Complete the object and return it, or return None when the attachment stayed at or under the threshold."""
         if self._upload is None:
             return None
         await self._upload.close()

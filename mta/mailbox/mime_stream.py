@@ -242,18 +242,18 @@ class _Leaf:
     def __init__(self, events: list, strippable: bool):
         self._events = events
         self.strippable = strippable
-        self._held = b""
+        self._pending_break = b""
 
     def feed(self, data: bytes) -> None:
         eol = _line_break_at_end(data)
-        content = self._held + data[:len(data) - len(eol)]
+        content = self._pending_break + data[:len(data) - len(eol)]
         if content:
             self._events.append(content)
-        self._held = eol
+        self._pending_break = eol
 
     def finish(self, strip: bool) -> None:
-        if self._held and not strip:
-            self._events.append(self._held)
+        if self._pending_break and not strip:
+            self._events.append(self._pending_break)
         self._events.append(PART_END)
 
     def cancel(self) -> None:
