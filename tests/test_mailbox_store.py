@@ -102,7 +102,8 @@ def test_large_attachment_listed_and_fetched(make_mta, tmp_path):
     mta = make_mta({"mailbox": {"attachment_threshold": THRESHOLD}})
     add_user(mta, "alice@example.com")
     add_user(mta, "bob@example.com")
-    large = os.urandom(3 * THRESHOLD)
+    # Over 1 MiB once base64-encoded, so the body is streamed from the store and its attachment sealed in pieces.
+    large = os.urandom(800_000)
     body = with_attachments(b"small notes\n", large)
 
     queue_id = send(mta, "auditor@example.net", ["alice@example.com", "bob@example.com"], body)

@@ -38,7 +38,7 @@ from mta.delivery.warmup import Warmup
 from mta.spool.enqueue import Job
 from mta.spool.scheduler import Slot
 from mta.spool.settle import MessageInfo, Settler
-from mta.storage.bodies import BodyCodec, Opened
+from mta.storage.bodies import BodyCodec
 from mta.storage.crypto import DecryptionError
 from mta.storage.keyring import KeyDestroyedError
 from mta.storage.store import BodyStore
@@ -154,9 +154,8 @@ class DeliveryAgent:
             destination = self.lmtp.get(job.domain.lower())
             if destination is not None:
                 return await deliver_lmtp(destination, self.lmtp_settings, message.sender, job.recipients, body)
-            opened = Opened(await body.read(), content_key)
-            return await deliver_local(self.pool, self.bodies, self.store, job.message_id, job.recipients, opened,
-                                       message.received_at, self.config.mailbox.attachment_threshold)
+            return await deliver_local(self.pool, self.bodies, self.store, job.message_id, job.recipients, body,
+                                       content_key, message.received_at, self.config.mailbox.attachment_threshold)
 
         recipients = [recipient for recipient in job.recipients if recipient.lower() not in suppressed]
         if len(recipients) < len(job.recipients):

@@ -10,22 +10,20 @@ wrapped the same way, for listing and fetching without the whole message.
 from __future__ import annotations
 
 import asyncio
-import logging
-import secrets
 from datetime import datetime
 
 import asyncpg
 
 from mta.auth.users import existing_users
+from mta.delivery.body import BodyReadError, MessageBody
+from mta.delivery.local_attachments import SealedAttachment, Sealing, delete_quietly, seal_streamed_attachments
 from mta.delivery.outcome import Outcome, Reply
 from mta.mailbox.attachments import Attachment, large_attachments
-from mta.mailbox.metadata import Metadata, read_metadata
+from mta.mailbox.metadata import Metadata, read_header_metadata, read_metadata
 from mta.mailbox.store import MessageNotFound, read_body
-from mta.storage.bodies import BodyCodec, Opened
+from mta.storage.bodies import BodyCodec
 from mta.storage.keyring import DESTROYED_KEY_SQLSTATE, mailbox_owner
-from mta.storage.store import BodyStore, StoreError
-
-log = logging.getLogger("mta.delivery")
+from mta.storage.store import BodyStore
 
 _STORE = """
 INSERT INTO mailbox_message (mailbox, message_id, wrapped_key, data_key_id, size, date, from_header, subject)
@@ -44,17 +42,8 @@ class MailboxMessageNotFound(LookupError):
     """No mailbox row has the id given."""
 
 
-class _SealedAttachment:
-    """One attachment object in the body store, with a wrap of its content key per mailbox."""
-
-    def __init__(self, attachment: Attachment, object_key: str, wraps: dict[str, tuple[bytes, int]]):
-        self.attachment = attachment
-        self.object_key = object_key
-        self.wraps = wraps
-
-
 async def deliver_local(pool: asyncpg.Pool, bodies: BodyCodec, store: BodyStore, queue_id: str,
-                        recipients: list[str], opened: Opened, received_at: datetime,
+                        recipients: list[str], body: MessageBody, content_key: bytes, received_at: datetime,
                         attachment_threshold: int = 0) -> Outcome:
     outcome = Outcome(relay="local")
     wanted = [recipient.lower() for recipient in recipients]
@@ -65,7 +54,12 @@ async def deliver_local(pool: asyncpg.Pool, bodies: BodyCodec, store: BodyStore,
     found = list(dict.fromkeys(address for address in wanted if address in known))
     if found:
         try:
-            await _store(pool, bodies, store, queue_id, found, opened, received_at, attachment_threshold)
+            sealing = Sealing(bodies, store, queue_id, found, attachment_threshold)
+            await _store(pool, sealing, body, content_key, received_at)
+        except BodyReadError as error:
+            # Nothing names the objects sealed so far, and they were deleted, so the next attempt starts afresh.
+            outcome.add_all(recipients, Reply(451, f"4.3.0 reading the queued message failed: {error}"))
+            return outcome
         except asyncpg.PostgresError as error:
             if error.sqlstate != DESTROYED_KEY_SQLSTATE:
                 raise
@@ -83,22 +77,27 @@ async def deliver_local(pool: asyncpg.Pool, bodies: BodyCodec, store: BodyStore,
     return outcome
 
 
-async def _store(pool: asyncpg.Pool, bodies: BodyCodec, store: BodyStore, queue_id: str, mailboxes: list[str],
-                 opened: Opened, received_at: datetime, attachment_threshold: int) -> None:
-    metadata = read_metadata(opened.body, received_at)
-    # Parsed in a thread: a large message's MIME tree takes long enough to stall other sessions.
-    # NOTE: at its peak the parse takes about nine times the message size (a 50 MB message added
-    # 450 MB in python -m loadtest.delivery_memory), far more than the plaintext it reads.
-    attachments = await asyncio.to_thread(large_attachments, opened.body, attachment_threshold)
+async def _store(pool: asyncpg.Pool, sealing: Sealing, body: MessageBody, content_key: bytes,
+                 received_at: datetime) -> None:
+    if body.streamed:
+        metadata = read_header_metadata(body.header, body.size, received_at)
+        sealed = await _seal_streamed(sealing, body)
+    else:
+        whole = await body.read()
+        metadata = read_metadata(whole, received_at)
+        # Parsed in a thread: a MIME tree near WHOLE_MAX takes long enough to stall other sessions.
+        attachments = await asyncio.to_thread(large_attachments, whole, sealing.threshold)
+        sealed = [await _seal_attachment(sealing, attachment) for attachment in attachments]
 
     # Wrapped with no connection held, because a data key's first use takes one from the pool.
-    # NOTE: the body keeps each large attachment too, so it is stored twice, and a whole message is still one read.
-    wraps = [await bodies.wrap_for(mailbox_owner(address), opened.content_key, queue_id) for address in mailboxes]
-    sealed = [await _seal_attachment(bodies, store, queue_id, attachment, mailboxes) for attachment in attachments]
+    # NOTE: the body keeps each large attachment too, so it is stored twice.
+    mailboxes = sealing.mailboxes
+    wraps = [await sealing.bodies.wrap_for(mailbox_owner(address), content_key, sealing.queue_id)
+             for address in mailboxes]
     try:
         async with pool.acquire(timeout=30) as connection:
             async with connection.transaction():
-                rows = await connection.fetch(_STORE, mailboxes, queue_id, [wrap for wrap, _ in wraps],
+                rows = await connection.fetch(_STORE, mailboxes, sealing.queue_id, [wrap for wrap, _ in wraps],
                                               [data_key_id for _, data_key_id in wraps], *_columns(metadata))
                 if sealed:
                     await _insert_attachments(connection, {row["mailbox"]: row["id"] for row in rows}, sealed)
@@ -106,44 +105,40 @@ async def _store(pool: asyncpg.Pool, bodies: BodyCodec, store: BodyStore, queue_
         # The server rolled back, so no row names these objects, and a retry seals new ones. After
         # other errors, such as a connection lost during COMMIT, the rows may exist and the objects stay.
         for item in sealed:
-            await _delete_quietly(store, item.object_key)
+            await delete_quietly(sealing.store, item.object_key)
         raise
+
+
+async def _seal_streamed(sealing: Sealing, body: MessageBody) -> list[SealedAttachment]:
+    """Read a large body once more from the store, sealing its large attachments as they pass."""
+    if sealing.threshold <= 0 or body.size <= sealing.threshold:
+        return []
+    return await seal_streamed_attachments(body.chunks(), sealing)
 
 
 def _columns(metadata: Metadata) -> tuple:
     return metadata.size, metadata.date, metadata.from_header, metadata.subject
 
 
-async def _seal_attachment(bodies: BodyCodec, store: BodyStore, queue_id: str, attachment: Attachment,
-                           mailboxes: list[str]) -> _SealedAttachment:
-    # A random part keeps the name unique when a retried attempt or another domain's delivery of the
-    # same message seals this attachment again.
-    object_key = f"{queue_id}-{secrets.token_hex(4)}-{attachment.position}"
-    first = await bodies.seal(object_key, attachment.data, mailbox_owner(mailboxes[0]))
-    wraps = {mailboxes[0]: (first.wrapped_key, first.data_key_id)}
-    for address in mailboxes[1:]:
-        wraps[address] = await bodies.wrap_for(mailbox_owner(address), first.content_key, object_key)
-    await store.put(object_key, first.data)
-    return _SealedAttachment(attachment, object_key, wraps)
+async def _seal_attachment(sealing: Sealing, attachment: Attachment) -> SealedAttachment:
+    object_key = sealing.object_key(attachment.position)
+    first = await sealing.bodies.seal(object_key, attachment.data, mailbox_owner(sealing.mailboxes[0]))
+    wraps = {sealing.mailboxes[0]: (first.wrapped_key, first.data_key_id)}
+    wraps |= await sealing.other_wraps(first.content_key, object_key)
+    await sealing.store.put(object_key, first.data)
+    return SealedAttachment(attachment.position, attachment.filename, attachment.content_type, len(attachment.data),
+                            object_key, wraps)
 
 
-async def _insert_attachments(connection, row_ids: dict[str, int], sealed: list[_SealedAttachment]) -> None:
+async def _insert_attachments(connection, row_ids: dict[str, int], sealed: list[SealedAttachment]) -> None:
     columns: tuple[list, ...] = ([], [], [], [], [], [], [], [])
     for item in sealed:
-        attachment = item.attachment
         for address, (wrapped, data_key_id) in item.wraps.items():
-            values = (row_ids[address], attachment.position, attachment.filename, attachment.content_type,
-                      len(attachment.data), item.object_key, wrapped, data_key_id)
+            values = (row_ids[address], item.position, item.filename, item.content_type,
+                      item.size, item.object_key, wrapped, data_key_id)
             for column, value in zip(columns, values):
                 column.append(value)
     await connection.execute(_STORE_ATTACHMENTS, *columns)
-
-
-async def _delete_quietly(store: BodyStore, object_key: str) -> None:
-    try:
-        await store.delete(object_key)
-    except StoreError as error:
-        log.warning("removing unused attachment object %s failed, it stays in the body store: %s", object_key, error)
 
 
 async def read_mailbox_message(connection, store: BodyStore, bodies: BodyCodec, row_id: int) -> bytes:

@@ -34,20 +34,21 @@ def large_attachments(body: bytes, threshold: int) -> list[Attachment]:
     found = []
     position = 0
     for part in message.walk():
-        if part.is_multipart() or not _is_attachment(part):
+        if part.is_multipart() or not is_attachment(part):
             continue
         position += 1
         data = part.get_payload(decode=True) or b""
         if len(data) > threshold:
-            found.append(Attachment(position, _filename(part, position), part.get_content_type(), data))
+            found.append(Attachment(position, attachment_filename(part, position), part.get_content_type(), data))
     return found
 
 
-def _is_attachment(part) -> bool:
+def is_attachment(part) -> bool:
+    """Return whether a part has Content-Disposition: attachment or a filename."""
     return part.get_content_disposition() == "attachment" or part.get_filename() is not None
 
 
-def _filename(part, position: int) -> str:
+def attachment_filename(part, position: int) -> str:
     name = part.get_filename() or f"attachment-{position}"
     # Only the last path element, so a name such as ../../x cannot leave a directory it is saved in.
     name = name.replace("\\", "/").rsplit("/", 1)[-1].replace("\x00", "").strip()

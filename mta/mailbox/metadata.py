@@ -28,9 +28,13 @@ class Metadata:
 def read_metadata(body: bytes, received_at: datetime) -> Metadata:
     """Return the size, date, From: and Subject: of an RFC 5322 message."""
     end = body.find(b"\r\n\r\n")
-    header = body if end < 0 else body[:end + 4]
+    return read_header_metadata(body if end < 0 else body[:end + 4], len(body), received_at)
+
+
+def read_header_metadata(header: bytes, size: int, received_at: datetime) -> Metadata:
+    """Return the metadata of a message of size octets from its header section alone."""
     fields = BytesHeaderParser(policy=policy.default).parsebytes(header)
-    return Metadata(size=len(body), date=_date(fields, received_at),
+    return Metadata(size=size, date=_date(fields, received_at),
                     from_header=_text(fields, "From"), subject=_text(fields, "Subject"))
 
 

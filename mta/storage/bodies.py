@@ -50,6 +50,16 @@ class Sealed:
 
 
 @dataclass(frozen=True)
+class StreamSeal:
+    """A body being encrypted for its first owner: the object is what its encryptor returns."""
+
+    encryptor: stream.StreamEncryptor = field(repr=False)
+    content_key: bytes = field(repr=False)
+    wrapped_key: bytes = field(repr=False)
+    data_key_id: int
+
+
+@dataclass(frozen=True)
 class Opened:
     body: bytes = field(repr=False)
     content_key: bytes = field(repr=False)
@@ -81,6 +91,13 @@ class BodyCodec:
         content_key = AESGCM.generate_key(bit_length=KEY_SIZE * 8)
         data = await _run_sized(len(body), stream.encrypt_bytes, body, content_key, data_key.key_id, object_name)
         return Sealed(data, content_key, wrap_content_key(data_key, content_key, object_name), data_key.id)
+
+    async def seal_stream(self, object_name: str, owner: str) -> StreamSeal:
+        """Start sealing a body that arrives in pieces, as seal() would seal it whole."""
+        data_key = await self.keyring.for_owner(owner)
+        content_key = AESGCM.generate_key(bit_length=KEY_SIZE * 8)
+        encryptor = stream.StreamEncryptor(content_key, data_key.key_id, object_name)
+        return StreamSeal(encryptor, content_key, wrap_content_key(data_key, content_key, object_name), data_key.id)
 
     async def wrap_for(self, owner: str, content_key: bytes, object_name: str) -> tuple[bytes, int]:
         """Wrap an existing body's content key for another owner; return the wrap and its data key id."""
