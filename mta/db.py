@@ -31,8 +31,10 @@ MIGRATIONS_DIR = Path(os.environ.get("MTA_MIGRATIONS_DIR", Path(__file__).resolv
 MIGRATION_LOCK_ID = 0x6D7461
 
 # Errors of an unreachable or restarting database (or network): worth a retry
-# later, not a traceback.
-TRANSIENT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
+# later, not a traceback. asyncpg raises InternalClientError too when the
+# server goes away in the middle of an operation (seen while PostgreSQL stopped).
+TRANSIENT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                    asyncio.TimeoutError)
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 

@@ -60,6 +60,10 @@ class DkimActivator(BackgroundTask):
             except TRANSIENT_ERRORS as error:
                 log.warning("DKIM key check failed, trying again in %.0f s: %r", self.settings.dkim_check_interval,
                             error)
+            except Exception:
+                # The worker stops when a watched task ends, so a bug here must not end the loop.
+                log.exception("DKIM key check failed unexpectedly, trying again in %.0f s",
+                              self.settings.dkim_check_interval)
             await asyncio.sleep(self.settings.dkim_check_interval)
 
     async def run_once(self) -> None:
@@ -146,6 +150,9 @@ class DkimKeyReloader(BackgroundTask):
                 log.warning("DKIM key reload failed, signing with the keys loaded before: %r", error)
             except (DecryptionError, ValueError) as error:
                 log.error("DKIM key reload failed, signing with the keys loaded before: %s", error)
+            except Exception:
+                # The worker stops when a watched task ends, so a bug here must not end the loop.
+                log.exception("DKIM key reload failed unexpectedly, signing with the keys loaded before")
 
     async def reload(self) -> None:
         async with self.pool.acquire(timeout=30) as connection:
