@@ -509,3 +509,17 @@ def test_nul_in_value_gets_422(api):
     body_nul = api.call("POST", "/v1/suppression", json={"sender_domain": "example.com", "address": "a\u0000b@x.net"})
     assert body_nul.status_code == 422
     assert error_code(body_nul) == "invalid_request"
+
+
+def test_account_token_reads_only_its_mailbox(api):
+    api.tokens["alice-reader"] = create_token(api.mta, "alice-reader", "--scope", "mailbox:read",
+                                              "--account", "alice@example.com")
+
+    own = api.call("GET", "/v1/mailbox/Alice@example.com/messages", token="alice-reader")
+    other = api.call("GET", "/v1/mailbox/bob@example.com/messages", token="alice-reader")
+    other_message = api.call("GET", "/v1/mailbox/bob@example.com/messages/1", token="alice-reader")
+
+    assert own.status_code == 200, own.text
+    assert other.status_code == 403
+    assert error_code(other) == "mailbox_not_allowed"
+    assert other_message.status_code == 403

@@ -30,6 +30,7 @@ class ErrorCode(str, enum.Enum):
     invalid_token = "invalid_token"                # 401: unknown, malformed or revoked token
     insufficient_scope = "insufficient_scope"      # 403: the token lacks the endpoint's scope
     sender_not_allowed = "sender_not_allowed"      # 403: From is not the token's account or sender domains
+    mailbox_not_allowed = "mailbox_not_allowed"    # 403: a token bound to an account reads another mailbox
     not_found = "not_found"                        # 404: no such path, queue id, suppression entry, mailbox
                                                    # message, stored attachment or legal hold
     unknown_mailbox = "unknown_mailbox"            # 404: the address has no account and no stored message

@@ -67,6 +67,7 @@ async def list_messages(address: str = Depends(mailbox_address),
                         token: Token = Depends(require("mailbox:read")),
                         context: ApiContext = Depends(get_context)) -> MessagePage:
     """List a mailbox's messages, newest first, a page at a time; metadata only. Scope: `mailbox:read`."""
+    _check_account(token, address)
     try:
         messages = await store.list_messages(context.pool, address, folder, limit, cursor)
     except store.MailboxNotFound as error:
@@ -84,6 +85,7 @@ async def fetch_message(message_id: int = _MESSAGE_ID, address: str = Depends(ma
                         token: Token = Depends(require("mailbox:read")),
                         context: ApiContext = Depends(get_context)) -> StreamingResponse:
     """Fetch one message as delivered, decrypted, as `message/rfc822`. Scope: `mailbox:read`."""
+    _check_account(token, address)
     with _reading(address):
         content = await store.open_message(context.pool, context.store, context.bodies, address, message_id)
     return stream(content.pieces, "message/rfc822", f"message {message_id}", content.size)
@@ -99,6 +101,7 @@ async def list_attachments(message_id: int = _MESSAGE_ID, address: str = Depends
     Only attachments larger than `[mailbox] attachment_threshold` are; the
     others are only in the message itself.
     """
+    _check_account(token, address)
     with _reading(address):
         attachments = await store.list_attachments(context.pool, address, message_id)
     return [StoredAttachment(**attachment.as_json()) for attachment in attachments]
@@ -111,6 +114,7 @@ async def fetch_attachment(message_id: int = _MESSAGE_ID, position: int = _POSIT
                            address: str = Depends(mailbox_address), token: Token = Depends(require("mailbox:read")),
                            context: ApiContext = Depends(get_context)) -> StreamingResponse:
     """Fetch one stored attachment, decoded, with its content type and file name. Scope: `mailbox:read`."""
+    _check_account(token, address)
     with _reading(address):
         info, content = await store.open_attachment(context.pool, context.store, context.bodies, address,
                                                     message_id, position)
@@ -118,6 +122,13 @@ async def fetch_attachment(message_id: int = _MESSAGE_ID, position: int = _POSIT
     headers = {"Content-Type": info.content_type,
                "Content-Disposition": f"attachment; filename*=UTF-8''{quote(info.filename, safe='')}"}
     return stream(content.pieces, None, f"attachment {position} of message {message_id}", content.size, headers)
+
+
+def _check_account(token: Token, address: str) -> None:
+    """Raise 403 when the token is bound to an account (``--account``) other than the mailbox's address."""
+    if token.account is not None and token.account.lower() != address:
+        raise ApiError(403, ErrorCode.mailbox_not_allowed,
+                       f"the token {token.name} reads only the mailbox of its account {token.account}")
 
 
 @contextlib.contextmanager
