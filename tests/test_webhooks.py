@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
 from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import asyncpg
 import pytest
 
-from tests.conftest import config_error, query
+from mta import db
+from mta.webhooks.dispatcher import WebhookDispatcher
+from mta.webhooks.settings import WebhooksConfig
+from tests.conftest import config_error, create_database, query
 from tests.mx import RELAY_DOMAIN, relay_config, send_mx, wait_until
 from tests.test_operations import http_get
 from mta.complaints.report import ReportError, parse_report
@@ -280,3 +285,32 @@ def test_endpoint_config_errors(tmp_path, endpoint, expected):
     message = config_error(tmp_path, "[webhooks.endpoints.hook]\n" + "\n".join(lines) + "\n")
 
     assert expected in message
+
+
+FRESH = "00000000-0000-4000-8000-000000000001"
+OLD = "00000000-0000-4000-8000-000000000002"
+
+
+def test_unconfigured_endpoint_fails_only_old_events(pg):
+    url = create_database(pg)
+
+    async def run() -> dict[str, str]:
+        connection = await asyncpg.connect(url)
+        try:
+            await db.migrate(connection)
+            # A fresh event may come from a node whose configuration already has the endpoint.
+            await connection.execute(
+                "INSERT INTO webhook_outbox (event_id, endpoint, event, payload, created_at) VALUES"
+                " ($1, 'added-elsewhere', 'accepted', '{}', now()),"
+                " ($2, 'removed', 'accepted', '{}', now() - interval '2 days')", FRESH, OLD)
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
+            try:
+                await WebhookDispatcher(url, WebhooksConfig(), {}, "node")._fail_unconfigured(pool)
+            finally:
+                await pool.close()
+            rows = await connection.fetch("SELECT event_id, state FROM webhook_outbox")
+        finally:
+            await connection.close()
+        return {str(row["event_id"]): row["state"] for row in rows}
+
+    assert asyncio.run(run()) == {FRESH: "pending", OLD: "failed"}

@@ -38,9 +38,13 @@ PURGE_INTERVAL = 3600.0
 _PURGE = "DELETE FROM webhook_outbox WHERE state <> 'pending' AND finished_at < now() - make_interval(days => $1)"
 
 # Due rows only: a row leased by a node with another configuration is left to that node.
+# Only rows older than UNCONFIGURED_GRACE, because during a rolling change of
+# the configuration a node not yet updated sees the new endpoint's fresh rows.
+UNCONFIGURED_GRACE = 24 * 3600.0
 _FAIL_UNCONFIGURED = """
 UPDATE webhook_outbox SET state = 'failed', last_error = 'endpoint no longer configured', finished_at = now()
 WHERE state = 'pending' AND due_at <= now() AND endpoint <> ALL($1::text[])
+  AND created_at < now() - make_interval(secs => $2)
 """
 
 
@@ -98,7 +102,7 @@ class WebhookDispatcher(BackgroundTask):
             await asyncio.sleep(PURGE_INTERVAL)
 
     async def _fail_unconfigured(self, pool: asyncpg.Pool) -> None:
-        status = await pool.execute(_FAIL_UNCONFIGURED, list(self.settings.endpoints))
+        status = await pool.execute(_FAIL_UNCONFIGURED, list(self.settings.endpoints), UNCONFIGURED_GRACE)
         count = int(status.split()[-1])
         if count:
             log.error("webhook events of endpoints no longer configured marked failed: %d", count)
