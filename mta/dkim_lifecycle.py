@@ -108,8 +108,10 @@ async def _import_files(connection: asyncpg.Connection, masters: MasterKeys, con
         await audit(connection, MTA_ACTOR, "dkim.import", {"domain": domain, "selector": selector,
                                                            "algorithm": algorithm, "state": state,
                                                            "file": str(path)})
-        log.info("imported DKIM key file %s as %s key %s of %s; the MTA no longer reads the file",
-                 path, state, selector, domain)
+        # The file is the operator's, so it is not deleted here, but it keeps the private key in clear.
+        log.warning("imported DKIM key file %s as %s key %s of %s; the MTA no longer reads the file, which still "
+                    "contains the private key unencrypted: remove it once backups of the database are in place",
+                    path, state, selector, domain)
 
 
 async def _create_missing(connection: asyncpg.Connection, masters: MasterKeys, config: Config, domain: str) -> None:
