@@ -421,6 +421,8 @@ def test_gdpr_hold_export_erase(api, tmp_path):
     assert erased.status_code == 200, erased.text
     assert erased.json()["mailbox_messages"] == 1
     assert erased.json()["accounts"] == 1
+    # The tables are vacuumed after the reply.
+    assert wait_until(lambda: f"vacuum after the erasure of {erased.json()['pseudonym']} done" in api.mta.log())
     again = api.call("POST", "/v1/gdpr/mona@example.com/erase")
     assert again.status_code == 404
     assert error_code(again) == "nothing_stored"

@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -22,8 +22,9 @@ from mta.api.errors import ApiError, ErrorCode, documented
 from mta.api.paths import mailbox_address
 from mta.api.streaming import stream
 from mta.api.tokens import Token
+from mta.db import TRANSIENT_ERRORS
 from mta.gdpr import holds, pseudonym_of
-from mta.gdpr.erase import NothingStored, erase_and_record
+from mta.gdpr.erase import NothingStored, erase_and_record, vacuum_erased_tables
 from mta.gdpr.export import Archive, read_snapshot
 
 log = logging.getLogger("mta.api")
@@ -100,26 +101,41 @@ async def _audited(archive: Archive, context: ApiContext, actor_name: str, pseud
         await audit.append(connection, actor_name, "gdpr.export", archive.summary().as_audit_detail(pseudonym))
 
 
+async def _vacuum(context: ApiContext, pseudonym: str) -> None:
+    """Vacuum after an erasure, logging a failure: the next erasure or autovacuum does it then."""
+    try:
+        async with context.pool.acquire() as connection:
+            await vacuum_erased_tables(connection)
+    except TRANSIENT_ERRORS as error:
+        log.warning("vacuum after the erasure of %s failed, autovacuum removes the old row versions later: %r",
+                    pseudonym, error)
+        return
+    log.info("vacuum after the erasure of %s done", pseudonym)
+
+
 @router.post("/erase", response_model=ErasureReport, responses=documented(401, 403, 404, 409, 422))
-async def erase_person(address: str = Depends(mailbox_address), token: Token = Depends(require("gdpr")),
+async def erase_person(background: BackgroundTasks, address: str = Depends(mailbox_address),
+                       token: Token = Depends(require("gdpr")),
                        context: ApiContext = Depends(get_context)) -> ErasureReport:
     """Erase one person's mail, queued mail, account and keys (GDPR article 17), as `mta gdpr erase` does. Scope: `gdpr`.
 
     Under a legal hold nothing changes and the reply is 409 `legal_hold`.
     When nothing is stored about the address, never or no longer, the
-    reply is 404 `nothing_stored` and no audit entry is written.
+    reply is 404 `nothing_stored` and no audit entry is written. The
+    tables are vacuumed after the reply, which on a long history takes a while.
     """
     pseudonym = await _pseudonym(context, address)
     async with context.pool.acquire() as connection:
         try:
             erasure = await erase_and_record(connection, context.store, address, pseudonym, actor(token),
-                                             missing_ok=False)
+                                             missing_ok=False, vacuum=False)
         except holds.HeldError as error:
             raise ApiError(409, ErrorCode.legal_hold,
                            f"{address} is under a legal hold since {error.since:%Y-%m-%d} ({error.reason}): "
                            f"nothing was erased; end the hold first with DELETE /v1/gdpr/{address}/hold") from None
         except NothingStored as error:
             raise ApiError(404, ErrorCode.nothing_stored, str(error)) from None
+    background.add_task(_vacuum, context, pseudonym)
     return ErasureReport(pseudonym=pseudonym, **{name: getattr(erasure, name) for name in ErasureReport.model_fields
                                                  if name != "pseudonym"})
 

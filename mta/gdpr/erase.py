@@ -138,12 +138,13 @@ class Erasure:
 
 
 async def erase_and_record(connection: asyncpg.Connection, store: BodyStore, address: str, pseudonym: str,
-                           actor: str, missing_ok: bool = True) -> Erasure:
+                           actor: str, missing_ok: bool = True, vacuum: bool = True) -> Erasure:
     """Erase the address's data with its audit entry in one transaction, then clean up after it.
 
-    The cleanup vacuums the tables that kept old row versions and deletes
-    the objects queued for deletion, this erasure's and any an earlier run
-    left. Raises HeldError under a legal hold, and NothingStored, changing
+    The cleanup deletes the objects queued for deletion, this erasure's and
+    any an earlier run left, and with vacuum also vacuums the tables that
+    kept old row versions (a caller without it runs vacuum_erased_tables
+    later). Raises HeldError under a legal hold, and NothingStored, changing
     nothing, when missing_ok is False and nothing was stored about the address.
     """
     async with connection.transaction():
@@ -152,10 +153,16 @@ async def erase_and_record(connection: asyncpg.Connection, store: BodyStore, add
             raise NothingStored(f"nothing is stored about {address}: never seen, or erased already")
         await audit.append(connection, actor, "gdpr.erase", erasure.as_audit_detail(pseudonym))
 
+    erasure.objects_deleted, erasure.objects_failed = await delete_queued_objects(connection, store)
+    if vacuum:
+        await vacuum_erased_tables(connection)
+    return erasure
+
+
+async def vacuum_erased_tables(connection: asyncpg.Connection) -> None:
+    """Vacuum the tables whose dead row versions an erasure leaves with the address or key material."""
     for table in VACUUMED_TABLES:
         await connection.execute(f"VACUUM {table}")
-    erasure.objects_deleted, erasure.objects_failed = await delete_queued_objects(connection, store)
-    return erasure
 
 
 def address_pattern(address: str) -> str:
