@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from mta.delivery.lmtp import parse_destination
+from mta.inbound.dmarc import is_public_suffix
 from mta.webhooks.settings import WebhooksConfig, check_webhooks
 
 
@@ -890,6 +891,28 @@ def check(config: Config) -> None:
     complaints = config.webhooks.complaints_address
     if complaints and ("@" not in complaints or not config.is_local_domain(complaints.rpartition("@")[2])):
         raise ConfigError(f"webhooks.complaints_address must be an address in a local domain, got {complaints!r}")
+    if complaints:
+        _check_complaints_from(config)
+
+
+def _check_complaints_from(config: Config) -> None:
+    """Raise ConfigError unless feedback reports can be authenticated as coming from a configured reporter."""
+    reporters = config.webhooks.complaints_from
+    if not reporters:
+        raise ConfigError("webhooks.complaints_address needs webhooks.complaints_from: list the domains that send "
+                          "your feedback loop reports (their DKIM d= or SPF MAIL FROM domain), such as "
+                          '["fbl.example-isp.net"]')
+    for domain in reporters:
+        if not _is_host_name(domain):
+            raise ConfigError(f"webhooks.complaints_from: invalid domain {domain!r}, expected a name such as "
+                              "fbl.example-isp.net")
+        # A listed domain covers its subdomains, so a public suffix would trust anyone who registers under it.
+        if is_public_suffix(domain):
+            raise ConfigError(f"webhooks.complaints_from: {domain!r} is a public suffix; list the reporter's "
+                              "own domain")
+    if not (config.inbound.spf or config.inbound.dkim):
+        raise ConfigError("webhooks.complaints_address needs inbound.spf or inbound.dkim: without them, "
+                          "no feedback report can be authenticated")
 
 
 def _check_retention(retention: RetentionConfig) -> None:
@@ -923,10 +946,14 @@ _HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _RUA_ADDRESS = re.compile(r"[^\s,;!@]+@[A-Za-z0-9.-]+")
 
 
+def _is_host_name(host: str) -> bool:
+    labels = host.rstrip(".").split(".")
+    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+
+
 def _check_dns(dns: DnsConfig) -> None:
     for host in dns.mx:
-        labels = host.rstrip(".").split(".")
-        if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        if not _is_host_name(host):
             raise ConfigError(f"dns.mx: invalid host name {host!r}, expected a name such as mx1.example.com")
     if dns.dmarc_policy not in DMARC_POLICIES:
         raise ConfigError(f"dns.dmarc_policy must be one of {', '.join(DMARC_POLICIES)}, got {dns.dmarc_policy!r}")

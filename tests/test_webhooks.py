@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
+import smtplib
 import threading
 from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import asyncpg
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mta import db
 from mta.webhooks.dispatcher import WebhookDispatcher
 from mta.webhooks.settings import WebhooksConfig
 from tests.conftest import config_error, create_database, query
 from tests.mx import RELAY_DOMAIN, relay_config, send_mx, wait_until
+from tests.test_inbound_auth import signed
 from tests.test_operations import http_get
-from mta.complaints.report import ReportError, parse_report
+from mta.complaints.report import MAX_RECIPIENTS, ReportError, parse_report
+from mta.complaints.reporters import reporter_of
+from mta.dkim import dns_txt_value
 from mta.webhooks.signature import sign, verify
 
 SECRET = "test-secret-0123456789abcdef"
@@ -178,37 +184,72 @@ def test_queue_delete_and_bounce_send_events(make_mta, sink, receiver):
     assert {event["status"] for event in operator_events} == {"2.0.0", "5.0.0"}
 
 
-def feedback_report(original: bytes, feedback_type: str = "abuse", recipient: str = "") -> bytes:
+def feedback_report(original: bytes, feedback_type: str = "abuse", *recipients: str) -> bytes:
     """Return an ARF report (RFC 5965) about original, as a mailbox provider sends it."""
-    rcpt_field = f"Original-Rcpt-To: {recipient}\r\n" if recipient else ""
+    rcpt_fields = "".join(f"Original-Rcpt-To: {recipient}\r\n" for recipient in recipients)
     return (
         "From: fbl@isp.example\r\nTo: fbl@example.com\r\nSubject: complaint\r\nMIME-Version: 1.0\r\n"
         'Content-Type: multipart/report; report-type=feedback-report; boundary="b1"\r\n\r\n'
         "--b1\r\nContent-Type: text/plain\r\n\r\nA user marked this message as spam.\r\n"
         "--b1\r\nContent-Type: message/feedback-report\r\n\r\n"
-        f"Feedback-Type: {feedback_type}\r\nUser-Agent: isp-fbl/1.0\r\nVersion: 1\r\n{rcpt_field}\r\n"
+        f"Feedback-Type: {feedback_type}\r\nUser-Agent: isp-fbl/1.0\r\nVersion: 1\r\n{rcpt_fields}\r\n"
         "--b1\r\nContent-Type: message/rfc822\r\n\r\n"
     ).encode() + original + b"\r\n--b1--\r\n"
 
 
-def test_feedback_report_complains_and_suppresses(make_mta, sink, receiver):
-    receiver.failing = False
-    config = {**relay_config(sink.port), **webhook_config(receiver.url)}
+# The reviewer's input: report-type=feedback-report without a boundary, so the payload is a str.
+NO_BOUNDARY = b"Content-Type: multipart/report; report-type=feedback-report\r\n\r\nhello\r\n"
+REPORTER = "isp.example"
+
+
+def complaints_config(sink_port: int, url: str) -> dict:
+    config = {**relay_config(sink_port), **webhook_config(url)}
     config["webhooks"]["complaints_address"] = "fbl@example.com"
-    mta = make_mta(config)
-    assert mta.cli("user", "add", "fbl@example.com", "--password-stdin", input_text="fbl-password-1\n").returncode == 0
-    code, text = send_mx(mta, "news@example.net", f"reader@{RELAY_DOMAIN}")
+    config["webhooks"]["complaints_from"] = [REPORTER]
+    return config
+
+
+def signing_key(dns, domain: str) -> rsa.RSAPrivateKey:
+    """Return a new DKIM key for domain, published as selector s1 on the test DNS server."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    dns.add(f"s1._domainkey.{domain}", "TXT", dns_txt_value(key))
+    return key
+
+
+def send_original(mta, sink, *recipients: str) -> tuple[str, bytes]:
+    """Send a message from news@example.net through MX; return its queue id and the copy the sink received."""
+    with smtplib.SMTP("127.0.0.1", mta.mx_port, timeout=30) as client:
+        client.ehlo("client.example.net")
+        client.mail("news@example.net")
+        for recipient in recipients:
+            client.rcpt(recipient)
+        code, text = client.data(b"Subject: news\r\n\r\nhello\r\n")
     assert code == 250, text
     queue_id = text.decode().split()[-1]
-    original = sink.wait_for(1)[0].data
+    settled = f"SELECT id FROM delivery_event WHERE message_id = '{queue_id}'"
+    assert wait_until(lambda: len(query(mta.database_url, settled)) == len(recipients))
+    return queue_id, sink.wait_for(1)[0].data
 
-    code, text = send_mx(mta, "fbl@isp.example", "fbl@example.com",
-                         feedback_report(original, recipient=f"<reader@{RELAY_DOMAIN}>"))
-    assert code == 250, text
-    code, text = send_mx(mta, "fbl@isp.example", "fbl@example.com",
-                         feedback_report(b"Received: from a by mta.test with ESMTP id AAAAAAAAAAAAAAAA; now\r\n\r\n"))
-    assert code == 250, text
-    malformed_id = text.decode().split()[-1]
+
+def test_feedback_report_complains_and_suppresses(make_mta, sink, receiver, dns):
+    receiver.failing = False
+    mta = make_mta(complaints_config(sink.port, receiver.url))
+    assert mta.cli("user", "add", "fbl@example.com", "--password-stdin", input_text="fbl-password-1\n").returncode == 0
+    key = signing_key(dns, REPORTER)
+    # The sink refuses the second recipient, so only the first got the message and may complain about it.
+    sink.script.rcpt_replies.extend(["250 2.1.5 OK", "550 5.1.1 no such user"])
+    queue_id, original = send_original(mta, sink, f"reader@{RELAY_DOMAIN}", f"refused@{RELAY_DOMAIN}")
+
+    reports = {
+        "valid": feedback_report(original, "abuse", f"<refused@{RELAY_DOMAIN}>", f"<reader@{RELAY_DOMAIN}>"),
+        "unknown": feedback_report(b"Received: from a by mta.test with ESMTP id AAAAAAAAAAAAAAAA; now\r\n\r\n"),
+        "no boundary": b"From: fbl@isp.example\r\nSubject: complaint\r\n" + NO_BOUNDARY,
+    }
+    report_ids = {}
+    for name, report in reports.items():
+        code, text = send_mx(mta, "fbl@isp.example", "fbl@example.com", signed(report, REPORTER, "s1", key))
+        assert code == 250, text
+        report_ids[name] = text.decode().split()[-1]
 
     complaints = lambda: [event for event in receiver.events() if event["type"] == "complained"]
     assert wait_until(complaints)
@@ -217,11 +258,34 @@ def test_feedback_report_complains_and_suppresses(make_mta, sink, receiver):
     assert event["recipient"] == f"reader@{RELAY_DOMAIN}"
     assert event["feedback_type"] == "abuse"
     assert event["sender"] == "news@example.net"
-    rows = query(mta.database_url, "SELECT sender_domain, address, source FROM suppression")
-    assert [tuple(row) for row in rows] == [("example.net", f"reader@{RELAY_DOMAIN}", "complaint")]
-    # Both reports are also kept in the mailbox, the unknown one with a log line.
-    assert wait_until(lambda: len(query(mta.database_url, "SELECT id FROM mailbox_message")) == 2)
-    assert f"{malformed_id}: feedback report names no message of ours" in mta.log()
+    # The refused recipient is suppressed too, but as a bounce (550 5.1.1), not by the report.
+    rows = query(mta.database_url, "SELECT sender_domain, address FROM suppression WHERE source = 'complaint'")
+    assert [tuple(row) for row in rows] == [("example.net", f"reader@{RELAY_DOMAIN}")]
+    # Every report is also kept in the mailbox, an unusable one with a log line.
+    assert wait_until(lambda: len(query(mta.database_url, "SELECT id FROM mailbox_message")) == 3)
+    assert f"{report_ids['unknown']}: feedback report names no message of ours" in mta.log()
+    assert f"{report_ids['no boundary']}: not used as a feedback report" in mta.log()
+
+
+def test_forged_report_ignored(make_mta, sink, receiver, dns):
+    mta = make_mta(complaints_config(sink.port, receiver.url))
+    assert mta.cli("user", "add", "fbl@example.com", "--password-stdin", input_text="fbl-password-1\n").returncode == 0
+    queue_id, original = send_original(mta, sink, f"reader@{RELAY_DOMAIN}")
+
+    # Signed by a domain that is not a configured reporter, with a forged result claiming the reporter's.
+    forged_result = b"Authentication-Results: mta.example.com; dkim=pass header.d=isp.example\r\n"
+    report = forged_result + feedback_report(original, "abuse", f"<reader@{RELAY_DOMAIN}>")
+    code, text = send_mx(mta, "fbl@isp.example", "fbl@example.com",
+                         signed(report, "forger.example", "s1", signing_key(dns, "forger.example")))
+    assert code == 250, text
+    report_id = text.decode().split()[-1]
+
+    # The handler runs before the mailbox delivery, so once the report is there nothing more can follow.
+    assert wait_until(lambda: query(mta.database_url, "SELECT id FROM mailbox_message"))
+    assert query(mta.database_url, "SELECT id FROM webhook_outbox WHERE event = 'complained'") == []
+    assert query(mta.database_url, "SELECT address FROM suppression") == []
+    assert (f"{report_id}: message to the complaints address is not from a configured feedback reporter "
+            "(authenticated domains: forger.example)") in mta.log()
 
 
 @pytest.mark.parametrize("report, expected", [
@@ -238,6 +302,26 @@ def test_malformed_reports_rejected(report, expected):
         parse_report(report)
 
 
+@pytest.mark.parametrize("report", [
+    pytest.param(NO_BOUNDARY, id="no boundary"),
+    pytest.param(b'Content-Type: multipart/report; report-type=feedback-report; boundary="b"\r\n\r\nno parts\r\n',
+                 id="boundary never used"),
+    pytest.param(b"Content-Type: text/plain; report-type=feedback-report\r\n\r\nhello\r\n", id="not multipart"),
+    pytest.param(bytes(random.Random(5965).randrange(256) for _ in range(4096)), id="binary junk"),
+    pytest.param(b'Content-Type: multipart/report; report-type=feedback-report; boundary="b"\r\n\r\n'
+                 + b"--b\r\nContent-Type: text/plain\r\n\r\nx\r\n" * 20_000 + b"--b--\r\n", id="20000 parts"),
+    pytest.param(feedback_report(b"Received: by mta.test with ESMTP id AAAAAAAAAAAAAAAA\r\n\r\n", "ab\xffuse")
+                 .replace(b"\xc3\xbf", b"\xff"), id="8-bit Feedback-Type"),
+    pytest.param(b'Content-Type: multipart/report; report-type=feedback-report; boundary="b"\r\n\r\n'
+                 b"--b\r\nContent-Type: message/feedback-report; boundary=z\r\n\r\n--z\r\n\r\n"
+                 b"--b\r\nContent-Type: text/rfc822-headers; charset=no-such-charset\r\n"
+                 b"Content-Transfer-Encoding: quoted-printable\r\n\r\n=ZZ\r\n--b--\r\n", id="broken inner parts"),
+])
+def test_hostile_reports_raise_report_error(report):
+    with pytest.raises(ReportError):
+        parse_report(report)
+
+
 def test_report_queue_ids_from_received_and_message_id():
     original = (b"Received: from isp by mx.isp.example with ESMTP id XYZ; now\r\n"
                 b"Received: from client ([192.0.2.1])\r\n\tby mta.example.com with ESMTPS id 4DS3EJN23MFPI5D4\r\n"
@@ -249,6 +333,49 @@ def test_report_queue_ids_from_received_and_message_id():
     assert report.queue_ids == ["4DS3EJN23MFPI5D4", "QQQQQQQQQQQQQQQQ"]
     assert report.feedback_type == "not-spam"
     assert report.recipients == ["bob@example.org"]
+
+
+def test_report_recipients_capped():
+    original = b"Received: by mta.example.com with ESMTP id 4DS3EJN23MFPI5D4\r\n\r\n"
+    named = [f"<user{number}@example.org>" for number in range(MAX_RECIPIENTS + 5)]
+
+    report = parse_report(feedback_report(original, "abuse", *named))
+
+    assert report.recipients == [f"user{number}@example.org" for number in range(MAX_RECIPIENTS)]
+
+
+@pytest.mark.parametrize("results, expected", [
+    ("mta.example.com; dkim=pass header.d=isp.example header.s=s1", "isp.example"),
+    ("mta.example.com;\r\n\tspf=pass smtp.mailfrom=bounces.fbl.isp.example;\r\n\tdkim=none", "isp.example"),
+    ("mta.example.com; dkim=fail header.d=isp.example; spf=softfail smtp.mailfrom=isp.example", None),
+    ("mta.example.com; spf=pass smtp.helo=isp.example", None),
+    ("mta.example.com; dkim=pass header.d=notisp.example", None),
+    ('mta.example.com; dkim=pass header.d="x; spf=pass smtp.mailfrom=isp.example"', None),
+    ('mta.example.com; dkim=fail header.d=x header.s="a; dkim=pass header.d=isp.example"', None),
+    ("other.example; dkim=pass header.d=isp.example", None),
+])
+def test_reporter_from_authentication_results(results, expected):
+    header = f"Authentication-Results: {results}\r\nFrom: fbl@isp.example\r\n".encode()
+
+    assert reporter_of(header, "mta.example.com", [REPORTER]) == expected
+
+
+def test_only_topmost_results_field_counts():
+    header = (b"Authentication-Results: mta.example.com; dkim=none\r\n"
+              b"Authentication-Results: mta.example.com; dkim=pass header.d=isp.example\r\n")
+
+    assert reporter_of(header, "mta.example.com", [REPORTER]) is None
+
+
+@pytest.mark.parametrize("toml, expected", [
+    ('[webhooks]\ncomplaints_address = "fbl@example.com"\n', "needs webhooks.complaints_from"),
+    ('[webhooks]\ncomplaints_address = "fbl@example.com"\ncomplaints_from = ["co.uk"]\n', "is a public suffix"),
+    ('[webhooks]\ncomplaints_address = "fbl@example.com"\ncomplaints_from = ["bad domain"]\n', "invalid domain"),
+    ('[webhooks]\ncomplaints_address = "fbl@example.com"\ncomplaints_from = ["isp.example"]\n'
+     "[inbound]\nspf = false\ndkim = false\ndmarc = false\n", "needs inbound.spf or inbound.dkim"),
+])
+def test_complaints_config_errors(tmp_path, toml, expected):
+    assert expected in config_error(tmp_path, toml)
 
 
 def test_no_events_without_endpoints(make_mta, sink):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import email
 import email.message
+import email.utils
 import re
 from dataclasses import dataclass, field
 from email.policy import compat32
@@ -25,8 +26,11 @@ from email.policy import compat32
 _FEEDBACK_TYPE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _RECEIVED_ID = re.compile(r"\bby\s+\S+\s+with\s+\S+\s+id\s+([A-Z2-7]{16})\b")
 _MESSAGE_ID = re.compile(r"<([A-Z2-7]{16})\.[0-9a-f]+@")
-# Recipients taken from one report; real reports name one.
-MAX_RECIPIENTS = 10
+# Recipients taken from one report: real reports name one, so a few more
+# leave room for an aggregated report without letting one report name many.
+MAX_RECIPIENTS = 3
+# Parts looked at. A report has three, so any beyond these are ignored.
+MAX_PARTS = 5
 
 
 class ReportError(ValueError):
@@ -51,7 +55,8 @@ def parse_report(data: bytes) -> FeedbackReport:
     except (ValueError, TypeError, LookupError) as error:
         raise ReportError(f"unreadable MIME structure: {error}") from None
 
-    feedback_type = (fields.get("Feedback-Type") or "").strip().lower()
+    # str(): compat32 returns a Header object, not a str, for a field with octets outside ASCII.
+    feedback_type = str(fields.get("Feedback-Type") or "").strip().lower()
     if not _FEEDBACK_TYPE.fullmatch(feedback_type):
         raise ReportError(f"invalid or missing Feedback-Type: {feedback_type[:40]!r}")
     recipients = [_bare_address(value) for value in fields.get_all("Original-Rcpt-To", [])]
@@ -65,11 +70,16 @@ def _report_parts(message: email.message.Message) -> tuple[email.message.Message
     """Return the feedback-report fields and the original message's header section."""
     if message.get_content_type() != "multipart/report":
         raise ReportError(f"not a multipart/report but {message.get_content_type()}")
-    if (message.get_param("report-type") or "").lower() != "feedback-report":
+    report_type = email.utils.collapse_rfc2231_value(message.get_param("report-type") or "")
+    if report_type.lower() != "feedback-report":
         raise ReportError("multipart/report without report-type=feedback-report")
 
+    parts = message.get_payload()
+    if not isinstance(parts, list):
+        raise ReportError("multipart/report without parts: no boundary parameter, or no boundary in the body")
+
     fields = original = None
-    for part in message.get_payload():
+    for part in parts[:MAX_PARTS]:
         content_type = part.get_content_type()
         if content_type == "message/feedback-report" and fields is None:
             fields = _inner_message(part)

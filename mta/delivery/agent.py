@@ -75,7 +75,8 @@ class DeliveryAgent:
         self.lmtp_settings = LmtpSettings(config.server.hostname, config.delivery.connect_timeout,
                                           config.delivery.connect_timeout, config.delivery.data_timeout)
         address = config.webhooks.complaints_address
-        self.complaints = ComplaintHandler(pool, settler.outbox, address) if address else None
+        self.complaints = (ComplaintHandler(pool, settler.outbox, address, config.webhooks.complaints_from,
+                                            config.server.hostname) if address else None)
 
     async def run(self, job: Job, slot: Slot) -> None:
         started = time.monotonic()

@@ -42,6 +42,11 @@ def organisational_domain(domain: str) -> str:
     return _suffixes.privatesuffix(domain) or domain
 
 
+def is_public_suffix(domain: str) -> bool:
+    """Return whether domain is a public suffix (such as com or co.uk), under which anyone may register."""
+    return _suffixes.privatesuffix(domain.lower().rstrip(".")) is None
+
+
 def aligned(domain: str, author_domain: str, mode: str) -> bool:
     domain, author_domain = domain.lower().rstrip("."), author_domain.lower().rstrip(".")
     if mode == "s":

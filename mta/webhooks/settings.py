@@ -71,6 +71,9 @@ class WebhooksConfig:
     # message of ours becomes a complained event and suppresses the recipient
     # who complained (mta.complaints). Empty: reports are ordinary mail.
     complaints_address: str = ""
+    # Domains (each with its subdomains) whose reports are trusted: the report's
+    # DKIM d= or its SPF-verified MAIL FROM domain must be one of them.
+    complaints_from: list[str] = field(default_factory=list)
 
 
 def check_webhooks(webhooks: WebhooksConfig) -> None:
