@@ -11,8 +11,9 @@ from pathlib import Path
 import asyncpg
 
 from mta import db
-from mta.delivery.body import MessageBody
+from mta.delivery.body import WHOLE_MAX, MessageBody
 from mta.delivery.outcome import Outcome, Reply
+from mta.delivery.stored_body import load_body
 from mta.spool.enqueue import Job, Spool
 from mta.spool.settle import MessageInfo, Settler
 from mta.storage.bodies import BodyCodec
@@ -20,6 +21,7 @@ from mta.storage.keyring import Keyring
 from mta.storage.master_key import MasterKey, MasterKeys
 from mta.storage.local import LocalStore
 from tests.conftest import create_database
+from tests.test_delivery_stream import large_message, stored
 
 EMPTY = MessageBody.whole(b"")
 
@@ -156,3 +158,34 @@ def test_deferred_message_gets_one_delay_notice(pg, tmp_path):
         assert await pool.fetchval("SELECT delay_notified_at IS NOT NULL FROM message WHERE id = 'QDELAYED'")
 
     asyncio.run(_with_settlers(create_database(pg), tmp_path, ["node-a", "node-b"], body))
+
+
+def test_unreadable_body_notice_returns_header(pg, tmp_path):
+    message = large_message(WHOLE_MAX + 4096)
+
+    async def body(pool: asyncpg.Pool, settlers: dict[str, Settler]) -> None:
+        store, key = await stored(tmp_path / "queue", message)
+        stored_body = await load_body(store, "QSTREAM", key, "QSTREAM")
+        # The object is gone after the remote replies came and before the RET=FULL notice reads it again.
+        object_path = next(path for path in (tmp_path / "queue").rglob("*") if path.is_file())
+        object_path.unlink()
+        job = (await _add_message(pool, "QSTREAM", {"one.example": "node-a"}))["one.example"]
+        outcome = _outcome(["user@one.example"], DELIVERED)
+        outcome.add("other@one.example", Reply(550, "5.1.1 no such user"))
+        info = MessageInfo("QSTREAM", "sender@example.net", datetime.now(timezone.utc), dsn={"ret": "FULL"})
+
+        settlement = await settlers["node-a"].settle(job, info, outcome, stored_body)
+
+        assert stored_body.streamed
+        assert settlement.applied
+        events = await pool.fetch("SELECT recipient, status FROM delivery_event ORDER BY recipient")
+        assert [tuple(event) for event in events] == [("other@one.example", "bounced"),
+                                                      ("user@one.example", "delivered")]
+        assert await pool.fetchval("SELECT count(*) FROM delivery WHERE message_id = 'QSTREAM'") == 0
+        notice = settlement.notification.message.body
+        assert b"text/rfc822-headers" in notice
+        assert b"Subject: large" in notice
+        assert b".starts with a period" not in notice
+
+    asyncio.run(_with_settlers(create_database(pg), tmp_path, ["node-a"], body))
+

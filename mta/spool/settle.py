@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
-from mta.delivery.body import MessageBody
+from mta.delivery.body import BodyReadError, MessageBody
 from mta.delivery.bounce import build_dsn
 from mta.delivery.outcome import Outcome, Reply
 from mta.mailbox.removal import drop_queue_wraps
@@ -331,8 +331,10 @@ class Settler:
         retry_until = message.received_at + timedelta(seconds=self.max_age)
         orcpts = {address: wish["orcpt"] for address, wish in request.get("recipients", {}).items() if wish["orcpt"]}
         full = request.get("ret") == "FULL"
-        # Without RET=FULL only the header section is returned, so a streamed body is not read again.
-        original = await body.read() if full else body.header
+        original = await self._full_body(message, body) if full else None
+        if original is None:
+            # Only the header section is returned, so a streamed body is not read again.
+            full, original = False, body.header
         dsn = build_dsn(self.hostname, message.queue_id, message.sender, message.received_at,
                         failures, original, delays, retry_until, successes=successes,
                         success_action="delivered" if outcome.relay == "local" else "relayed",
@@ -340,3 +342,17 @@ class Settler:
         return await self.spool.prepare(NewMessage(
             sender="", recipients=[message.sender], body=dsn, origin="bounce",
             session_id=message.queue_id))
+
+    async def _full_body(self, message: MessageInfo, body: MessageBody) -> bytes | None:
+        """Read the whole message for RET=FULL, or return None when the body store cannot return it.
+
+        A streamed body is read again from the store here, after the remote
+        replies came. Those replies must still be recorded, so a failed read
+        costs the notice only the message's body part, not the settlement.
+        """
+        try:
+            return await body.read()
+        except BodyReadError as error:
+            log.warning("%s: reading the message for a RET=FULL notification failed, the notification returns "
+                        "the header section only: %s", message.queue_id, error)
+            return None
