@@ -15,6 +15,7 @@ from mta.delivery.body import WHOLE_MAX, MessageBody
 from mta.delivery.outcome import Outcome, Reply
 from mta.delivery.stored_body import load_body
 from mta.spool.enqueue import Job, Spool
+from mta.spool.scheduler import Scheduler
 from mta.spool.settle import MessageInfo, Settler
 from mta.storage.bodies import BodyCodec
 from mta.storage.keyring import Keyring
@@ -189,3 +190,44 @@ def test_unreadable_body_notice_returns_header(pg, tmp_path):
 
     asyncio.run(_with_settlers(create_database(pg), tmp_path, ["node-a"], body))
 
+
+def test_stop_settles_handed_over_outcome(pg, tmp_path):
+    url = create_database(pg)
+
+    async def body(pool: asyncpg.Pool, settlers: dict[str, Settler]) -> None:
+        settler = settlers["node-a"]
+        job = (await _add_message(pool, "QSTOP", {"one.example": "node-a"}))["one.example"]
+        handed_over = asyncio.Event()
+
+        async def execute(job: Job, slot: object) -> None:
+            handed_over.set()
+            # settle() does not suspend before it hands the outcome over, so the writer has it when the test resumes.
+            await settler.settle(job, _info("QSTOP"), _outcome(job.recipients, DELIVERED), EMPTY)
+
+        # A KEY SHARE lock holds back the writer's DELETE of the row, but not the UPDATE that releases its lease.
+        blocker = await pool.acquire()
+        holding = blocker.transaction()
+        await holding.start()
+        await blocker.execute("SELECT 1 FROM delivery WHERE id = $1 FOR KEY SHARE", job.delivery_id)
+
+        scheduler = Scheduler(pool, url, "node-a", 1, 30.0, 60.0, execute=execute)
+        scheduler.start()
+        scheduler.submit([job])
+        await asyncio.wait_for(handed_over.wait(), 10)
+        stopping = asyncio.create_task(scheduler.stop(grace=0.0, settle_handed_over=settler.stop))
+        # Releasing the lease first lets stop() return while the writer is blocked. Settling first makes stop()
+        # wait in Settler.stop, so the lock is dropped once either has happened.
+        for _ in range(1000):
+            if stopping.done() or settler.writer.stopping:
+                break
+            await asyncio.sleep(0.01)
+        await holding.rollback()
+        await pool.release(blocker)
+        await asyncio.wait_for(stopping, 10)
+        await settler.stop()
+
+        assert await pool.fetchval("SELECT count(*) FROM delivery") == 0
+        events = await pool.fetch("SELECT recipient, status FROM delivery_event")
+        assert [tuple(event) for event in events] == [("user@one.example", "delivered")]
+
+    asyncio.run(_with_settlers(url, tmp_path, ["node-a"], body))
