@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -187,6 +188,31 @@ def test_unreadable_body_notice_returns_header(pg, tmp_path):
         assert b"text/rfc822-headers" in notice
         assert b"Subject: large" in notice
         assert b".starts with a period" not in notice
+
+    asyncio.run(_with_settlers(create_database(pg), tmp_path, ["node-a"], body))
+
+
+def test_unstorable_full_notice_returns_header(pg, tmp_path):
+    # Larger than the 65536 octets the test spools keep inline, so the RET=FULL notification goes to the store.
+    message = b"Subject: whole\r\n\r\n" + b"line of the body\r\n" * 8192
+
+    async def body(pool: asyncpg.Pool, settlers: dict[str, Settler]) -> None:
+        # Replacing the spool's store directory with a file makes every write to the store fail.
+        shutil.rmtree(tmp_path / "node-a", ignore_errors=True)
+        (tmp_path / "node-a").write_bytes(b"")
+        job = (await _add_message(pool, "QWHOLE", {"one.example": "node-a"}))["one.example"]
+        outcome = _outcome(["user@one.example"], DELIVERED)
+        outcome.add("other@one.example", Reply(550, "5.1.1 no such user"))
+        info = MessageInfo("QWHOLE", "sender@example.net", datetime.now(timezone.utc), dsn={"ret": "FULL"})
+
+        settlement = await settlers["node-a"].settle(job, info, outcome, MessageBody.whole(message))
+
+        assert settlement.applied
+        assert await pool.fetchval("SELECT count(*) FROM delivery_event WHERE status = 'delivered'") == 1
+        notice = settlement.notification.message.body
+        assert b"text/rfc822-headers" in notice
+        assert b"line of the body" not in notice
+        assert settlement.notification.inline_data is not None
 
     asyncio.run(_with_settlers(create_database(pg), tmp_path, ["node-a"], body))
 
