@@ -97,8 +97,7 @@ class Node:
         finished = time.time()
         cpu = time.process_time() - cpu_before
 
-        await scheduler.stop()
-        await self.settler.stop()
+        await scheduler.stop(settle_handed_over=self.settler.stop)
         await spool.stop()
         await pool.close()
         return {"node": self.node_id, "phase": phase, "settled": self.settled, "started": started,

@@ -153,7 +153,8 @@ class Worker:
         for server in servers:
             server.close()
         await asyncio.sleep(0)
-        await scheduler.stop(grace=delivery.stop_grace)
+        # The settle writer stops inside, after the last attempt and before the leases are released.
+        await scheduler.stop(grace=delivery.stop_grace, settle_handed_over=settler.stop)
         await connections.close()
         if reports.enabled:
             await reporter.stop()
@@ -163,7 +164,6 @@ class Worker:
         await retention.stop()
         for dkim_task in dkim_tasks:
             await dkim_task.stop()
-        await settler.stop()
         await auditor.stop()
         if sweeper is not None:
             await sweeper.stop()

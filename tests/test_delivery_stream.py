@@ -8,7 +8,11 @@ import secrets
 import uvloop
 
 from mta.delivery.body import WHOLE_MAX, MessageBody
-from mta.delivery.smtp import CrlfSMTP, Transaction
+from mta.delivery.connections import ConnectionCache
+from mta.delivery.resolve import Target
+from mta.delivery.smtp import ClientSettings, CrlfSMTP, SmtpDeliverer, Transaction
+from mta.delivery.sources import SourceAddresses
+from mta.delivery.tls_policy import TlsPolicies, TlsRequirement
 from mta.delivery.stored_body import load_body
 from mta.smtp.dotstuff import DotStuffer
 from mta.storage import stream
@@ -167,3 +171,70 @@ def test_body_changed_before_send_ends_no_data(tmp_path):
     assert [recipient for recipient, _ in transaction.outcome.deferred] == ["rcpt@example.net"]
     assert transaction.outcome.deferred[0][1].enhanced == "4.3.0"
     assert not transaction.clean
+
+
+async def serve_one_per_transaction(received: list[bytes], after_data, quits: list[bool]) -> asyncio.Server:
+    """Start an SMTP server on loopback without 8BITMIME that takes one RCPT per transaction.
+
+    after_data runs once each message has arrived, before the server replies 250 to it.
+    """
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 sink\r\n")
+        recipients = 0
+        while line := await reader.readline():
+            if line.startswith(b"EHLO"):
+                writer.write(b"250 sink\r\n")
+            elif line.startswith((b"MAIL", b"RSET")):
+                recipients = 0
+                writer.write(b"250 2.0.0 ok\r\n")
+            elif line.startswith(b"RCPT"):
+                recipients += 1
+                writer.write(b"250 2.1.5 ok\r\n" if recipients == 1 else b"452 4.5.3 too many recipients\r\n")
+            elif line.startswith(b"DATA"):
+                writer.write(b"354 go ahead\r\n")
+                data = bytearray()
+                while (chunk := await reader.readline()) not in (b".\r\n", b""):
+                    data += chunk
+                received.append(bytes(data))
+                after_data()
+                writer.write(b"250 2.0.0 stored\r\n")
+            elif line.startswith(b"QUIT"):
+                quits.append(True)
+                writer.write(b"221 bye\r\n")
+                return
+            await writer.drain()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0, limit=2**20)
+
+
+def test_body_gone_keeps_earlier_transaction(tmp_path):
+    # 8-bit text makes the client convert the body, reading it again, for a server without 8BITMIME.
+    message = large_message(WHOLE_MAX + 4096) + "\r\ncafé".encode()
+    received: list[bytes] = []
+    quits: list[bool] = []
+
+    async def scenario():
+        store, key = await stored(tmp_path, message)
+        body = await load_body(store, "QSTREAM", key, "QSTREAM")
+        object_path = next(path for path in tmp_path.rglob("*") if path.is_file() and "QSTREAM" in path.name)
+        server = await serve_one_per_transaction(received, object_path.unlink, quits)
+        cache = ConnectionCache(30.0, 100)
+        deliverer = SmtpDeliverer(ClientSettings(SourceAddresses.from_list([], "mta.test"), 5, 20), cache,
+                                  TlsPolicies("none", {}))
+        target = Target("sink.test", "127.0.0.1", server.sockets[0].getsockname()[1])
+        try:
+            outcome = await asyncio.wait_for(deliverer.deliver(
+                "sender@example.net", ["first@example.net", "second@example.net"], body, [target],
+                TlsRequirement("none")), 20)
+            await cache.close()
+        finally:
+            server.close()
+        return body, outcome
+
+    body, outcome = uvloop.run(scenario())
+    assert body.streamed
+    assert len(received) == 1
+    assert [recipient for recipient, _ in outcome.delivered] == ["first@example.net"]
+    assert [recipient for recipient, _ in outcome.deferred] == ["second@example.net"]
+    assert outcome.deferred[0][1].enhanced == "4.3.0"
+    assert quits == [True]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -11,15 +12,18 @@ from pathlib import Path
 import asyncpg
 
 from mta import db
-from mta.delivery.body import MessageBody
+from mta.delivery.body import WHOLE_MAX, MessageBody
 from mta.delivery.outcome import Outcome, Reply
+from mta.delivery.stored_body import load_body
 from mta.spool.enqueue import Job, Spool
+from mta.spool.scheduler import Scheduler
 from mta.spool.settle import MessageInfo, Settler
 from mta.storage.bodies import BodyCodec
 from mta.storage.keyring import Keyring
 from mta.storage.master_key import MasterKey, MasterKeys
 from mta.storage.local import LocalStore
 from tests.conftest import create_database
+from tests.test_delivery_stream import large_message, stored
 
 EMPTY = MessageBody.whole(b"")
 
@@ -156,3 +160,100 @@ def test_deferred_message_gets_one_delay_notice(pg, tmp_path):
         assert await pool.fetchval("SELECT delay_notified_at IS NOT NULL FROM message WHERE id = 'QDELAYED'")
 
     asyncio.run(_with_settlers(create_database(pg), tmp_path, ["node-a", "node-b"], body))
+
+
+def test_unreadable_body_notice_returns_header(pg, tmp_path):
+    message = large_message(WHOLE_MAX + 4096)
+
+    async def body(pool: asyncpg.Pool, settlers: dict[str, Settler]) -> None:
+        store, key = await stored(tmp_path / "queue", message)
+        stored_body = await load_body(store, "QSTREAM", key, "QSTREAM")
+        # The object is gone after the remote replies came and before the RET=FULL notice reads it again.
+        object_path = next(path for path in (tmp_path / "queue").rglob("*") if path.is_file())
+        object_path.unlink()
+        job = (await _add_message(pool, "QSTREAM", {"one.example": "node-a"}))["one.example"]
+        outcome = _outcome(["user@one.example"], DELIVERED)
+        outcome.add("other@one.example", Reply(550, "5.1.1 no such user"))
+        info = MessageInfo("QSTREAM", "sender@example.net", datetime.now(timezone.utc), dsn={"ret": "FULL"})
+
+        settlement = await settlers["node-a"].settle(job, info, outcome, stored_body)
+
+        assert stored_body.streamed
+        assert settlement.applied
+        events = await pool.fetch("SELECT recipient, status FROM delivery_event ORDER BY recipient")
+        assert [tuple(event) for event in events] == [("other@one.example", "bounced"),
+                                                      ("user@one.example", "delivered")]
+        assert await pool.fetchval("SELECT count(*) FROM delivery WHERE message_id = 'QSTREAM'") == 0
+        notice = settlement.notification.message.body
+        assert b"text/rfc822-headers" in notice
+        assert b"Subject: large" in notice
+        assert b".starts with a period" not in notice
+
+    asyncio.run(_with_settlers(create_database(pg), tmp_path, ["node-a"], body))
+
+
+def test_unstorable_full_notice_returns_header(pg, tmp_path):
+    # Larger than the 65536 octets the test spools keep inline, so the RET=FULL notification goes to the store.
+    message = b"Subject: whole\r\n\r\n" + b"line of the body\r\n" * 8192
+
+    async def body(pool: asyncpg.Pool, settlers: dict[str, Settler]) -> None:
+        # Replacing the spool's store directory with a file makes every write to the store fail.
+        shutil.rmtree(tmp_path / "node-a", ignore_errors=True)
+        (tmp_path / "node-a").write_bytes(b"")
+        job = (await _add_message(pool, "QWHOLE", {"one.example": "node-a"}))["one.example"]
+        outcome = _outcome(["user@one.example"], DELIVERED)
+        outcome.add("other@one.example", Reply(550, "5.1.1 no such user"))
+        info = MessageInfo("QWHOLE", "sender@example.net", datetime.now(timezone.utc), dsn={"ret": "FULL"})
+
+        settlement = await settlers["node-a"].settle(job, info, outcome, MessageBody.whole(message))
+
+        assert settlement.applied
+        assert await pool.fetchval("SELECT count(*) FROM delivery_event WHERE status = 'delivered'") == 1
+        notice = settlement.notification.message.body
+        assert b"text/rfc822-headers" in notice
+        assert b"line of the body" not in notice
+        assert settlement.notification.inline_data is not None
+
+    asyncio.run(_with_settlers(create_database(pg), tmp_path, ["node-a"], body))
+
+
+def test_stop_settles_handed_over_outcome(pg, tmp_path):
+    url = create_database(pg)
+
+    async def body(pool: asyncpg.Pool, settlers: dict[str, Settler]) -> None:
+        settler = settlers["node-a"]
+        job = (await _add_message(pool, "QSTOP", {"one.example": "node-a"}))["one.example"]
+        handed_over = asyncio.Event()
+
+        async def execute(job: Job, slot: object) -> None:
+            handed_over.set()
+            # settle() does not suspend before it hands the outcome over, so the writer has it when the test resumes.
+            await settler.settle(job, _info("QSTOP"), _outcome(job.recipients, DELIVERED), EMPTY)
+
+        # A KEY SHARE lock holds back the writer's DELETE of the row, but not the UPDATE that releases its lease.
+        blocker = await pool.acquire()
+        holding = blocker.transaction()
+        await holding.start()
+        await blocker.execute("SELECT 1 FROM delivery WHERE id = $1 FOR KEY SHARE", job.delivery_id)
+
+        scheduler = Scheduler(pool, url, "node-a", 1, 30.0, 60.0, execute=execute)
+        scheduler.start()
+        scheduler.submit([job])
+        await asyncio.wait_for(handed_over.wait(), 10)
+        stopping = asyncio.create_task(scheduler.stop(grace=0.0, settle_handed_over=settler.stop))
+        # Releasing the lease first lets stop() return while the writer is blocked. Settling first makes stop()
+        # wait in Settler.stop, so the lock is dropped once either has happened.
+        for _ in range(1000):
+            if stopping.done() or settler.writer.stopping:
+                break
+            await asyncio.sleep(0.01)
+        await holding.rollback()
+        await pool.release(blocker)
+        await asyncio.wait_for(stopping, 10)
+        await settler.stop()
+
+        assert await pool.fetchval("SELECT count(*) FROM delivery") == 0
+        events = await pool.fetch("SELECT recipient, status FROM delivery_event")
+        assert [tuple(event) for event in events] == [("user@one.example", "delivered")]
+
+    asyncio.run(_with_settlers(url, tmp_path, ["node-a"], body))

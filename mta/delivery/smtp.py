@@ -322,6 +322,11 @@ def _too_many_recipients(reply: Reply) -> bool:
         reply.code in (452, 552) and "too many recipients" in reply.text.lower())
 
 
+def _read_failed(error: BodyReadError) -> Reply:
+    """Return the reply that defers recipients whose message could not be read from the body store."""
+    return Reply(451, f"4.3.0 reading the queued message failed: {error}")
+
+
 class StaleConnection(Exception):
     """The connection closed before the server replied to the first command of a transaction."""
 
@@ -344,7 +349,6 @@ class Transaction:
         if not body.ascii and not client.supports_extension("8bitmime"):
             body = await self._seven_bit(body)
             if body is None:
-                self.clean = True
                 return
         options = self._mail_options(client, sender, body)
         if options is None:
@@ -390,7 +394,7 @@ class Transaction:
             return
         except BodyReadError as error:
             # The connection was closed before the end of data, so nothing was delivered.
-            self._add(self.accepted, Reply(451, f"4.3.0 reading the queued message failed: {error}"))
+            self._add(self.accepted, _read_failed(error))
             return
 
         self._add(self.accepted, Reply(250, final.message))
@@ -455,9 +459,12 @@ class Transaction:
             pass
 
     async def _seven_bit(self, body: MessageBody) -> MessageBody | None:
-        """Downgrade 8-bit parts for a server without 8BITMIME, or fail every recipient and return None.
+        """Downgrade 8-bit parts for a server without 8BITMIME, or give every recipient a reply and return None.
 
-        The conversion needs the whole message in memory, even a streamed one.
+        The conversion needs the whole message in memory, even a streamed one,
+        which is read again from the store here, before MAIL. A failed read
+        defers only this transaction's recipients, so those of earlier
+        transactions on the connection keep their replies.
         NOTE: re-encoding breaks a DKIM signature over the body, as Postfix's
         conversion does. Only 8-bit text in header fields goes as it is.
         """
@@ -466,6 +473,11 @@ class Transaction:
         except LineTooLong as error:
             self.outcome.add_all(self.recipients, Reply(
                 554, f"5.6.3 {self.relay} does not support 8BITMIME and the message cannot be converted: {error}"))
+            self.clean = True
+            return None
+        except BodyReadError as error:
+            # clean stays False, so the connection is quit rather than kept for the next message.
+            self.outcome.add_all(self.recipients, _read_failed(error))
             return None
         log.info("message converted to 7 bits for %s, which does not offer 8BITMIME", self.relay)
         return converted

@@ -125,8 +125,6 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
-
-
     def start(self) -> None:
         for name, loop in (("dispatch", self._dispatch_loop), ("poll", self._poll_loop),
                            ("renew", self._renew_loop), ("listen", self._listen_loop)):
@@ -136,11 +134,16 @@ class Scheduler:
     def tasks(self) -> list[asyncio.Task]:
         return list(self._tasks)
 
-    async def stop(self, grace: float = 30.0) -> None:
+    async def stop(self, grace: float = 30.0, settle_handed_over: Callable[[], Awaitable[None]] | None = None) -> None:
         """Stop taking work, let running deliveries finish for up to grace seconds, cancel and release the rest.
 
         A cancelled attempt may have sent the whole message already, with
         the remote reply not yet read, so the retry can deliver it twice.
+        settle_handed_over (Settler.stop) is awaited after the attempts end
+        and before the leases are released. A cancelled attempt may already
+        have handed its outcome to the settle writer, and the writer settles
+        a row only while this node holds its lease, so releasing first would
+        discard replies the remote server already gave.
         """
         for task in self._tasks:
             task.cancel()
@@ -152,14 +155,19 @@ class Scheduler:
         if unfinished:
             log.warning("cancelling %d delivery attempt(s) still running after %g s", len(unfinished), grace)
         # Taken before the cancelled tasks forget their rows: the running rows and those still in the ready queue.
-        leased = sorted(self.held)
+        leased = set(self.held)
         for task in unfinished:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
+        if settle_handed_over is not None:
+            await settle_handed_over()
+            # Notifications queued by the last settlements were leased to this node too.
+            leased |= self.held
 
+        # Rows settled meanwhile no longer have this node as lease owner, so the release leaves them alone.
         if leased:
             try:
-                await self.pool.execute(_RELEASE, self.node_id, leased)
+                await self.pool.execute(_RELEASE, self.node_id, sorted(leased))
             except TRANSIENT_ERRORS as error:
                 log.warning("failed to release %d leases at stop, they expire on their own: %s",
                             len(leased), error)

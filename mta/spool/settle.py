@@ -17,18 +17,19 @@ import asyncio
 import json
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
-from mta.delivery.body import MessageBody
+from mta.delivery.body import BodyReadError, MessageBody
 from mta.delivery.bounce import build_dsn
 from mta.delivery.outcome import Outcome, Reply
 from mta.mailbox.removal import drop_queue_wraps
 from mta.smtp.dsn import DEFAULT_NOTIFY
 from mta.spool.batch import GroupCommit, StoppingError
-from mta.spool.enqueue import Job, NewMessage, Prepared, Spool
+from mta.spool.enqueue import Job, NewMessage, Prepared, Spool, SpoolError
 from mta.webhooks.outbox import Outbox, delivery_events
 
 log = logging.getLogger("mta.settle")
@@ -330,13 +331,34 @@ class Settler:
         delays = _to_notify(message, outcome.deferred, "DELAY") if delay_notice else []
         retry_until = message.received_at + timedelta(seconds=self.max_age)
         orcpts = {address: wish["orcpt"] for address, wish in request.get("recipients", {}).items() if wish["orcpt"]}
-        full = request.get("ret") == "FULL"
-        # Without RET=FULL only the header section is returned, so a streamed body is not read again.
-        original = await body.read() if full else body.header
-        dsn = build_dsn(self.hostname, message.queue_id, message.sender, message.received_at,
-                        failures, original, delays, retry_until, successes=successes,
-                        success_action="delivered" if outcome.relay == "local" else "relayed",
-                        envid=request.get("envid", ""), orcpts=orcpts, full=full)
-        return await self.spool.prepare(NewMessage(
-            sender="", recipients=[message.sender], body=dsn, origin="bounce",
-            session_id=message.queue_id))
+
+        def notification(original: bytes, full: bool) -> NewMessage:
+            dsn = build_dsn(self.hostname, message.queue_id, message.sender, message.received_at,
+                            failures, original, delays, retry_until, successes=successes,
+                            success_action="delivered" if outcome.relay == "local" else "relayed",
+                            envid=request.get("envid", ""), orcpts=orcpts, full=full)
+            return NewMessage(sender="", recipients=[message.sender], body=dsn, origin="bounce",
+                              session_id=message.queue_id)
+
+        if request.get("ret") == "FULL":
+            prepared = await self._prepare_full(message, body, notification)
+            if prepared is not None:
+                return prepared
+        # Only the header section is returned, so a streamed body is not read again.
+        return await self.spool.prepare(notification(body.header, False))
+
+    async def _prepare_full(self, message: MessageInfo, body: MessageBody,
+                            notification: Callable[[bytes, bool], NewMessage]) -> Prepared | None:
+        """Prepare the notification with the whole message (RET=FULL), or return None when the body store fails.
+
+        A streamed body is read again from the store here, after the remote
+        replies came, and a large notification is written to the store. Those
+        replies must still be recorded, so a store failure costs the
+        notification only the message's body part, not the settlement.
+        """
+        try:
+            return await self.spool.prepare(notification(await body.read(), True))
+        except (BodyReadError, SpoolError) as error:
+            log.warning("%s: queueing the RET=FULL notification failed, it is queued with the header section "
+                        "only: %s", message.queue_id, error)
+            return None
