@@ -3,6 +3,7 @@
 import base64
 import quopri
 import random
+import time
 
 from email import errors, policy
 from email.parser import BytesParser
@@ -11,6 +12,7 @@ import pytest
 
 from mta.mailbox.attachment_stream import PART_CANCELLED, PART_END, AttachmentHeader, AttachmentStream
 from mta.mailbox.attachments import large_attachments
+from mta.mailbox.mime_stream import MAX_LINE_HELD, MAX_NESTING
 
 CUTS = (1, 2, 3, 5, 7, 13, 64, 333, 4096, 10**7)
 
@@ -175,3 +177,64 @@ def test_base64_stray_digit_deviation():
     body = b"Content-Disposition: attachment\r\nContent-Transfer-Encoding: base64\r\n\r\nQUJDQ\r\n"
     assert expected(body, 1)[0][3] == b"QUJDQ"
     assert streamed(body, 3, 1)[0][3] == b"ABC"
+
+
+def _timed_stream(body: bytes) -> tuple[list, float]:
+    started = time.perf_counter()
+    found = streamed(body, 65536, 1)
+    return found, time.perf_counter() - started
+
+
+QP_HEADER = b"Content-Disposition: attachment\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+HOSTILE = {
+    # Every 2-octet window contains an "=", so no cut is free of "=".
+    "qp line of =A": QP_HEADER + b"=A" * (4 * 2**20),
+    "qp line of =": QP_HEADER + b"=" * (8 * 2**20 + 1),
+    # A line that starts like a boundary but never ends, inside an attachment.
+    "long dashes line": b"Content-Type: multipart/mixed; boundary=X\r\n\r\n--X\r\nContent-Disposition: attachment\r\n\r\n"
+                        + b"--" + b"A" * (24 * 2**20) + b"\r\n--X--\r\n",
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_line_matches_quickly(name):
+    body = HOSTILE[name]
+    found, seconds = _timed_stream(body)
+    # A hang guard only: each takes under a second, where before the linear line scans 8 MiB of "=A" took
+    # about 100 s and the 24 MiB "--" line about 15 s (2-core test machine).
+    assert seconds < 5
+    assert found == expected(body, 1)
+
+
+def _nested_messages(depth: int) -> bytes:
+    return b"Content-Type: message/rfc822\r\n\r\n" * depth + b"Content-Disposition: attachment\r\n\r\nxx\r\n"
+
+
+def test_nesting_at_limit_matches():
+    body = _nested_messages(MAX_NESTING)
+    assert streamed(body, 4096, 1) == expected(body, 1)
+
+
+def test_nesting_beyond_limit_is_opaque():
+    # Deliberately unlike the email package: a part nested deeper than MAX_NESTING is a leaf with no attachments.
+    body = _nested_messages(MAX_NESTING + 1)
+    assert len(expected(body, 1)) == 1
+    assert streamed(body, 4096, 1) == []
+
+
+def test_deep_nesting_finishes():
+    body = _nested_messages(1000)
+    with pytest.raises(RecursionError):
+        expected(body, 1)
+    found, seconds = _timed_stream(body)
+    assert seconds < 5
+    assert found == []
+
+
+def test_long_boundary_line_is_content():
+    # Deliberately unlike the email package: a boundary line with more than MAX_LINE_HELD octets of white space
+    # after it is read as content, so a line starting with "--" is never held whole.
+    body = (b"Content-Type: multipart/mixed; boundary=X\r\n\r\n--X\r\nContent-Disposition: attachment\r\n\r\nabc\r\n"
+            b"--X" + b" " * (MAX_LINE_HELD + 1) + b"\r\nContent-Disposition: attachment\r\n\r\ndef\r\n--X--\r\n")
+    assert [item[3] for item in expected(body, 1)] == [b"abc", b"def"]
+    assert [item[3] for item in streamed(body, 4096, 1)] == [body[body.index(b"abc"):body.index(b"\r\n--X--")]]

@@ -25,6 +25,9 @@ DATED = (b"From: =?utf-8?q?J=C3=BCrgen_M=C3=BCller?= <juergen@example.net>\r\n"
          b"\r\n"
          b"Your statement is ready.\r\n")
 UNDATED = b"From: bank@example.net\r\nSubject: plain\r\n\r\nno date here\r\n"
+# Nested deeply enough that the email package raises RecursionError while looking for attachments.
+NESTED = (b"From: nested@example.net\r\nSubject: nested\r\n" + b"Content-Type: message/rfc822\r\n\r\n" * 1000
+          + b"Content-Disposition: attachment\r\n\r\ninside\r\n")
 
 
 def list_json(mta, address: str, *options: str) -> list[dict]:
@@ -57,11 +60,13 @@ def test_mailbox_metadata_after_mx_delivery(make_mta, tmp_path):
 
     dated_id = send(mta, "juergen@example.net", ["alice@example.com"], DATED)
     undated_id = send(mta, "bank@example.net", ["alice@example.com"], UNDATED)
+    nested_id = send(mta, "nested@example.net", ["alice@example.com"], NESTED)
     wait_completed(mta, dated_id)
     wait_completed(mta, undated_id)
+    wait_completed(mta, nested_id)
 
     listed = {entry["queue_id"]: entry for entry in list_json(mta, "Alice@Example.com")}
-    assert set(listed) == {dated_id, undated_id}
+    assert set(listed) == {dated_id, undated_id, nested_id}
     dated = listed[dated_id]
     assert dated["subject"] == "Kontoauszug für März"
     assert dated["from"] == "Jürgen Müller <juergen@example.net>"
@@ -76,6 +81,11 @@ def test_mailbox_metadata_after_mx_delivery(make_mta, tmp_path):
     assert undated["subject"] == "plain"
     assert undated["from"] == "bank@example.net"
     assert undated["date"] == undated["received_at"]
+
+    # The attachment search fails on it, and the message is delivered whole instead of retried.
+    nested = listed[nested_id]
+    assert nested["attachments"] == 0
+    assert fetch(mta, "alice@example.com", nested["id"], tmp_path).endswith(NESTED.split(b"\r\n", 2)[2])
 
 
 def test_mailbox_list_pages_and_folders(make_mta):

@@ -10,13 +10,15 @@ wrapped the same way, for listing and fetching without the whole message.
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import datetime
 
 import asyncpg
 
 from mta.auth.users import existing_users
 from mta.delivery.body import BodyReadError, MessageBody
-from mta.delivery.local_attachments import SealedAttachment, Sealing, delete_quietly, seal_streamed_attachments
+from mta.delivery.local_attachments import (AttachmentParseError, SealedAttachment, Sealing, delete_quietly,
+                                            seal_streamed_attachments)
 from mta.delivery.outcome import Outcome, Reply
 from mta.mailbox.attachments import Attachment, large_attachments
 from mta.mailbox.metadata import Metadata, read_header_metadata, read_metadata
@@ -24,6 +26,8 @@ from mta.mailbox.store import MessageNotFound, read_body
 from mta.storage.bodies import BodyCodec
 from mta.storage.keyring import DESTROYED_KEY_SQLSTATE, mailbox_owner
 from mta.storage.store import BodyStore
+
+log = logging.getLogger("mta.delivery")
 
 _STORE = """
 INSERT INTO mailbox_message (mailbox, message_id, wrapped_key, data_key_id, size, date, from_header, subject)
@@ -85,8 +89,7 @@ async def _store(pool: asyncpg.Pool, sealing: Sealing, body: MessageBody, conten
     else:
         whole = await body.read()
         metadata = read_metadata(whole, received_at)
-        # Parsed in a thread: a MIME tree near WHOLE_MAX takes long enough to stall other sessions.
-        attachments = await asyncio.to_thread(large_attachments, whole, sealing.threshold)
+        attachments = await _large_attachments(sealing, whole)
         sealed = [await _seal_attachment(sealing, attachment) for attachment in attachments]
 
     # Wrapped with no connection held, because a data key's first use takes one from the pool.
@@ -109,11 +112,31 @@ async def _store(pool: asyncpg.Pool, sealing: Sealing, body: MessageBody, conten
         raise
 
 
+async def _large_attachments(sealing: Sealing, whole: bytes) -> list[Attachment]:
+    """Return the large attachments of a whole body, or none when the email package fails on it."""
+    try:
+        # Parsed in a thread: a MIME tree near WHOLE_MAX takes long enough to stall other sessions.
+        return await asyncio.to_thread(large_attachments, whole, sealing.threshold)
+    except Exception as error:
+        # Such as RecursionError on deeply nested parts: a retry would fail the same way.
+        _log_unparsed(sealing, f"reading the attachments failed with {type(error).__name__}")
+        return []
+
+
 async def _seal_streamed(sealing: Sealing, body: MessageBody) -> list[SealedAttachment]:
     """Read a large body once more from the store, sealing its large attachments as they pass."""
     if sealing.threshold <= 0 or body.size <= sealing.threshold:
         return []
-    return await seal_streamed_attachments(body.chunks(), sealing)
+    try:
+        return await seal_streamed_attachments(body.chunks(), sealing)
+    except AttachmentParseError as error:
+        _log_unparsed(sealing, str(error))
+        return []
+
+
+def _log_unparsed(sealing: Sealing, reason: str) -> None:
+    # The body itself is stored whole, so the message is delivered with no attachment objects of its own.
+    log.warning("%s: %s, so it is delivered without separately stored attachments", sealing.queue_id, reason)
 
 
 def _columns(metadata: Metadata) -> tuple:

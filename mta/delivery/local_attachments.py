@@ -5,6 +5,9 @@ Past it, the content is encrypted chunk by chunk into an MTAS object and
 written with a streamed put, so a delivery keeps about one chunk of it in memory. If
 anything fails, the object being written is abandoned (the store removes
 its partial write) and the objects already written are deleted.
+
+The MIME walker and the transfer decoders run in a worker thread, one piece
+of the body at a time, so parsing a large body does not hold the event loop.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 
 from mta.mailbox.attachment_stream import PART_CANCELLED, PART_END, AttachmentHeader, AttachmentStream
@@ -24,6 +27,10 @@ log = logging.getLogger("mta.delivery")
 
 # Sealed chunks (64 KiB each) waiting for the store, so a slow store holds back the reading of the body.
 _UPLOAD_QUEUE = 4
+
+
+class AttachmentParseError(Exception):
+    """The attachment reader failed on a message, which no retry can change."""
 
 
 @dataclass(frozen=True)
@@ -66,8 +73,8 @@ async def seal_streamed_attachments(chunks: AsyncIterable[bytes], sealing: Seali
     current: _PendingAttachment | None = None
     try:
         async for piece in chunks:
-            current = await _apply(reader.feed(piece), current, sealing, sealed)
-        current = await _apply(reader.close(), current, sealing, sealed)
+            current = await _apply(await _parse(reader.feed, piece), current, sealing, sealed)
+        current = await _apply(await _parse(reader.close), current, sealing, sealed)
     except BaseException:
         if current is not None:
             await current.abort()
@@ -75,6 +82,14 @@ async def seal_streamed_attachments(chunks: AsyncIterable[bytes], sealing: Seali
             await delete_quietly(sealing.store, item.object_key)
         raise
     return sealed
+
+
+async def _parse(step: Callable[..., list], *args) -> list:
+    """Run one step of the attachment reader in a worker thread, raising AttachmentParseError when it fails."""
+    try:
+        return await asyncio.to_thread(step, *args)
+    except Exception as error:
+        raise AttachmentParseError(f"reading the attachments failed with {type(error).__name__}") from error
 
 
 async def _apply(events: list, current: _PendingAttachment | None, sealing: Sealing,
@@ -154,6 +169,8 @@ class _Upload:
             yield piece
 
     async def write(self, data: bytes) -> None:
+        # On the event loop, because AES-GCM takes about 10 µs per 48 KiB piece, less than a hand-over to a thread
+        # (docs/BENCHMARKS.md).
         sealed = self.seal.encryptor.update(data)
         if sealed:
             await self._send(sealed)

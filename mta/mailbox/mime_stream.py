@@ -16,8 +16,12 @@ multipart whose start boundary never comes is a leaf to the email package,
 so when such a part is an attachment its preamble is returned as content
 and PART_CANCELLED follows if the start boundary does come after all.
 
-NOTE: a line that starts with "--" is held whole until it ends, because it
-may be a boundary, so such a line is not cut into pieces however long it is.
+Two deliberate differences from the email package bound the cost of a
+hostile message. A line that starts with "--" and has no line break within
+MAX_LINE_HELD octets is content, never a boundary, although the email
+package would take a boundary followed by that much white space as one. A
+message or multipart part nested deeper than MAX_NESTING levels is an opaque
+leaf, so no attachment inside it is found.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from mta.mailbox.attachments import is_attachment
 
 # Octets of a line without a line break held before its start is returned as content.
 MAX_LINE_HELD = 64 * 1024
+# Message and multipart parts nested deeper than this are read as opaque leaves, so a hostile message
+# cannot exhaust the stack (the email package of Python 3.11 raises RecursionError at 1,000 levels).
+MAX_NESTING = 50
 
 _EOL = re.compile(rb"\r\n|\r|\n")
 # A field name and colon, an mbox "From " line or a continuation line (email.feedparser.headerRE).
@@ -93,21 +100,24 @@ class MimeWalker:
             self._finished = True
 
     def _root(self) -> Generator:
-        leaf = yield from self._part(digest_parent=False)
+        leaf = yield from self._part(digest_parent=False, depth=0)
         if leaf is not None:
             leaf.finish(strip=False)
 
-    def _part(self, digest_parent: bool) -> Generator:
+    def _part(self, digest_parent: bool, depth: int) -> Generator:
         """Parse one message or body part; return the leaf whose last line break an enclosing multipart strips."""
         headers = _parse_headers((yield from self._header_lines()))
         if digest_parent:
             headers.set_default_type("message/rfc822")
 
-        if headers.get_content_type() == "message/delivery-status":
-            return (yield from self._delivery_status())
         maintype = headers.get_content_maintype()
+        if depth >= MAX_NESTING and maintype in ("message", "multipart"):
+            # Deliberately unlike the email package: nothing inside is an attachment.
+            return (yield from self._leaf(None))
+        if headers.get_content_type() == "message/delivery-status":
+            return (yield from self._delivery_status(depth))
         if maintype == "message":
-            return (yield from self._part(digest_parent=False))
+            return (yield from self._part(digest_parent=False, depth=depth + 1))
         if maintype != "multipart":
             return (yield from self._leaf(self._start_leaf(headers, strippable=True)))
 
@@ -116,8 +126,8 @@ class MimeWalker:
         boundary = headers.get_boundary()
         if boundary is None:
             return (yield from self._leaf(leaf))
-        started = yield from self._multipart(_Boundary(boundary), headers.get_content_type() == "multipart/digest",
-                                             leaf)
+        digest = headers.get_content_type() == "multipart/digest"
+        started = yield from self._multipart(_Boundary(boundary), digest, leaf, depth)
         if started:
             if leaf is not None:
                 self._cancel(leaf)
@@ -164,7 +174,7 @@ class MimeWalker:
             if leaf is not None:
                 leaf.feed(run)
 
-    def _multipart(self, boundary: _Boundary, digest: bool, leaf: _Leaf | None) -> Generator:
+    def _multipart(self, boundary: _Boundary, digest: bool, leaf: _Leaf | None, depth: int) -> Generator:
         """Parse the parts of a multipart; return False when its start boundary never comes."""
         if not (yield from self._preamble(boundary, leaf)):
             return False
@@ -178,7 +188,7 @@ class MimeWalker:
                     break
 
             self._lines.matchers.append(boundary.match)
-            last = yield from self._part(digest_parent=digest)
+            last = yield from self._part(digest_parent=digest, depth=depth + 1)
             if last is not None:
                 last.finish(strip=last.strippable)
             self._lines.matchers.pop()
@@ -212,11 +222,11 @@ class MimeWalker:
             if leaf is not None:
                 leaf.feed(run)
 
-    def _delivery_status(self) -> Generator:
+    def _delivery_status(self, depth: int) -> Generator:
         """Parse message/delivery-status: blocks of header fields, each a part, separated by empty lines."""
         while True:
             self._lines.matchers.append(_is_empty_line)
-            last = yield from self._part(digest_parent=False)
+            last = yield from self._part(digest_parent=False, depth=depth + 1)
             self._lines.matchers.pop()
 
             yield from self._lines.readline()
@@ -279,36 +289,53 @@ class _Boundary:
 
 
 class _Lines:
-    """Lines of the message as they arrive, with the boundaries that end the current part (its matchers)."""
+    """Lines of the message as they arrive, with the boundaries that end the current part (its matchers).
+
+    Each octet is searched for line breaks about once, however the lines
+    are cut into pieces, so a long line costs time in proportion to its length.
+    """
 
     def __init__(self):
-        self._buffer = b""
+        self._buffer = bytearray()
         self._position = 0
+        # buffer[position:scanned] contains no CR or LF, so a search for a line break resumes at scanned.
+        self._scanned = 0
         self._closed = False
         # Inside a line whose start was already returned, so the rest cannot be a boundary.
         self._mid_line = False
         self.matchers: list[Callable[[bytes], object]] = []
 
     def feed(self, piece: bytes) -> None:
-        self._buffer = self._buffer[self._position:] + piece
+        # CPython drops the front of a bytearray by moving its start, without copying what remains.
+        del self._buffer[:self._position]
+        self._scanned -= self._position
         self._position = 0
+        self._buffer += piece
 
     def close(self) -> None:
         self._closed = True
 
     def unread(self, line: bytes) -> None:
-        self._buffer = line + self._buffer[self._position:]
-        self._position = 0
+        start = self._position - len(line)
+        if start >= 0 and self._buffer[start:self._position] == line:
+            self._position = start
+        else:
+            self._buffer[self._position:self._position] = line
+        self._scanned = self._position
 
     def readline(self) -> Reader:
-        """Return the next whole line, or b"" at the end of the message or at a line a matcher matches."""
+        """Return the next whole line, or b"" at the end of the message or at a line a matcher matches.
+
+        NOTE: the line is held whole until it ends, so a header line or a
+        line of message/delivery-status costs memory in proportion to its length.
+        """
         while True:
             end = self._line_end()
             if end is not None:
                 break
             yield _NEED_MORE
 
-        line = self._buffer[self._position:end]
+        line = bytes(self._buffer[self._position:end])
         if line and not self._mid_line and any(matcher(line) for matcher in self.matchers):
             return b""
         self._position = end
@@ -338,33 +365,52 @@ class _Lines:
             if len(buffer) - start < 2 and not self._closed:
                 return _NEED_MORE
             if buffer.startswith(b"--", start):
-                return None
+                may_match = self._may_be_boundary()
+                if may_match is not False:
+                    return may_match
 
-        found = _LINE_DASHES.search(buffer, start)
+        resume = max(start, self._scanned)
+        found = _LINE_DASHES.search(buffer, resume)
         if found is not None:
             end = found.start() + 1
         elif self._closed:
             end = len(buffer)
         else:
             # A CR last in the buffer may be the first half of a CRLF.
-            end = max(buffer.rfind(b"\n"), buffer.rfind(b"\r", 0, len(buffer) - 1)) + 1
+            end = max(buffer.rfind(b"\n", resume), buffer.rfind(b"\r", resume, len(buffer) - 1)) + 1
 
         if end > start:
             self._position = end
             self._mid_line = False
-            return buffer[start:end]
+            return bytes(buffer[start:end])
+        end = len(buffer) - 1 if buffer.endswith(b"\r") else len(buffer)
+        self._scanned = end
         if len(buffer) - start > MAX_LINE_HELD:
-            end = len(buffer) - 1 if buffer.endswith(b"\r") else len(buffer)
             self._position = end
             self._mid_line = True
-            return buffer[start:end]
+            return bytes(buffer[start:end])
         return _NEED_MORE
 
+    def _may_be_boundary(self):
+        """Return None for a line starting with "--" that readline() must read, else _NEED_MORE or False.
+
+        False means the line has no line break within MAX_LINE_HELD octets,
+        so it is read as content, like any other long line.
+        """
+        end = self._line_end()
+        if end is not None and end - self._position <= MAX_LINE_HELD:
+            return None
+        if end is None and len(self._buffer) - self._position <= MAX_LINE_HELD:
+            return _NEED_MORE
+        return False
+
     def _line_end(self) -> int | None:
-        found = _EOL.search(self._buffer, self._position)
+        found = _EOL.search(self._buffer, max(self._position, self._scanned))
         if found is None:
+            self._scanned = len(self._buffer)
             return len(self._buffer) if self._closed else None
         if found.group() == b"\r" and found.end() == len(self._buffer) and not self._closed:
+            self._scanned = found.start()
             return None
         return found.end()
 

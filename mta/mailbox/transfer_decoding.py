@@ -23,6 +23,8 @@ _QP_MAX_HELD = 64 * 1024
 # An escape "=" CR that starts a soft line break of a2b_qp, which drops everything up to the next LF.
 # The "=" before the CR starts an escape only when the run of "=" it ends has odd length.
 _QP_CR_BREAK = re.compile(rb"(?:^|[^=])(?:==)*=\r")
+_EQUALS = ord("=")
+_HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
 
 
 class TransferDecoder:
@@ -145,12 +147,31 @@ class QuotedPrintableDecoder(TransferDecoder):
             self._held = b""
             return binascii.a2b_qp(held[:line_start + found.end() - 2])
 
-        # An escape is at most 3 octets, so a cut with no "=" in the 2 octets before it splits none.
-        cut = len(held)
-        while cut > line_start and b"=" in held[cut - 2:cut]:
-            cut -= 1
+        cut = _qp_safe_cut(held, line_start)
         self._held = held[cut:]
         return binascii.a2b_qp(held[:cut])
+
+
+def _qp_safe_cut(held: bytes, line_start: int) -> int:
+    """Return the last cut near the end of held that splits no escape, or line_start when there is none.
+
+    held[line_start:] starts where an escape may start and contains no "=" CR
+    break. An escape that spans a cut starts with "=" in one of the 2 octets
+    before it: "=" just before the cut (unless it closes an "==" pair), or
+    "=" and a hex digit with another hex digit after the cut. One of the
+    last 4 positions is always such a cut, so the search stays near the end
+    however long the line is.
+    """
+    for cut in range(len(held) - 1, max(line_start, len(held) - 5), -1):
+        if held[cut - 1] == _EQUALS:
+            # A run of "=" pairs up from its start, so an even run ends with a whole "==".
+            run = cut - line_start - len(held[line_start:cut].rstrip(b"="))
+            if run % 2 == 0:
+                return cut
+        elif not (cut - 2 >= line_start and held[cut - 2] == _EQUALS
+                  and held[cut - 1] in _HEX_DIGITS and held[cut] in _HEX_DIGITS):
+            return cut
+    return line_start
 
 
 class _WholeDecoder(TransferDecoder):
