@@ -45,6 +45,9 @@ def test_intact_chain_verifies(make_mta):
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{at_start + 3} audit entries verified; chain head ")
+    # Consecutive ids, so no gap looks like a removed entry.
+    ids = audit_ids(mta)
+    assert ids == list(range(ids[0], ids[0] + len(ids)))
 
 
 def test_changed_entry_named(make_mta):
