@@ -142,8 +142,9 @@ def _report_erasure(config: Config, pseudonym: str, erasure) -> None:
           f"{erasure.deliveries_removed} queued deliver(ies), {erasure.suppression_entries} suppression entr(ies), "
           f"{erasure.accounts} account(s), {erasure.api_tokens} API token(s); data keys destroyed: "
           f"{', '.join(map(str, erasure.data_keys_destroyed)) or 'none left'}")
-    print(f"pseudonymised {erasure.events_pseudonymised} delivery attempt(s) and "
-          f"{erasure.messages_pseudonymised} message sender(s); objects deleted: {erasure.objects_deleted}")
+    print(f"pseudonymised {erasure.events_pseudonymised} delivery attempt(s), "
+          f"{erasure.messages_pseudonymised} message sender(s) and {erasure.webhook_events_pseudonymised} webhook "
+          f"event(s); objects deleted: {erasure.objects_deleted}")
     if erasure.objects_failed:
         print(f"mta: {erasure.objects_failed} object(s) could not be deleted from the body store: run mta gdpr "
               "erase again", file=sys.stderr)

@@ -120,6 +120,10 @@ def test_erase_leaves_no_trace_of_alice(populated, tmp_path):
     pseudonym = mta.cli("gdpr", "pseudonym", ALICE).stdout.strip()
     token = mta.cli("api", "token", "create", "alice-app", "--scope", "send", "--account", ALICE)
     assert token.returncode == 0, token.stderr
+    # An event still waiting for its webhook receiver, naming her in mixed case.
+    query(mta.database_url, "INSERT INTO webhook_outbox (event_id, endpoint, event, payload) VALUES"
+                            " (gen_random_uuid(), 'crm', 'accepted', $1::jsonb)",
+          json.dumps({"sender": "Alice@Example.com", "recipients": ["bob@example.com", ALICE]}))
 
     result = mta.cli("gdpr", "erase", ALICE, "--actor", "dpo")
 
@@ -128,6 +132,8 @@ def test_erase_leaves_no_trace_of_alice(populated, tmp_path):
     assert "1 body(ies)" in result.stdout
     assert "1 API token(s)" in result.stdout
     assert query(mta.database_url, "SELECT 1 FROM api_token") == []
+    (event,) = query(mta.database_url, "SELECT payload::text AS payload FROM webhook_outbox")
+    assert json.loads(event["payload"]) == {"sender": pseudonym, "recipients": ["bob@example.com", pseudonym]}
     assert mailbox_ids(mta, ALICE) == {}
     assert query(mta.database_url, "SELECT 1 FROM mailbox_attachment") == []
     for key in old_copies:

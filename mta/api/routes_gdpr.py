@@ -45,6 +45,7 @@ class ErasureReport(BaseModel):
     accounts: int
     auth_failure_counts: int
     api_tokens: int = Field(description="API tokens that sent as the account, deleted with it")
+    webhook_events_pseudonymised: int = Field(description="webhook events, sent or waiting, that named the address")
     data_keys_destroyed: list[int]
     objects_deleted: int
     objects_failed: int = Field(description="objects left in the body store; the next erasure or retention run "

@@ -26,6 +26,7 @@ writes its own entry with the pseudonym only.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -41,7 +42,7 @@ from mta.storage.store import BodyStore
 
 # Tables whose dead row versions an erasure leaves with the address or key material in them.
 VACUUMED_TABLES = ("data_key", "mailbox_message", "mailbox_attachment", "mailbox_user", "suppression",
-                   "auth_failure", "api_token", "message", "delivery", "delivery_event")
+                   "auth_failure", "api_token", "webhook_outbox", "message", "delivery", "delivery_event")
 
 _OWN_ROWS = "SELECT id FROM mailbox_message WHERE mailbox = $1 ORDER BY id FOR UPDATE"
 
@@ -110,6 +111,8 @@ class Erasure:
     auth_failure_counts: int = 0
     # API tokens that sent as the account, revoked ones included: their rows name the address.
     api_tokens: int = 0
+    # Webhook events, sent or waiting, whose payload named the address.
+    webhook_events_pseudonymised: int = 0
     data_keys_destroyed: list[int] = field(default_factory=list)
     objects: list[str] = field(default_factory=list)
     # Ids of older audit entries naming the address in clear, which the chain keeps.
@@ -133,6 +136,7 @@ class Erasure:
                 "messages_pseudonymised": self.messages_pseudonymised,
                 "suppression_entries": self.suppression_entries, "accounts": self.accounts,
                 "auth_failure_counts": self.auth_failure_counts, "api_tokens": self.api_tokens,
+                "webhook_events_pseudonymised": self.webhook_events_pseudonymised,
                 "data_keys_destroyed": self.data_keys_destroyed,
                 "audit_entries_naming_address": len(self.audit_entries_naming_address)}
 
@@ -214,9 +218,36 @@ async def _drop_queued(connection: asyncpg.Connection, address: str, pseudonym: 
 async def _pseudonymise(connection: asyncpg.Connection, address: str, pseudonym: str, erasure: Erasure) -> None:
     status = await connection.execute(_PSEUDONYMISE_EVENTS, address, address_pattern(address), pseudonym)
     erasure.events_pseudonymised = _count(status)
+    erasure.webhook_events_pseudonymised = await _pseudonymise_webhook_events(connection, address, pseudonym)
     status = await connection.execute(_PSEUDONYMISE_SENDERS, address, pseudonym)
     erasure.messages_pseudonymised = _count(status)
     await connection.execute(_DROP_DSN_REQUESTS, address)
+
+
+async def _pseudonymise_webhook_events(connection: asyncpg.Connection, address: str, pseudonym: str) -> int:
+    """Replace the address by its pseudonym in webhook events, sent or waiting; return how many changed.
+
+    An event still waiting then goes out with the pseudonym, never the erased address.
+    """
+    rows = await connection.fetch("SELECT id, payload::text AS payload FROM webhook_outbox"
+                                  " WHERE strpos(lower(payload::text), $1) > 0 FOR UPDATE", address)
+    pattern = re.compile(re.escape(address), re.IGNORECASE)
+    for row in rows:
+        payload = _replace_strings(json.loads(row["payload"]), pattern, pseudonym)
+        await connection.execute("UPDATE webhook_outbox SET payload = $2::jsonb WHERE id = $1", row["id"],
+                                 json.dumps(payload))
+    return len(rows)
+
+
+def _replace_strings(value, pattern: re.Pattern, replacement: str):
+    """Return value, a decoded JSON document, with pattern replaced in every string it contains."""
+    if isinstance(value, str):
+        return pattern.sub(replacement, value)
+    if isinstance(value, list):
+        return [_replace_strings(item, pattern, replacement) for item in value]
+    if isinstance(value, dict):
+        return {key: _replace_strings(item, pattern, replacement) for key, item in value.items()}
+    return value
 
 
 async def _delete_records(connection: asyncpg.Connection, address: str, erasure: Erasure) -> None:
