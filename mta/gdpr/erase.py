@@ -125,7 +125,8 @@ class Erasure:
     def found_nothing(self) -> bool:
         counts = (self.mailbox_messages, self.bodies, self.deliveries_removed, self.deliveries_changed,
                   self.events_pseudonymised, self.messages_pseudonymised, self.suppression_entries, self.accounts,
-                  self.auth_failure_counts, self.api_tokens, len(self.data_keys_destroyed))
+                  self.auth_failure_counts, self.api_tokens, self.webhook_events_pseudonymised,
+                  len(self.data_keys_destroyed))
         return not any(counts)
 
     def as_audit_detail(self, pseudonym: str) -> dict:
