@@ -157,8 +157,26 @@ def cmd_check_config(config: Config, args: argparse.Namespace) -> int:
         if settings["storage"][name]:
             settings["storage"][name] = "(redacted)"
     print(json.dumps(settings, indent=2))
+
+    problem = _unreadable_files(config)
+    if problem is not None:
+        print(f"mta: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     print("configuration ok", file=sys.stderr)
     return 0
+
+
+def _unreadable_files(config: Config) -> str | None:
+    """Return why a key or secret file that mta serve reads cannot be read, or None when all can."""
+    from mta.storage.master_key import read_master_keys
+    from mta.webhooks.settings import read_secrets
+
+    try:
+        read_master_keys(config)
+        read_secrets(config.webhooks, config.data_path)
+    except (ConfigError, ValueError) as error:
+        return str(error)
+    return None
 
 
 def cmd_user_add(config: Config, args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import smtplib
 import subprocess
 import sys
@@ -282,3 +283,16 @@ def test_check_config_hides_database_password(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "s3cr" not in result.stdout
     assert '"url": "postgresql://mta:(redacted)@db.example:5432/mta"' in result.stdout
+
+
+def test_check_config_reads_key_files(tmp_path):
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "master.key").write_bytes(os.urandom(32))
+    (tmp_path / "keys" / "master.key").chmod(0o600)
+    config = tmp_path / "keys.toml"
+    config.write_text(f'[server]\ndata_dir = "{tmp_path}"\n\n'
+                      '[storage]\nprevious_master_key_file = "keys/missing.key"\n')
+    result = subprocess.run([sys.executable, "-m", "mta", "--config", str(config), "check-config"],
+                            capture_output=True, text=True, cwd=REPOSITORY, timeout=30)
+    assert result.returncode == 2
+    assert "storage.previous_master_key_file: cannot read master key file" in result.stderr

@@ -132,7 +132,10 @@ def read_master_keys(config: Config) -> MasterKeys | None:
 
     previous = None
     if storage.previous_master_key_file:
-        previous = MasterKey.from_bytes(key_from_file(config.data_path(storage.previous_master_key_file)))
+        try:
+            previous = MasterKey.from_bytes(key_from_file(config.data_path(storage.previous_master_key_file)))
+        except ConfigError as error:
+            raise ConfigError(f"storage.previous_master_key_file: {error}") from None
     return MasterKeys(current, previous)
 
 
