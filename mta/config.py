@@ -990,9 +990,10 @@ def _check_storage(storage: StorageConfig) -> None:
     if storage.prefix.startswith("/"):
         raise ConfigError(f"storage.prefix must not start with '/', got {storage.prefix!r}")
     try:
-        residency.check_region(storage.region)
         for pattern in storage.extra_endpoint_hosts:
             residency.check_host_pattern(pattern)
+        residency.check_region(storage.region,
+                               residency.is_own_service(storage.endpoint_url, storage.extra_endpoint_hosts))
         residency.resolve_endpoint(storage.region, storage.endpoint_url, storage.extra_endpoint_hosts,
                                    storage.allow_loopback_endpoint)
     except ValueError as error:

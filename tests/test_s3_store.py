@@ -220,6 +220,7 @@ def s3_toml(**storage) -> str:
     ("eu-central-2", "AWS Zurich, Switzerland, outside the EU"),
     ("uk", "OVHcloud London, United Kingdom, outside the EU"),
     ("", "is not an allowed EU region"),
+    ("EU-WEST-1", "region names are lower case, such as 'eu-west-1'"),
 ])
 def test_config_rejects_region_outside_eu(tmp_path, region, reason):
     message = config_error(tmp_path, s3_toml(region=region))
@@ -256,6 +257,8 @@ def test_config_rejects_wide_extra_host(tmp_path, pattern):
     {"region": "gra", "endpoint_url": "https://s3.gra.perf.cloud.ovh.net"},
     {"region": "eu-south-2", "endpoint_url": "https://s3.dualstack.eu-south-2.amazonaws.com"},
     {"region": "eu-north-1", "endpoint_url": "https://objects.example.eu", "extra_endpoint_hosts": ["objects.example.eu"]},
+    # Your own EU service names its region as it likes: the listed host is what counts.
+    {"region": "fsn1", "endpoint_url": "https://fsn1.objects.example.eu", "extra_endpoint_hosts": ["*.objects.example.eu"]},
     {"region": "eu-west-1", "endpoint_url": "http://127.0.0.1:9000", "allow_loopback_endpoint": True},
 ])
 def test_config_accepts_eu_location(tmp_path, storage):

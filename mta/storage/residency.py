@@ -81,15 +81,34 @@ OUTSIDE_EU: dict[str, str] = {
 }
 
 
-def check_region(region: str) -> None:
-    """Raise ValueError unless the region is in ``EU_REGIONS``."""
+def check_region(region: str, own_service: bool = False) -> None:
+    """Raise ValueError unless the region is in ``EU_REGIONS``.
+
+    With own_service (an endpoint host listed in ``extra_endpoint_hosts``)
+    any region name the service uses is accepted, since the listed host is
+    what keeps the data in the EU, except a name known to be outside it.
+    """
     if region in EU_REGIONS:
         return
     allowed = ", ".join(sorted(EU_REGIONS))
     if region in OUTSIDE_EU:
         raise ValueError(f"storage.region {region!r} is not allowed: it is {OUTSIDE_EU[region]}, "
                          f"outside the EU. Allowed regions: {allowed}")
-    raise ValueError(f"storage.region {region!r} is not an allowed EU region. Allowed regions: {allowed}")
+    if own_service:
+        return
+    if region.lower() in EU_REGIONS:
+        raise ValueError(f"storage.region {region!r} is not an allowed EU region: region names are lower case, "
+                         f"such as {region.lower()!r}. Allowed regions: {allowed}")
+    raise ValueError(f"storage.region {region!r} is not an allowed EU region. Allowed regions: {allowed}; for "
+                     "your own EU service, list its endpoint host in storage.extra_endpoint_hosts")
+
+
+def is_own_service(endpoint_url: str, extra_hosts: list[str]) -> bool:
+    """Tell whether endpoint_url's host matches one of the operator's extra_endpoint_hosts patterns."""
+    if not endpoint_url or not extra_hosts:
+        return False
+    host = _endpoint_host(endpoint_url)
+    return any(host_matches(pattern, host) for pattern in extra_hosts)
 
 
 def resolve_endpoint(region: str, endpoint_url: str, extra_hosts: list[str], allow_loopback: bool) -> str:
@@ -100,6 +119,9 @@ def resolve_endpoint(region: str, endpoint_url: str, extra_hosts: list[str], all
     must use HTTPS and a host of the region or of ``extra_hosts``.
     """
     if not endpoint_url:
+        if region not in EU_REGIONS:
+            raise ValueError(f"storage.endpoint_url is required for region {region!r}, which has no built-in "
+                             "endpoint")
         return EU_REGIONS[region].default_endpoint
 
     host = _endpoint_host(endpoint_url)
