@@ -26,6 +26,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--action", dest="actions", action="append", metavar="ACTION",
                         help='only entries of this action, such as "message accepted"; repeat for several')
     export.set_defaults(run=cmd_export)
+    audit.add_parser("actions", help="list the actions in the log with their entry counts").set_defaults(
+        run=cmd_actions)
 
 
 def _moment(text: str) -> datetime:
@@ -74,6 +76,29 @@ def cmd_export(config: Config, args: argparse.Namespace) -> int:
     from mta import audit
 
     selection = audit.Selection(args.start, args.end, args.after_id, args.to_id, args.actions)
-    for entry in _with_connection(config, lambda connection: audit.export(connection, selection)):
+
+    async def work(connection) -> tuple[list, list[str]]:
+        entries = await audit.export(connection, selection)
+        unknown = []
+        if args.actions:
+            known = {row["action"] for row in await connection.fetch(
+                "SELECT DISTINCT action FROM audit_log WHERE action = ANY($1::text[])", args.actions)}
+            unknown = [action for action in args.actions if action not in known]
+        return entries, unknown
+
+    entries, unknown = _with_connection(config, work)
+    for entry in entries:
         print(json.dumps(entry))
+    if unknown:
+        # Not an error: the action may simply not have happened yet, but a typo looks the same.
+        print(f"mta: note: no audit entry has the action {', '.join(map(repr, unknown))}; "
+              "mta audit actions lists the actions in the log", file=sys.stderr)
+    return 0
+
+
+def cmd_actions(config: Config, args: argparse.Namespace) -> int:
+    rows = _with_connection(config, lambda connection: connection.fetch(
+        "SELECT action, count(*) AS entries FROM audit_log GROUP BY action ORDER BY action"))
+    for row in rows:
+        print(f"{row['entries']:>8}  {row['action']}")
     return 0

@@ -143,3 +143,17 @@ def test_user_changes_audited_without_passwords(make_mta, tmp_path):
     assert json.loads(rows[1]["detail"])["users"] == 2
     assert "secret" not in json.dumps([row["detail"] for row in rows])
     assert mta.cli("audit", "verify").returncode == 0
+
+
+def test_unknown_export_action_noted(make_mta):
+    mta = make_mta()
+    add_entries(mta, 1)
+
+    result = mta.cli("audit", "export", "--action", "suppression add", "--action", "supression add")
+    actions = mta.cli("audit", "actions")
+
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1
+    assert "no audit entry has the action 'supression add'" in result.stderr
+    assert actions.returncode == 0, actions.stderr
+    assert "       1  suppression add" in actions.stdout.splitlines()
