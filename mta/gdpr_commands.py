@@ -120,13 +120,15 @@ def cmd_export(config: Config, args: argparse.Namespace) -> int:
 def cmd_erase(config: Config, args: argparse.Namespace) -> int:
     from mta.gdpr.erase import erase_and_record
     from mta.gdpr.holds import HeldError
+    from mta.webhooks.outbox import Outbox
 
     address = _address_or_exit(args.address)
     pseudonym = _pseudonym_or_exit(config, address)
 
     async def work(connection, store, bodies):
         # Running it again is harmless, and finishes deletions that an earlier run left queued.
-        return await erase_and_record(connection, store, address, pseudonym, _actor(args))
+        outbox = Outbox(config.webhooks.endpoints) if config.webhooks.endpoints else None
+        return await erase_and_record(connection, store, address, pseudonym, _actor(args), outbox=outbox)
 
     try:
         erasure = run_with_bodies(config, work)

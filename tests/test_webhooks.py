@@ -165,22 +165,26 @@ def test_event_payload_fields(make_mta, sink, receiver):
 def test_queue_delete_and_bounce_send_events(make_mta, sink, receiver):
     receiver.failing = False
     mta = make_mta({**relay_config(sink.port, retry_schedule=[3600.0]), **webhook_config(receiver.url)})
-    sink.script.rcpt_replies = deque(["451 4.7.1 greylisted"] * 2)
+    sink.script.rcpt_replies = deque(["451 4.7.1 greylisted"] * 3)
     queue_ids = []
-    for name in ("deleted", "bounced"):
+    for name in ("deleted", "bounced", "erased"):
         code, text = send_mx(mta, "sender@example.net", f"{name}@{RELAY_DOMAIN}")
         assert code == 250, text
         queue_ids.append(text.decode().split()[-1])
-    assert wait_until(lambda: mta.log().count("status=deferred") == 2)
+    assert wait_until(lambda: mta.log().count("status=deferred") == 3)
 
     assert mta.cli("queue", "delete", queue_ids[0]).returncode == 0
     assert mta.cli("queue", "bounce", queue_ids[1]).returncode == 0
+    # An erasure of the recipient removes the queued mail to them: a deleted event names their pseudonym.
+    assert mta.cli("gdpr", "erase", f"erased@{RELAY_DOMAIN}").returncode == 0
+    pseudonym = mta.cli("gdpr", "pseudonym", f"erased@{RELAY_DOMAIN}").stdout.strip()
 
-    expected = {(queue_ids[0], "deleted", f"deleted@{RELAY_DOMAIN}"), (queue_ids[1], "bounced", f"bounced@{RELAY_DOMAIN}")}
+    expected = {(queue_ids[0], "deleted", f"deleted@{RELAY_DOMAIN}"), (queue_ids[1], "bounced", f"bounced@{RELAY_DOMAIN}"),
+                (queue_ids[2], "deleted", pseudonym)}
     assert wait_until(lambda: expected <= set(facts(receiver.events(), set(queue_ids)))), \
         facts(receiver.events(), set(queue_ids))
     operator_events = [event for event in receiver.events() if event["type"] in ("deleted", "bounced")]
-    assert [event["by_operator"] for event in operator_events] == [True, True]
+    assert [event["by_operator"] for event in operator_events] == [True, True, True]
     assert {event["status"] for event in operator_events} == {"2.0.0", "5.0.0"}
 
 

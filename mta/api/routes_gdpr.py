@@ -129,7 +129,8 @@ async def erase_person(background: BackgroundTasks, address: str = Depends(mailb
     async with context.pool.acquire() as connection:
         try:
             erasure = await erase_and_record(connection, context.store, address, pseudonym, actor(token),
-                                             missing_ok=False, vacuum=False)
+                                             missing_ok=False, vacuum=False,
+                                             outbox=context.spool.outbox if context.spool is not None else None)
         except holds.HeldError as error:
             raise ApiError(409, ErrorCode.legal_hold,
                            f"{address} is under a legal hold since {error.since:%Y-%m-%d} ({error.reason}): "

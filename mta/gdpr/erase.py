@@ -34,11 +34,13 @@ import asyncpg
 
 from mta import audit
 from mta.auth.throttle import account_key
+from mta.delivery.outcome import Reply
 from mta.gdpr import holds
 from mta.mailbox.removal import delete_queued_objects, release_bodies, remove_mailbox_rows
 from mta.storage.key_admin import KeyAdminError, destroy_data_key
 from mta.storage.keyring import mailbox_owner, sender_owner
 from mta.storage.store import BodyStore
+from mta.webhooks.outbox import Outbox, operator_events
 
 # Tables whose dead row versions an erasure leaves with the address or key material in them.
 VACUUMED_TABLES = ("data_key", "mailbox_message", "mailbox_attachment", "mailbox_user", "suppression",
@@ -49,18 +51,22 @@ _OWN_ROWS = "SELECT id FROM mailbox_message WHERE mailbox = $1 ORDER BY id FOR U
 _DROP_OUTGOING = """
 DELETE FROM delivery d USING message m
 WHERE m.id = d.message_id AND lower(m.sender) = $1
-RETURNING d.message_id, d.lease_owner IS NOT NULL AS leased
+RETURNING d.message_id, d.recipients, d.lease_owner IS NOT NULL AS leased
 """
 
 # The address leaves the recipients, the per-recipient replies and the last reply of deliveries still queued.
 _DROP_INCOMING = """
-UPDATE delivery SET
-    recipients = ARRAY(SELECT r FROM unnest(recipients) AS r WHERE lower(r) <> $1),
-    replies = (SELECT jsonb_object_agg(k, v) FROM jsonb_each(replies) AS e (k, v) WHERE lower(k) <> $1),
-    last_reply = regexp_replace(last_reply, $2, $3, 'gi')
-WHERE EXISTS (SELECT 1 FROM unnest(recipients) AS r WHERE lower(r) = $1)
-RETURNING id, message_id, cardinality(recipients) = 0 AS empty, lease_owner IS NOT NULL AS leased
+UPDATE delivery d SET
+    recipients = ARRAY(SELECT r FROM unnest(d.recipients) AS r WHERE lower(r) <> $1),
+    replies = (SELECT jsonb_object_agg(k, v) FROM jsonb_each(d.replies) AS e (k, v) WHERE lower(k) <> $1),
+    last_reply = regexp_replace(d.last_reply, $2, $3, 'gi')
+FROM message m
+WHERE m.id = d.message_id AND EXISTS (SELECT 1 FROM unnest(d.recipients) AS r WHERE lower(r) = $1)
+RETURNING d.id, d.message_id, m.sender, cardinality(d.recipients) = 0 AS empty, d.lease_owner IS NOT NULL AS leased
 """
+
+# The reply that the webhook "deleted" events of queued mail removed by an erasure carry.
+ERASED_REPLY = Reply(250, "2.0.0 deleted by a GDPR erasure")
 
 _DROP_EMPTY = "DELETE FROM delivery WHERE id = ANY($1::bigint[])"
 
@@ -143,7 +149,8 @@ class Erasure:
 
 
 async def erase_and_record(connection: asyncpg.Connection, store: BodyStore, address: str, pseudonym: str,
-                           actor: str, missing_ok: bool = True, vacuum: bool = True) -> Erasure:
+                           actor: str, missing_ok: bool = True, vacuum: bool = True,
+                           outbox: Outbox | None = None) -> Erasure:
     """Erase the address's data with its audit entry in one transaction, then clean up after it.
 
     The cleanup deletes the objects queued for deletion, this erasure's and
@@ -153,7 +160,7 @@ async def erase_and_record(connection: asyncpg.Connection, store: BodyStore, add
     nothing, when missing_ok is False and nothing was stored about the address.
     """
     async with connection.transaction():
-        erasure = await erase(connection, address, pseudonym)
+        erasure = await erase(connection, address, pseudonym, outbox)
         if erasure.found_nothing and not missing_ok:
             raise NothingStored(f"nothing is stored about {address}: never seen, or erased already")
         await audit.append(connection, actor, "gdpr.erase", erasure.as_audit_detail(pseudonym))
@@ -175,11 +182,13 @@ def address_pattern(address: str) -> str:
     return re.sub(r"([^A-Za-z0-9])", r"\\\1", address)
 
 
-async def erase(connection: asyncpg.Connection, address: str, pseudonym: str) -> Erasure:
+async def erase(connection: asyncpg.Connection, address: str, pseudonym: str,
+                outbox: Outbox | None = None) -> Erasure:
     """Erase the address's data inside the caller's transaction; raise HeldError under a legal hold.
 
     address must be in lower case. The objects in the result are queued for
-    deletion, which the caller runs after the commit.
+    deletion, which the caller runs after the commit. With outbox, queued
+    mail removed gets webhook "deleted" events that name the pseudonym.
     """
     await holds.lock(connection)
     await holds.check_not_held(connection, address)
@@ -190,7 +199,7 @@ async def erase(connection: asyncpg.Connection, address: str, pseudonym: str) ->
     erasure.mailbox_messages = removed.rows
     erasure.objects += removed.objects
 
-    touched = await _drop_queued(connection, address, pseudonym, erasure)
+    touched = await _drop_queued(connection, address, pseudonym, erasure, outbox)
     released = await release_bodies(connection, touched)
     erasure.bodies = removed.bodies + released.bodies
     erasure.objects += released.objects
@@ -201,12 +210,17 @@ async def erase(connection: asyncpg.Connection, address: str, pseudonym: str) ->
     return erasure
 
 
-async def _drop_queued(connection: asyncpg.Connection, address: str, pseudonym: str, erasure: Erasure) -> list[str]:
+async def _drop_queued(connection: asyncpg.Connection, address: str, pseudonym: str, erasure: Erasure,
+                       outbox: Outbox | None) -> list[str]:
     """Delete queued mail from the address and take it out of queued mail to it; return the messages touched."""
     outgoing = await connection.fetch(_DROP_OUTGOING, address)
     incoming = await connection.fetch(_DROP_INCOMING, address, address_pattern(address), pseudonym)
     empty = [row["id"] for row in incoming if row["empty"]]
     await connection.execute(_DROP_EMPTY, empty)
+    if outbox is not None:
+        removed = [(row["message_id"], pseudonym, recipient) for row in outgoing for recipient in row["recipients"]]
+        removed += [(row["message_id"], row["sender"], pseudonym) for row in incoming]
+        await outbox.insert(connection, operator_events("deleted", ERASED_REPLY, removed))
 
     erasure.deliveries_removed = len(outgoing) + len(empty)
     erasure.deliveries_changed = len(incoming) - len(empty)
