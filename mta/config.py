@@ -9,6 +9,7 @@ that fails a check raises ``ConfigError`` with the key and the fix, and
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import ipaddress
 import os
@@ -523,6 +524,12 @@ def load(path: Path | None) -> Config:
     return config
 
 
+def _suggestion(name: str, known: set[str]) -> str:
+    """Return " (did you mean X?)" for the known key closest to a misspelt one, or "" when none is close."""
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"[{prefix.rstrip('.')}] must be a table")
@@ -531,7 +538,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = set(raw) - known
     if unknown:
-        names = ", ".join(prefix + name for name in sorted(unknown))
+        names = ", ".join(prefix + name + _suggestion(name, known) for name in sorted(unknown))
         raise ConfigError(f"unknown configuration key: {names}")
 
     instance = cls()

@@ -36,7 +36,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
     hold = gdpr.add_parser("hold", help="put an address under a legal hold: no erasure, no retention purge")
     hold.add_argument("address")
-    hold.add_argument("--reason", required=True, help="why, such as a case reference")
+    hold.add_argument("--reason", required=True, type=_reason, help="why, such as a case reference")
     hold.add_argument("--actor", help="who does this, for the audit log (default: the login name)")
     hold.set_defaults(run=cmd_hold)
 
@@ -117,6 +117,12 @@ def cmd_export(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _reason(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a legal hold needs a reason, such as a case reference")
+    return text.strip()
+
+
 def cmd_erase(config: Config, args: argparse.Namespace) -> int:
     from mta.gdpr.erase import erase_and_record
     from mta.gdpr.holds import HeldError
@@ -135,14 +141,17 @@ def cmd_erase(config: Config, args: argparse.Namespace) -> int:
     except HeldError as error:
         print(f"mta: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    _report_erasure(config, pseudonym, erasure)
+    _report_erasure(config, address, pseudonym, erasure)
     return EXIT_FAILURE if erasure.objects_failed else 0
 
 
-def _report_erasure(config: Config, pseudonym: str, erasure) -> None:
-    print(f"erased {pseudonym}: {erasure.mailbox_messages} mailbox message(s), {erasure.bodies} body(ies), "
-          f"{erasure.deliveries_removed} queued deliver(ies), {erasure.suppression_entries} suppression entr(ies), "
-          f"{erasure.accounts} account(s), {erasure.api_tokens} API token(s); data keys destroyed: "
+def _report_erasure(config: Config, address: str, pseudonym: str, erasure) -> None:
+    if erasure.found_nothing:
+        print(f"nothing stored about {address} ({pseudonym}): never seen, or erased already")
+    print(f"erased {address}, now {pseudonym}: {erasure.mailbox_messages} mailbox message(s), "
+          f"{erasure.bodies} body(ies), {erasure.deliveries_removed} queued deliver(ies), "
+          f"{erasure.suppression_entries} suppression entr(ies), {erasure.accounts} account(s), "
+          f"{erasure.api_tokens} API token(s); ids of the data keys destroyed: "
           f"{', '.join(map(str, erasure.data_keys_destroyed)) or 'none left'}")
     print(f"pseudonymised {erasure.events_pseudonymised} delivery attempt(s), "
           f"{erasure.messages_pseudonymised} message sender(s) and {erasure.webhook_events_pseudonymised} webhook "

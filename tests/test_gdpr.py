@@ -175,7 +175,8 @@ def test_erase_is_idempotent(populated):
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
     assert "0 mailbox message(s)" in second.stdout
-    assert "data keys destroyed: none left" in second.stdout
+    assert "ids of the data keys destroyed: none left" in second.stdout
+    assert f"nothing stored about {ALICE}" in second.stdout
     assert mta.cli("audit", "verify").returncode == 0
     assert len(query(mta.database_url, "SELECT 1 FROM audit_log WHERE action = 'gdpr.erase'")) == 2
 
@@ -196,8 +197,12 @@ def test_erase_finishes_leftover_objects(populated):
 def test_legal_hold_blocks_erase(populated):
     mta, _ = populated
 
+    no_reason = mta.cli("gdpr", "hold", BOB, "--reason", " ")
     hold = mta.cli("gdpr", "hold", BOB, "--reason", "case 2025-17", "--actor", "legal")
     blocked = mta.cli("gdpr", "erase", BOB)
+
+    assert no_reason.returncode == 2
+    assert "a legal hold needs a reason" in no_reason.stderr
 
     assert hold.returncode == 0, hold.stderr
     assert blocked.returncode == 1

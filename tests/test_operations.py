@@ -138,7 +138,7 @@ def test_unknown_config_key_named(tmp_path):
     result = subprocess.run([sys.executable, "-m", "mta", "--config", str(config), "check-config"],
                             capture_output=True, text=True, cwd=REPOSITORY, timeout=30)
     assert result.returncode == 2
-    assert "unknown configuration key: delivery.source_adresses" in result.stderr
+    assert "unknown configuration key: delivery.source_adresses (did you mean source_addresses?)" in result.stderr
 
 
 def test_user_add_rejects_bad_address(make_mta):
