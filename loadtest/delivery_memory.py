@@ -179,10 +179,10 @@ class MemoryRun:
         if self.path == "smtp":
             arrived = [arrival.sha256 for arrival in self.sink.arrivals]
             if arrived != [content_digest(self.message)]:
-                raise RuntimeError(f"the sink holds {len(arrived)} message(s), expected this one unchanged")
+                raise RuntimeError(f"the sink has {len(arrived)} message(s), expected this one unchanged")
         elif self.path == "lmtp":
             if self.lmtp.digests != [hashlib.sha256(self.message).hexdigest()]:
-                raise RuntimeError(f"the LMTP server holds {len(self.lmtp.digests)} message(s), "
+                raise RuntimeError(f"the LMTP server has {len(self.lmtp.digests)} message(s), "
                                    "expected this one unchanged")
         else:
             connection = await asyncpg.connect(url)

@@ -2,7 +2,7 @@
 
 DkimActivator runs on worker 0 of each node, and one node at a time does
 the work, whichever takes a session advisory lock. Every
-``domains.dkim_check_interval`` seconds it asks ``[delivery] nameservers``
+``domains.dkim_check_interval`` seconds it queries ``[delivery] nameservers``
 for the record of each pending key and activates a key once they return
 it exactly, then retires the retiring keys whose grace period has ended.
 No transaction stays open during DNS queries. Every node also checks the
@@ -103,7 +103,7 @@ class DkimActivator(BackgroundTask):
             try:
                 served = await asyncio.to_thread(record_served, self.resolver, key.domain, key.public)
             except NameserverError as error:
-                # Without an answer the count stays as it was, and one line per round is enough.
+                # Without a DNS response the count stays as it was, and one log line per round is enough.
                 log.warning("DKIM record check of active keys skipped: %s", error)
                 metrics.DKIM_RECORD_CHECK_FAILED.set(1)
                 return

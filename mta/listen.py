@@ -3,7 +3,7 @@
 The connection is one of its own, outside the pool: it is held for as long
 as the database is up. While it is down its users fall back to polling, and
 ``on_notify`` is also called after each (re)connect, so they catch up on
-rows that became due while nobody was listening.
+rows that became due while no connection was listening.
 """
 
 from __future__ import annotations

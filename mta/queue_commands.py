@@ -204,7 +204,7 @@ def cmd_action(config: Config, args: argparse.Namespace) -> int:
     if unchanged:
         print(f"unchanged, as {UNCHANGED_REASON[args.action]}: {' '.join(unchanged)}")
     if result.busy:
-        # Exit 1, so a script sees that these messages still need the action.
+        # Exit 1, so a script can tell that these messages still need the action.
         print(f"mta: being delivered now, not changed: {' '.join(result.busy)} (repeat once the attempt is over)",
               file=sys.stderr)
         return EXIT_BUSY

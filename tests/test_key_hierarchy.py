@@ -441,7 +441,7 @@ def test_erased_queued_body_bounces(make_mta, sink, sink_port):
 
     result = mta.cli("keys", "destroy", "queue:inbound")
     assert result.returncode == 0, result.stderr
-    # The worker sees the tombstone only once its cached data keys expire, after data_key_cache_seconds.
+    # The worker reads the tombstone only once its cached data keys expire, after data_key_cache_seconds.
     time.sleep(1.2)
     assert mta.cli("queue", "flush").returncode == 0
 

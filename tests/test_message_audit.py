@@ -189,7 +189,7 @@ def open_transaction(url: str) -> Iterator[None]:
 def test_open_transaction_shows_audit_lag(make_mta, sink, sink_port):
     mta = make_mta({**relay_config(sink_port), "audit": {"interval": 0.05}})
 
-    # A transaction older than the message holds the auditor's horizon back.
+    # A transaction older than the message keeps the auditor's horizon back.
     with open_transaction(mta.database_url):
         code, text = send_mx(mta, "sender@example.net", f"user@{RELAY_DOMAIN}")
         assert code == 250, text

@@ -4,7 +4,7 @@ Health returns 200 when the database responds and the number of queued
 deliveries is under its threshold, else 503 with the reasons, one per line.
 Queue depth, node heartbeats and the webhook backlog are read from the
 database at scrape time, so every worker reports the same, correct numbers.
-None of the three needs a token: they say nothing about messages or people,
+None of the three needs a token: they reveal nothing about messages or people,
 and the HTTP listener is on loopback unless configured otherwise.
 """
 

@@ -5,7 +5,7 @@ octets, is decrypted once and held whole. A larger body stays in the body
 store. Loading it (mta.delivery.stored_body) decrypts it once, to learn what MAIL needs before
 any octet is sent (its size, whether it is ASCII, its header section) and to
 check that every chunk authenticates. Each send then reads and decrypts it
-again, one verified chunk at a time, so a delivery holds about one store read
+again, one verified chunk at a time, so a delivery keeps about one store read
 (1 MiB) of it instead of the ciphertext, the plaintext and a dot-stuffed copy.
 The price is a second store read and decryption per attempt of a large body.
 """

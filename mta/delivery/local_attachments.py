@@ -47,7 +47,7 @@ class SealedAttachment:
 
 @dataclass(frozen=True)
 class Sealing:
-    """Where and for whom attachment objects are sealed."""
+    """The store that attachment objects go to, and the mailboxes whose keys wrap them."""
 
     bodies: BodyCodec
     store: BodyStore

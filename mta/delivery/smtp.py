@@ -86,7 +86,7 @@ class CrlfSMTP(aiosmtplib.SMTP):
         """Send the body after DATA got 354; raise SMTPDataError unless the server takes it.
 
         A body that cannot be read to its end raises BodyReadError after the
-        connection is closed, so the server never sees the end of data.
+        connection is closed, so the server never receives the end of data.
         """
         try:
             async with self.protocol._command_lock:

@@ -1,9 +1,9 @@
 """Messages in mboxrd form, converted piece by piece so a large message is never whole in memory.
 
 Each entry is a ``From_`` line with the envelope sender and arrival time,
-then the message with CRLF line ends turned into LF, as mbox readers
-expect, and every line matching ``>*From `` quoted with one more ``>``,
-then an empty line. Quoting is reversible, which is what mboxrd adds to
+then the message, then an empty line. In the message, CRLF line ends become
+LF, as mbox readers expect, and every line matching ``>*From `` is quoted
+with one more ``>``. Quoting is reversible, which is what mboxrd adds to
 the older mbox forms.
 """
 

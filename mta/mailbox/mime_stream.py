@@ -1,6 +1,6 @@
 """A streaming MIME walker that finds attachments as the email package's parser would, fed in pieces.
 
-``email.parser.BytesParser`` with ``policy.default`` (Python 3.11) holds the
+``email.parser.BytesParser`` with ``policy.default`` (Python 3.11) keeps the
 whole message and its parts in memory. This walker follows the same rules
 while holding about one piece: lines end in CRLF, CR or LF; a header
 section ends at an empty line or at the first line that is not a header

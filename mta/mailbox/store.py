@@ -5,7 +5,7 @@ asyncpg pool or connection, and ``bodies`` a BodyCodec whose keyring reads
 data keys from the same database. A mailbox is named by its address in any
 case. A message id of another mailbox is reported as not found, so one
 mailbox's ids reveal nothing of another's. A mailbox with no account and no
-stored message is unknown, and MailboxNotFound says so.
+stored message is unknown, and MailboxNotFound reports that.
 
 Bodies and attachments are read as Content, which decrypts them piece by
 piece, so a large message is never whole in memory. Decryption errors propagate: ``KeyDestroyedError`` (from

@@ -157,8 +157,8 @@ def _qp_safe_cut(held: bytes, line_start: int) -> int:
 
     held[line_start:] starts where an escape may start and contains no "=" CR
     break. An escape that spans a cut starts with "=" in one of the 2 octets
-    before it: "=" just before the cut (unless it closes an "==" pair), or
-    "=" and a hex digit with another hex digit after the cut. One of the
+    before it. Either "=" is just before the cut (and does not close an "=="
+    pair), or "=" and a hex digit are, with another hex digit after the cut. One of the
     last 4 positions is always such a cut, so the search stays near the end
     however long the line is.
     """

@@ -39,7 +39,7 @@ _PURGE = "DELETE FROM webhook_outbox WHERE state <> 'pending' AND finished_at < 
 
 # Due rows only: a row leased by a node with another configuration is left to that node.
 # Only rows older than UNCONFIGURED_GRACE, because during a rolling change of
-# the configuration a node not yet updated sees the new endpoint's fresh rows.
+# the configuration a node not yet updated finds the new endpoint's fresh rows.
 UNCONFIGURED_GRACE = 24 * 3600.0
 _FAIL_UNCONFIGURED = """
 UPDATE webhook_outbox SET state = 'failed', last_error = 'endpoint no longer configured', finished_at = now()

@@ -1,9 +1,9 @@
 """One endpoint's share of the webhook dispatcher: claim its due events, POST them, record the outcomes.
 
 A claim is one UPDATE over rows picked with FOR UPDATE SKIP LOCKED, which
-pushes their due time forward by the lease, so nodes never claim the same
-row at once and a node that dies mid-POST leaves its rows due again when the
-lease ends. The POSTs of a batch run up to ``concurrency`` at a time. A 2xx
+pushes their due time forward by the lease. So nodes never claim the same
+row at once, and the rows of a node that dies mid-POST are due again when
+the lease ends. The POSTs of a batch run up to ``concurrency`` at a time. A 2xx
 reply marks the row delivered. Any other reply, a redirect among them, and a
 timeout or connection error count as failures: the row is retried after the
 endpoint's backoff, or marked failed after max_attempts or max_age. The
