@@ -95,6 +95,11 @@ class DeliveryAgent:
 
         suppressed = set(row["suppressed"]) if self.config.delivery.suppression.enabled else set()
         outcome = await self._attempt(job, message, body, content_key, slot, suppressed)
+        await self._settle(job, message, outcome, body, row["body_key"], started)
+
+    async def _settle(self, job: Job, message: MessageInfo, outcome: Outcome, body: MessageBody,
+                      body_key: str | None, started: float) -> None:
+        """Settle the attempt, log it, and delete the body object once no row needs it."""
         settlement = await self.settler.settle(job, message, outcome, body)
         if not settlement.applied:
             return
@@ -104,8 +109,8 @@ class DeliveryAgent:
             log.info("%s: sender non-delivery notification: %s",
                      message.queue_id, settlement.notification.queue_id)
         if settlement.body_unused:
-            if row["body_key"] is not None:
-                await self.store.delete(row["body_key"])
+            if body_key is not None:
+                await self.store.delete(body_key)
             log.info("%s: removed", message.queue_id)
 
     async def _open_body(self, job: Job, row: asyncpg.Record,
@@ -135,16 +140,9 @@ class DeliveryAgent:
 
     async def _fail_erased(self, job: Job, message: MessageInfo, row: asyncpg.Record) -> None:
         """Fail every recipient of the job with BODY_ERASED, in a notification without any part of the body."""
-        started = time.monotonic()
         outcome = Outcome(relay="none")
         outcome.add_all(job.recipients, BODY_ERASED)
-        settlement = await self.settler.settle(job, message, outcome, MessageBody.whole(b""))
-        if not settlement.applied:
-            return
-
-        self._log(job, message, outcome, time.monotonic() - started)
-        if settlement.body_unused and row["body_key"] is not None:
-            await self.store.delete(row["body_key"])
+        await self._settle(job, message, outcome, MessageBody.whole(b""), row["body_key"], time.monotonic())
 
     async def _attempt(self, job: Job, message: MessageInfo, body: MessageBody, content_key: bytes, slot: Slot,
                        suppressed: set[str]) -> Outcome:
